@@ -1,0 +1,63 @@
+"""The embedder contract plugins implement.
+
+A plugin subclasses Embedder, sets `card`, and implements `load()` and `forward()`. The core
+does everything else: fetching, preprocessing, batching, device and dtype, pooling, grid
+georeferencing and metadata.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from attrs import field, frozen
+
+from .card import ModelCard, Variant
+from .grid import GridSpec
+from .specs import SensorSpec, TemporalSpec
+
+
+@frozen(eq=False)
+class BatchContext:
+    """Side information for one batch, aligned with the batch's first axis."""
+
+    grids: tuple[GridSpec, ...]
+    centers_lonlat: tuple[tuple[float, float], ...]
+    times: tuple[tuple[Any, ...], ...]  # per item, per frame (datetime or None)
+    temporal: TemporalSpec
+    sensor: SensorSpec
+    want: str  # "pooled" or "grid": embedders may skip work the caller does not need
+    band_names: tuple[str, ...] = ()
+
+
+@frozen(eq=False)
+class EmbedOutput:
+    """What forward returns: pooled (B, D) and/or grid (B, D, h, w), numpy or torch."""
+
+    pooled: Any = None
+    grid: Any = None
+    extra: dict[str, Any] = field(factory=dict)
+
+
+class Embedder:
+    """Base class of model plugins.
+
+    `uses_torch = True` makes the runner hand `forward` a float32 torch tensor (B, T, C, H, W)
+    on `self.device` inside `torch.inference_mode()`; otherwise a numpy array of that shape.
+    """
+
+    card: ClassVar[ModelCard]
+    uses_torch: ClassVar[bool] = False
+
+    def __init__(self, variant: Variant, device: str = "cpu") -> None:
+        self.variant = variant
+        self.device = device
+
+    def load(self) -> None:
+        """Build the network and load weights (strictly). Called once, lazily, before forward."""
+
+    def forward(self, x: Any, ctx: BatchContext) -> EmbedOutput:
+        raise NotImplementedError
+
+    @property
+    def weights_revision(self) -> str | None:
+        return self.variant.weights.revision if self.variant.weights else None

@@ -1,0 +1,49 @@
+"""Embedding: the result of one (model, place, time)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from attrs import field, frozen
+
+from .grid import GridSpec
+
+
+@frozen(eq=False)
+class Embedding:
+    """`data` is (D,) for pooled output or (D, h, w) for a grid; `grid` georeferences the latter.
+
+    `meta` says what produced it: model id, variant, weights revision, provider, sensor,
+    time window, the preprocessing chain that ran, input size, valid fraction, versions.
+    """
+
+    data: np.ndarray
+    meta: dict[str, Any] = field(factory=dict)
+    grid: GridSpec | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    def to_xarray(self):
+        """An xarray.DataArray: dims ("band",) or ("band", "y", "x") with UTM coordinates."""
+        import xarray as xr
+
+        attrs = {k: v for k, v in self.meta.items() if isinstance(v, (str, int, float))}
+        if self.data.ndim == 1:
+            return xr.DataArray(self.data, dims=("band",), coords={"band": np.arange(self.data.shape[0])}, attrs=attrs)
+        if self.grid is None:
+            raise ValueError("a grid embedding without a GridSpec cannot be georeferenced")
+        attrs["crs"] = self.grid.crs
+        attrs["transform"] = list(self.grid.transform)
+        return xr.DataArray(
+            self.data,
+            dims=("band", "y", "x"),
+            coords={
+                "band": np.arange(self.data.shape[0]),
+                "y": np.asarray(self.grid.y_coords()),
+                "x": np.asarray(self.grid.x_coords()),
+            },
+            attrs=attrs,
+        )

@@ -1,0 +1,220 @@
+"""What the user asks for: where, when, which sensor, which output.
+
+All specs are frozen attrs classes validated at construction, so a bad request fails with a
+SpecError before any network or model work. Geometry is in true ground metres: a spec plus a
+GSD resolves to a GridSpec in the ROI's local UTM zone (see grid.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from attrs import field, frozen
+
+from .collections import known_collection
+from .errors import SpecError, UnknownBandError
+
+
+def _finite(name: str, value: float) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise SpecError(f"{name} must be a number, got {value!r}") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise SpecError(f"{name} must be finite, got {value!r}")
+    return v
+
+
+def _check_lon(name: str, v: float) -> None:
+    if not -180.0 <= v <= 180.0:
+        raise SpecError(f"{name}={v} is outside [-180, 180]")
+
+
+def _check_lat(name: str, v: float) -> None:
+    if not -90.0 <= v <= 90.0:
+        raise SpecError(f"{name}={v} is outside [-90, 90]")
+
+
+@frozen
+class PointBuffer:
+    """A square ROI centred on (lon, lat) reaching `buffer_m` ground metres to each side."""
+
+    lon: float = field(converter=lambda v: _finite("lon", v))
+    lat: float = field(converter=lambda v: _finite("lat", v))
+    buffer_m: float = field(converter=lambda v: _finite("buffer_m", v))
+
+    def __attrs_post_init__(self) -> None:
+        _check_lon("lon", self.lon)
+        _check_lat("lat", self.lat)
+        if abs(self.lat) > 84.0:  # UTM stops at 84 degrees; polar ROIs would need UPS
+            raise SpecError(f"lat={self.lat}: polar ROIs (|lat| > 84) are not supported (no UTM zone)")
+        if self.buffer_m <= 0:
+            raise SpecError(f"buffer_m must be > 0, got {self.buffer_m}")
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return (self.lon, self.lat)
+
+
+@frozen
+class BBox:
+    """A lon/lat box (WGS 84), min < max on both axes."""
+
+    minlon: float = field(converter=lambda v: _finite("minlon", v))
+    minlat: float = field(converter=lambda v: _finite("minlat", v))
+    maxlon: float = field(converter=lambda v: _finite("maxlon", v))
+    maxlat: float = field(converter=lambda v: _finite("maxlat", v))
+
+    def __attrs_post_init__(self) -> None:
+        for n in ("minlon", "maxlon"):
+            _check_lon(n, getattr(self, n))
+        for n in ("minlat", "maxlat"):
+            _check_lat(n, getattr(self, n))
+        if self.minlon >= self.maxlon:
+            raise SpecError(f"BBox needs minlon < maxlon, got {self.minlon} >= {self.maxlon}")
+        if self.minlat >= self.maxlat:
+            raise SpecError(f"BBox needs minlat < maxlat, got {self.minlat} >= {self.maxlat}")
+        if max(abs(self.minlat), abs(self.maxlat)) > 84.0:
+            raise SpecError("polar ROIs (|lat| > 84) are not supported (no UTM zone)")
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return ((self.minlon + self.maxlon) / 2, (self.minlat + self.maxlat) / 2)
+
+
+Spatial = PointBuffer | BBox
+
+
+def _to_date(v: object) -> dt.date:
+    if isinstance(v, dt.datetime):
+        return v.date()
+    if isinstance(v, dt.date):
+        return v
+    if isinstance(v, str):
+        try:
+            return dt.date.fromisoformat(v.strip())
+        except ValueError:
+            raise SpecError(f"not an ISO date (YYYY-MM-DD): {v!r}") from None
+    raise SpecError(f"expected a date or 'YYYY-MM-DD' string, got {v!r}")
+
+
+@frozen
+class TemporalSpec:
+    """A half-open date window [start, end). It is a window, not a promise of a single scene."""
+
+    start: dt.date = field(converter=_to_date)
+    end: dt.date = field(converter=_to_date)
+
+    def __attrs_post_init__(self) -> None:
+        if self.end <= self.start:
+            raise SpecError(f"TemporalSpec needs end > start (half-open window), got {self.start} .. {self.end}")
+
+    @classmethod
+    def range(cls, start: str | dt.date, end: str | dt.date) -> TemporalSpec:
+        return cls(start, end)
+
+    @classmethod
+    def year(cls, year: int) -> TemporalSpec:
+        try:
+            y = int(year)
+            return cls(dt.date(y, 1, 1), dt.date(y + 1, 1, 1))
+        except (TypeError, ValueError, OverflowError):
+            raise SpecError(f"not a valid year: {year!r}") from None
+
+    def contains(self, when: dt.date | dt.datetime) -> bool:
+        d = when.date() if isinstance(when, dt.datetime) else when
+        return self.start <= d < self.end
+
+
+Composite = Literal["median", "mosaic", "none"]
+_COMPOSITES = ("median", "mosaic", "none")
+
+
+def _bands(v: object) -> tuple[str, ...]:
+    if isinstance(v, str):
+        v = (v,)
+    try:
+        out = tuple(str(b) for b in v)  # type: ignore[union-attr]
+    except TypeError:
+        raise SpecError(f"bands must be a sequence of names, got {v!r}") from None
+    if not out:
+        raise SpecError("bands must not be empty")
+    if len(set(out)) != len(out):
+        raise SpecError(f"bands has duplicates: {out}")
+    return out
+
+
+@frozen
+class SensorSpec:
+    """Which pixels to fetch: collection, bands, ground sampling distance and compositing.
+
+    composite: "median" (per-pixel median of the clear scenes), "mosaic" (most recent clear
+    pixel wins) or "none" (every scene is a frame; models with several frames bin them).
+    """
+
+    collection: str
+    bands: tuple[str, ...] = field(converter=_bands)
+    scale_m: float = field(converter=lambda v: _finite("scale_m", v))
+    composite: str = "median"
+    cloud_mask: bool = True
+    max_cloud_fraction: float | None = None
+    fill_value: float = 0.0
+
+    def __attrs_post_init__(self) -> None:
+        if not self.collection:
+            raise SpecError("collection must be a non-empty id")
+        if self.scale_m <= 0:
+            raise SpecError(f"scale_m must be > 0, got {self.scale_m}")
+        if self.composite not in _COMPOSITES:
+            raise SpecError(f"composite must be one of {_COMPOSITES}, got {self.composite!r}")
+        if self.max_cloud_fraction is not None and not 0.0 <= self.max_cloud_fraction <= 1.0:
+            raise SpecError(f"max_cloud_fraction must be in [0, 1], got {self.max_cloud_fraction}")
+        coll = known_collection(self.collection)
+        if coll is not None:
+            unknown = [b for b in self.bands if b not in coll.band_names]
+            if unknown:
+                raise UnknownBandError(
+                    f"{self.collection} has no band(s) {unknown}; it has {list(coll.band_names)}"
+                )
+
+
+OutputMode = Literal["pooled", "grid"]
+Pooling = Literal["model", "mean", "max"]
+
+
+@frozen
+class OutputSpec:
+    """pooled: one (D,) vector per ROI; grid: a (D, h, w) georeferenced token grid.
+
+    pooling="model" takes the model's own pooled output as its card declares (e.g. CLIP's
+    projected image embedding); "mean" / "max" pool the token grid spatially.
+    """
+
+    mode: str = "pooled"
+    pooling: str = "model"
+
+    def __attrs_post_init__(self) -> None:
+        if self.mode not in ("pooled", "grid"):
+            raise SpecError(f"output mode must be 'pooled' or 'grid', got {self.mode!r}")
+        if self.pooling not in ("model", "mean", "max"):
+            raise SpecError(f"pooling must be 'model', 'mean' or 'max', got {self.pooling!r}")
+
+    @classmethod
+    def pooled(cls, pooling: str = "model") -> OutputSpec:
+        return cls("pooled", pooling)
+
+    @classmethod
+    def grid(cls) -> OutputSpec:
+        return cls("grid", "model")
+
+
+INPUT_PREPS = ("resize",)
+
+
+def check_input_prep(input_prep: str) -> str:
+    if input_prep == "tile":
+        raise SpecError("input_prep='tile' is not available yet; use input_prep='resize'")
+    if input_prep not in INPUT_PREPS:
+        raise SpecError(f"input_prep must be one of {INPUT_PREPS}, got {input_prep!r}")
+    return input_prep
