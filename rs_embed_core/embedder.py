@@ -27,6 +27,7 @@ class BatchContext:
     sensor: SensorSpec
     want: str  # "pooled" or "grid": embedders may skip work the caller does not need
     band_names: tuple[str, ...] = ()
+    valid: Any = None  # numpy bool (B, T, H, W): which input pixels hold real observations
 
 
 @frozen(eq=False)

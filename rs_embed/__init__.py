@@ -1,0 +1,35 @@
+"""rs-embed: embeddings from remote-sensing foundation models for any (model, place, time).
+
+This package only re-exports the public API; the engine lives in `rs_embed_core`.
+"""
+
+from rs_embed_core import __version__
+from rs_embed_core.api import (
+    describe_model,
+    get_embedding,
+    get_embeddings_batch,
+    inspect_gee_patch,
+    inspect_provider_patch,
+    list_models,
+)
+from rs_embed_core.card import Step
+from rs_embed_core.embedding import Embedding
+from rs_embed_core.errors import (
+    DataNotFoundError,
+    PluginError,
+    ProviderError,
+    RsEmbedError,
+    SpecError,
+    UnknownBandError,
+    UnknownModelError,
+    WeightsError,
+)
+from rs_embed_core.grid import GridSpec
+from rs_embed_core.specs import BBox, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
+
+__all__ = [
+    "BBox", "DataNotFoundError", "Embedding", "GridSpec", "OutputSpec", "PluginError", "PointBuffer",
+    "ProviderError", "RsEmbedError", "SensorSpec", "SpecError", "Step", "TemporalSpec", "UnknownBandError",
+    "UnknownModelError", "WeightsError", "__version__", "describe_model", "get_embedding", "get_embeddings_batch",
+    "inspect_gee_patch", "inspect_provider_patch", "list_models",
+]

@@ -1,0 +1,150 @@
+"""The public functions, named and defaulted as in the user documentation."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .card import ModelCard
+from .embedding import Embedding
+from .providers import FetchRequest, Provider
+from .registry import embedder_class, tables
+from .runner import embed, resolve_provider
+from .specs import BBox, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
+from .errors import SpecError
+from .grid import grid_for
+
+DEFAULT_BACKEND = "local"
+
+
+def get_embeddings_batch(
+    model: str,
+    spatials: Sequence[PointBuffer | BBox],
+    temporal: TemporalSpec,
+    output: OutputSpec = OutputSpec.pooled(),
+    backend: str | Provider = DEFAULT_BACKEND,
+    device: str = "auto",
+    input_prep: str = "resize",
+    *,
+    sensor: SensorSpec | None = None,
+    variant: str | None = None,
+    preprocessing: Sequence[Any] | None = None,
+    batch_size: int = 16,
+    progress: bool | None = None,
+) -> list[Embedding]:
+    """One embedding per ROI, in order. Distinct inputs are fetched once, concurrently, and the
+    model runs on batches of `batch_size`. `preprocessing` replaces the card's chain (list of
+    Step or (name, params)); `sensor` replaces the card's default input sensor."""
+    return embed(
+        model, spatials, temporal=temporal, output=output, backend=backend, device=device,
+        input_prep=input_prep, sensor=sensor, variant=variant, preprocessing=preprocessing,
+        batch_size=batch_size, progress=progress,
+    )
+
+
+def get_embedding(
+    model: str,
+    spatial: PointBuffer | BBox,
+    temporal: TemporalSpec,
+    output: OutputSpec = OutputSpec.pooled(),
+    backend: str | Provider = DEFAULT_BACKEND,
+    device: str = "auto",
+    input_prep: str = "resize",
+    *,
+    sensor: SensorSpec | None = None,
+    variant: str | None = None,
+    preprocessing: Sequence[Any] | None = None,
+) -> Embedding:
+    """The embedding of one ROI: exactly `get_embeddings_batch(model, [spatial], ...)[0]`."""
+    if not isinstance(spatial, (PointBuffer, BBox)):
+        raise SpecError(f"spatial must be a PointBuffer or BBox, got {spatial!r}")
+    return get_embeddings_batch(
+        model, [spatial], temporal, output, backend, device, input_prep,
+        sensor=sensor, variant=variant, preprocessing=preprocessing, progress=False,
+    )[0]
+
+
+def list_models() -> list[str]:
+    """Canonical ids of every installed model (aliases resolve too, case-insensitively)."""
+    return list(tables().model_ids)
+
+
+def describe_model(model: str) -> dict[str, Any]:
+    """The model card as a dict: input, preprocessing chain, variants and weights, outputs."""
+    cls = embedder_class(model)
+    card: ModelCard = cls.card
+    d = card.describe()
+    d["plugin"] = tables().embedders[card.id.lower()].plugin
+    d["uses_torch"] = bool(cls.uses_torch)
+    return d
+
+
+def inspect_provider_patch(
+    spatial: PointBuffer | BBox,
+    temporal: TemporalSpec,
+    sensor: SensorSpec,
+    backend: str | Provider = DEFAULT_BACKEND,
+    quicklook: str | None = None,
+) -> dict[str, Any]:
+    """Fetch the raw input patch (no model) and report what is in it: per-band statistics,
+    valid/nodata fraction, value range, provenance; optionally write an RGB quicklook PNG."""
+    if not isinstance(spatial, (PointBuffer, BBox)):
+        raise SpecError(f"spatial must be a PointBuffer or BBox, got {spatial!r}")
+    if not isinstance(sensor, SensorSpec):
+        raise SpecError(f"sensor must be a SensorSpec, got {sensor!r}")
+    provider = resolve_provider(backend)
+    provider.check(sensor)
+    req = FetchRequest(grid_for(spatial, sensor.scale_m), temporal, sensor)
+    raster = provider.fetch(req)
+    bands: dict[str, Any] = {}
+    for c, name in enumerate(raster.bands):
+        vals = raster.data[:, c][raster.valid]
+        if vals.size:
+            q = np.percentile(vals, [2, 50, 98])
+            bands[name] = {
+                "min": float(vals.min()), "max": float(vals.max()), "mean": float(vals.mean()),
+                "std": float(vals.std()), "p2": float(q[0]), "median": float(q[1]), "p98": float(q[2]),
+            }
+        else:
+            bands[name] = None
+    report: dict[str, Any] = {
+        "provider": getattr(provider, "name", type(provider).__name__),
+        "grid": {"crs": raster.grid.crs, "shape": list(raster.grid.shape), "res_m": raster.grid.res,
+                 "bounds": list(raster.grid.bounds), "footprint_lonlat": list(raster.grid.footprint_lonlat())},
+        "frames": len(raster.times),
+        "times": [None if t is None else t.isoformat() for t in raster.times],
+        "valid_fraction": raster.valid_fraction,
+        "nodata_fraction": 1.0 - raster.valid_fraction,
+        "value_range": [float(raster.data[raster.valid[:, None].repeat(raster.shape[1], 1)].min()),
+                        float(raster.data[raster.valid[:, None].repeat(raster.shape[1], 1)].max())]
+        if raster.valid.any() else None,
+        "bands": bands,
+        "source": raster.meta,
+    }
+    if quicklook:
+        report["quicklook"] = write_quicklook(raster, quicklook)
+    return report
+
+
+def write_quicklook(raster: Any, path: str) -> str:
+    """An RGB (first three bands, or the single band as grey) PNG stretched 2-98 %, nodata black."""
+    from PIL import Image
+
+    frame = raster.data[0]
+    idx = list(range(min(3, frame.shape[0])))
+    img = np.zeros((frame.shape[1], frame.shape[2], 3), dtype=np.uint8)
+    valid = raster.valid[0]
+    for k in range(3):
+        band = frame[idx[min(k, len(idx) - 1)]]
+        vals = band[valid]
+        lo, hi = (np.percentile(vals, [2, 98]) if vals.size else (0.0, 1.0))
+        scaled = np.clip((band - lo) / max(hi - lo, 1e-12), 0, 1) * 255
+        img[..., k] = np.where(valid, scaled, 0).astype(np.uint8)
+    Image.fromarray(img).save(path)
+    return str(path)
+
+
+def inspect_gee_patch(*args: Any, backend: str | Provider = "gee", **kwargs: Any) -> dict[str, Any]:
+    """Backward-compatible alias of inspect_provider_patch with backend="gee"."""
+    return inspect_provider_patch(*args, backend=backend, **kwargs)

@@ -1,0 +1,246 @@
+"""The `rs-embed` command: list and explain models and plugins, embed ROIs, inspect inputs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from .errors import RsEmbedError
+
+
+def _fail(exc: BaseException) -> None:
+    click.echo(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", err=True)
+    extra = str(exc).splitlines()[1:]
+    for line in extra[:6]:
+        click.echo(f"  {line.strip()}", err=True)
+    sys.exit(2)
+
+
+class _Group(click.Group):
+    """Turns every rs-embed error into one readable line and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RsEmbedError as exc:
+            _fail(exc)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="rs-embed")
+def main() -> None:
+    """Embeddings from remote-sensing foundation models for any (model, place, time)."""
+
+
+def _dump(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def models(as_json: bool) -> None:
+    """List installed models."""
+    from .api import describe_model, list_models
+
+    rows = [describe_model(m) for m in list_models()]
+    if as_json:
+        _dump([{k: r[k] for k in ("id", "aliases", "description", "input", "plugin")} |
+               {"variants": [v["name"] for v in r["variants"]]} for r in rows])
+        return
+    if not rows:
+        click.echo("no models installed (see `rs-embed plugins`)")
+        return
+    for r in rows:
+        i = r["input"]
+        alias = f" (aliases: {', '.join(r['aliases'])})" if r["aliases"] else ""
+        click.echo(f"{r['id']}{alias}  [{r['plugin']}]")
+        click.echo(f"    {r['description'].splitlines()[0] if r['description'] else ''}")
+        click.echo(f"    input: {i['collection']} {','.join(i['bands'])} @ {i['gsd_m']} m, "
+                   f"variants: {', '.join(v['name'] for v in r['variants'])}")
+
+
+@main.command()
+@click.argument("model")
+def describe(model: str) -> None:
+    """Show a model card: input, preprocessing chain, variants, weights, outputs (JSON)."""
+    from .api import describe_model
+
+    _dump(describe_model(model))
+
+
+@main.command()
+def plugins() -> None:
+    """List loaded plugins and the ones that failed to load, with the reason (JSON)."""
+    from .plugins import plugin_info
+
+    _dump(plugin_info())
+
+
+def _temporal(start: str | None, end: str | None, year: int | None):
+    from .errors import SpecError
+    from .specs import TemporalSpec
+
+    if year is not None:
+        if start or end:
+            raise SpecError("give either --year or --start/--end, not both")
+        return TemporalSpec.year(year)
+    if not (start and end):
+        raise SpecError("a time window is required: --start YYYY-MM-DD --end YYYY-MM-DD, or --year YYYY")
+    return TemporalSpec.range(start, end)
+
+
+def _rois(points: tuple[str, ...], bboxes: tuple[str, ...], roi_file: str | None, buffer_m: float):
+    from .errors import SpecError
+    from .rois import read_rois
+    from .specs import BBox, PointBuffer
+
+    out: list[tuple[str, Any]] = []
+    for k, p in enumerate(points, start=1):
+        parts = [s for s in p.replace(";", ",").split(",") if s.strip()]
+        if len(parts) not in (2, 3):
+            raise SpecError(f"--point takes LON,LAT or LON,LAT,BUFFER_M, got {p!r}")
+        vals = [float(v) for v in parts]
+        out.append((f"point_{k}", PointBuffer(vals[0], vals[1], vals[2] if len(vals) == 3 else buffer_m)))
+    for k, b in enumerate(bboxes, start=1):
+        parts = [s for s in b.split(",") if s.strip()]
+        if len(parts) != 4:
+            raise SpecError(f"--bbox takes MINLON,MINLAT,MAXLON,MAXLAT, got {b!r}")
+        out.append((f"bbox_{k}", BBox(*(float(v) for v in parts))))
+    if roi_file:
+        out.extend(read_rois(roi_file, buffer_m))
+    if not out:
+        raise SpecError("no ROI given: use --point, --bbox or --rois FILE")
+    return out
+
+
+def _sensor(collection: str | None, bands: str | None, scale_m: float | None, composite: str | None):
+    from .specs import SensorSpec
+
+    if collection is None and bands is None and scale_m is None:
+        return None
+    from .errors import SpecError
+
+    if not (collection and bands and scale_m):
+        raise SpecError("--collection, --bands and --scale-m go together")
+    return SensorSpec(collection, tuple(b.strip() for b in bands.split(",")), scale_m, composite=composite or "median")
+
+
+_roi_options = [
+    click.option("--point", "points", multiple=True, help="LON,LAT[,BUFFER_M]; repeatable."),
+    click.option("--bbox", "bboxes", multiple=True, help="MINLON,MINLAT,MAXLON,MAXLAT; repeatable."),
+    click.option("--rois", "roi_file", type=click.Path(dir_okay=False), help="CSV or GeoJSON file of ROIs."),
+    click.option("--buffer-m", default=2048.0, show_default=True, help="Buffer for points without one."),
+    click.option("--start", help="Window start, YYYY-MM-DD (inclusive)."),
+    click.option("--end", help="Window end, YYYY-MM-DD (exclusive)."),
+    click.option("--year", type=int, help="Whole calendar year instead of --start/--end."),
+    click.option("--backend", default="local", show_default=True,
+                 help="Provider name or name:argument, e.g. local:/path/to/scenes."),
+]
+
+
+def _with(options):
+    def deco(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+    return deco
+
+
+@main.command()
+@click.argument("model")
+@_with(_roi_options)
+@click.option("--output", "mode", type=click.Choice(["pooled", "grid"]), default="pooled", show_default=True)
+@click.option("--pooling", type=click.Choice(["model", "mean", "max"]), default="model", show_default=True)
+@click.option("--variant", help="Model variant (see `rs-embed describe MODEL`).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--collection", help="Override the model's input collection (with --bands, --scale-m).")
+@click.option("--bands", help="Comma-separated band names.")
+@click.option("--scale-m", type=float, help="Ground sampling distance in metres.")
+@click.option("--composite", type=click.Choice(["median", "mosaic", "none"]))
+@click.option("--out", "out_path", type=click.Path(dir_okay=False),
+              help="Write .json or .npz; without it, JSON goes to stdout.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def embed(model, points, bboxes, roi_file, buffer_m, start, end, year, backend, mode, pooling, variant, device,
+          batch_size, collection, bands, scale_m, composite, out_path, quiet) -> None:
+    """Embed ROIs with MODEL and print or write the vectors with their metadata."""
+    from .api import get_embeddings_batch
+    from .specs import OutputSpec
+
+    temporal = _temporal(start, end, year)
+    rois = _rois(points, bboxes, roi_file, buffer_m)
+    output = OutputSpec.grid() if mode == "grid" else OutputSpec.pooled(pooling)
+    sensor = _sensor(collection, bands, scale_m, composite)
+    if out_path and Path(out_path).suffix.lower() not in (".json", ".npz"):
+        from .errors import SpecError
+
+        raise SpecError(f"--out must end in .json or .npz, got {out_path}")
+    embs = get_embeddings_batch(model, [r for _, r in rois], temporal, output, backend, device,
+                                sensor=sensor, variant=variant, batch_size=batch_size,
+                                progress=False if quiet else None)
+    names = [n for n, _ in rois]
+    if out_path and out_path.lower().endswith(".npz"):
+        write_npz(out_path, names, embs)
+        click.echo(f"wrote {len(embs)} embeddings {tuple(embs[0].shape)} to {out_path}", err=True)
+        return
+    doc = [{"name": n, "shape": list(e.shape), "embedding": e.data.tolist(), "meta": e.meta,
+            "grid": None if e.grid is None else {"crs": e.grid.crs, "transform": list(e.grid.transform)}}
+           for n, e in zip(names, embs)]
+    if out_path:
+        Path(out_path).write_text(json.dumps(doc, default=str))
+        click.echo(f"wrote {len(embs)} embeddings {tuple(embs[0].shape)} to {out_path}", err=True)
+    else:
+        _dump(doc)
+
+
+def write_npz(path: str, names: list[str], embs: list[Any]) -> None:
+    """One array `embeddings` (N, ...) plus `names` and per-item `meta` JSON strings."""
+    np.savez(
+        path,
+        embeddings=np.stack([e.data for e in embs]),
+        names=np.asarray(names),
+        meta=np.asarray([json.dumps(e.meta, default=str) for e in embs]),
+    )
+
+
+@main.command()
+@_with(_roi_options)
+@click.option("--collection", required=True, help="Collection id, e.g. COPERNICUS/S2_SR_HARMONIZED.")
+@click.option("--bands", required=True, help="Comma-separated band names, e.g. B4,B3,B2.")
+@click.option("--scale-m", type=float, required=True, help="Ground sampling distance in metres.")
+@click.option("--composite", type=click.Choice(["median", "mosaic", "none"]), default="median", show_default=True)
+@click.option("--quicklook", type=click.Path(dir_okay=False), help="Write an RGB PNG of the patch.")
+def inspect(points, bboxes, roi_file, buffer_m, start, end, year, backend, collection, bands, scale_m, composite,
+            quicklook) -> None:
+    """Fetch one ROI's raw input patch and report band statistics and validity (JSON)."""
+    from .api import inspect_provider_patch
+    from .errors import SpecError
+
+    rois = _rois(points, bboxes, roi_file, buffer_m)
+    if len(rois) != 1:
+        raise SpecError(f"inspect takes exactly one ROI, got {len(rois)}")
+    sensor = _sensor(collection, bands, scale_m, composite)
+    _dump(inspect_provider_patch(rois[0][1], _temporal(start, end, year), sensor, backend, quicklook=quicklook))
+
+
+@main.command("sample-data")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+def sample_data(out_dir: str) -> None:
+    """Write the project's synthetic Sentinel-2-like sample scene and a points.csv to OUT_DIR."""
+    from .sample import SAMPLE_POINTS, make_sample_scene
+
+    files = make_sample_scene(out_dir)
+    pts = Path(out_dir) / "points.csv"
+    pts.write_text("name,lon,lat\n" + "".join(f"{n},{lon},{lat}\n" for n, lon, lat in SAMPLE_POINTS))
+    for f in files:
+        click.echo(str(f))
+    click.echo(str(pts))
+
+
+if __name__ == "__main__":
+    main()
