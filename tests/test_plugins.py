@@ -1,0 +1,170 @@
+"""Plugin system: in-process registration, duplicates, case-insensitive ids, load failures."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from rs_embed_core.card import InputSpec, ModelCard, Variant
+from rs_embed_core.embedder import Embedder
+from rs_embed_core.errors import PluginError, UnknownModelError
+from rs_embed_core.hookspecs import hookimpl
+from rs_embed_core.plugins import pm
+from rs_embed_core.registry import embedder_class, tables
+
+
+def _card(model_id, aliases=()):
+    return ModelCard(
+        id=model_id, description="test model", aliases=aliases,
+        input=InputSpec("COPERNICUS/S2_SR_HARMONIZED", ("B4",), 10.0),
+        variants=(Variant("base", 2, 2),), preprocessing=(),
+    )
+
+
+def _plugin(*classes):
+    class P:
+        @hookimpl
+        def register_embedders(self, register):
+            for c in classes:
+                register(c)
+    return P()
+
+
+@pytest.fixture
+def registered():
+    objs = []
+
+    def add(obj, name=None):
+        pm.register(obj, name=name)
+        objs.append(obj)
+        return obj
+
+    tables()  # built-ins loaded first
+    yield add
+    for o in objs:
+        pm.unregister(o)
+
+
+def test_in_process_plugin_is_found_case_insensitively(registered):
+    class Thing(Embedder):
+        card = _card("ThingNet", aliases=("thing_s2",))
+
+    registered(_plugin(Thing), name="thing-plugin")
+    assert "ThingNet" in tables().model_ids
+    assert embedder_class("thingnet") is Thing
+    assert embedder_class("THING_S2") is Thing
+
+
+def test_unregister_removes_model(registered):
+    class Gone(Embedder):
+        card = _card("gone_model")
+
+    p = _plugin(Gone)
+    pm.register(p, name="gone")
+    assert embedder_class("gone_model") is Gone
+    pm.unregister(p)
+    with pytest.raises(UnknownModelError):
+        embedder_class("gone_model")
+
+
+def test_duplicate_id_names_both_plugins(registered):
+    class A(Embedder):
+        card = _card("dupe")
+
+    class B(Embedder):
+        card = _card("other", aliases=("DUPE",))
+
+    registered(_plugin(A), name="plugin-a")
+    registered(_plugin(B), name="plugin-b")
+    with pytest.raises(PluginError) as e:
+        tables()
+    assert "plugin-a" in str(e.value) and "plugin-b" in str(e.value)
+
+
+def test_unknown_model_suggests_near_matches(registered):
+    class Near(Embedder):
+        card = _card("remoteclap_test")
+
+    registered(_plugin(Near), name="near")
+    with pytest.raises(UnknownModelError) as e:
+        embedder_class("remoteclap_tst")
+    assert "Did you mean" in str(e.value) and "remoteclap_test" in str(e.value)
+
+
+def _fake_site(tmp_path, good=True, bad=True):
+    site = tmp_path / "site"
+    site.mkdir()
+    eps = ["[rs_embed]"]
+    if good:
+        (site / "good_plug.py").write_text(textwrap.dedent('''
+            from rs_embed_core.card import InputSpec, ModelCard, Variant
+            from rs_embed_core.embedder import Embedder
+            from rs_embed_core.hookspecs import hookimpl
+
+            class Good(Embedder):
+                card = ModelCard(id="good_model", description="d", input=InputSpec("x", ("a",), 1.0),
+                                 variants=(Variant("v", 1, 1),), preprocessing=())
+
+            @hookimpl
+            def register_embedders(register):
+                register(Good)
+        '''))
+        eps.append("good = good_plug")
+    if bad:
+        (site / "bad_plug.py").write_text("raise ImportError('needs the [gpu] extra: pip install bad-plug[gpu]')\n")
+        eps.append("bad = bad_plug")
+    dist = site / "fake_plugs-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-plugs\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("\n".join(eps) + "\n")
+    return site
+
+
+def _run(code, site, **env):
+    e = {**os.environ, "PYTHONPATH": str(site), **env}
+    e.pop("RS_EMBED_PLUGINS", None) if "RS_EMBED_PLUGINS" not in env else None
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_entry_points_loaded_and_failures_recorded(tmp_path):
+    site = _fake_site(tmp_path)
+    code = textwrap.dedent('''
+        import json
+        from rs_embed_core.plugins import plugin_info
+        from rs_embed_core.registry import embedder_class
+        from rs_embed_core.errors import UnknownModelError
+        info = {p["name"]: p for p in plugin_info()}
+        try:
+            embedder_class("nope")
+        except UnknownModelError as e:
+            msg = str(e)
+        print(json.dumps({"info": info, "msg": msg, "good": embedder_class("good_model").card.id}))
+    ''')
+    res = json.loads(_run(code, site))
+    assert res["info"]["good"]["status"] == "loaded"
+    assert res["info"]["good"]["distribution"] == "fake-plugs"
+    assert res["info"]["bad"]["status"] == "failed"
+    assert "needs the [gpu] extra" in res["info"]["bad"]["error"]
+    assert "bad" in res["msg"] and "needs the [gpu] extra" in res["msg"]
+    assert res["good"] == "good_model"
+
+
+def test_allow_list_env(tmp_path):
+    site = _fake_site(tmp_path)
+    code = "import json; from rs_embed_core.plugins import plugin_info; print(json.dumps(plugin_info()))"
+    only_bad = {p["name"]: p["status"] for p in json.loads(_run(code, site, RS_EMBED_PLUGINS="bad"))}
+    assert only_bad.get("bad") == "failed" and "good" not in only_bad
+    none = {p["name"] for p in json.loads(_run(code, site, RS_EMBED_PLUGINS=""))}
+    assert none == {"rs_embed_core.providers.local", "rs_embed_core.preprocess"}
+
+
+def test_import_rs_embed_pulls_no_torch():
+    code = "import sys, rs_embed; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
