@@ -1,0 +1,95 @@
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from rs_embed_core.cli import main
+from rs_embed_core.plugins import pm
+from rs_embed_core.runner import raster_cache
+
+from world_plugin import _Plugin
+
+
+@pytest.fixture(autouse=True)
+def plugin():
+    p = _Plugin()
+    pm.register(p, name="test-cli-plugin")
+    raster_cache.clear()
+    yield
+    pm.unregister(p)
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_models_and_describe_and_plugins():
+    r = run("models")
+    assert r.exit_code == 0 and "tiny_test_model" in r.output and "TinyAlias" in r.output
+    rows = json.loads(run("models", "--json").output)
+    assert any(m["id"] == "tiny_test_model" for m in rows)
+    d = json.loads(run("describe", "TINYALIAS").output)
+    assert d["input"]["bands"] == ["B2", "B3", "B4", "B8"]
+    plugins = {p["name"]: p for p in json.loads(run("plugins").output)}
+    assert plugins["test-cli-plugin"]["status"] == "loaded"
+    assert "register_embedders" in plugins["test-cli-plugin"]["hooks"]
+
+
+def test_embed_points_to_stdout_and_npz(tmp_path):
+    r = run("embed", "tiny_test_model", "--point", "121.5,31.2,160", "--point", "121.51,31.2",
+            "--buffer-m", "160", "--start", "2022-06-01", "--end", "2022-09-01", "--backend", "world", "--quiet")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert [d["name"] for d in doc] == ["point_1", "point_2"] and len(doc[0]["embedding"]) == 8
+    out = tmp_path / "e.npz"
+    r = run("embed", "tiny_test_model", "--point", "121.5,31.2,160", "--year", "2022", "--backend", "world",
+            "--output", "grid", "--out", str(out), "--quiet")
+    assert r.exit_code == 0
+    z = np.load(out)
+    assert z["embeddings"].shape == (1, 8, 4, 4) and list(z["names"]) == ["point_1"]
+    assert json.loads(str(z["meta"][0]))["model"] == "tiny_test_model"
+
+
+def test_embed_roi_files(tmp_path):
+    csv = tmp_path / "rois.csv"
+    csv.write_text("name,lon,lat,buffer_m\na,121.5,31.2,160\nb,121.52,31.21,\n")
+    gj = tmp_path / "rois.geojson"
+    gj.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"name": "pt"}, "geometry": {"type": "Point", "coordinates": [121.5, 31.2]}},
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [
+            [[121.5, 31.2], [121.51, 31.2], [121.51, 31.21], [121.5, 31.21], [121.5, 31.2]]]}},
+    ]}))
+    for f in (csv, gj):
+        r = run("embed", "tiny_test_model", "--rois", str(f), "--buffer-m", "160", "--year", "2022",
+                "--backend", "world", "--quiet")
+        assert r.exit_code == 0, r.output
+        names = [d["name"] for d in json.loads(r.output)]
+        assert names == (["a", "b"] if f == csv else ["pt", "roi_2"])
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["embed", "nope_model", "--point", "0,0", "--year", "2022"], "unknown model"),
+    (["embed", "tiny_test_model", "--point", "0,95", "--year", "2022", "--backend", "world"], "lat"),
+    (["embed", "tiny_test_model", "--point", "0,0"], "time window"),
+    (["embed", "tiny_test_model", "--point", "0,0", "--start", "2022-09-01", "--end", "2022-06-01"], "end > start"),
+    (["embed", "tiny_test_model", "--year", "2022"], "no ROI"),
+    (["embed", "tiny_test_model", "--point", "0,0", "--year", "2022", "--out", "x.parquet"], ".json or .npz"),
+    (["describe", "nope_model"], "unknown model"),
+])
+def test_bad_input_exits_2_with_one_line(args, msg):
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2
+    assert r.output.startswith("error: ") and msg in r.output.splitlines()[0]
+
+
+def test_inspect(tmp_path):
+    png = tmp_path / "q.png"
+    r = run("inspect", "--point", "121.5,31.2,160", "--year", "2022", "--backend", "world",
+            "--collection", "COPERNICUS/S2_SR_HARMONIZED", "--bands", "B4,B3,B2", "--scale-m", "10",
+            "--quicklook", str(png))
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    assert rep["grid"]["shape"] == [32, 32] and set(rep["bands"]) == {"B4", "B3", "B2"}
+    assert rep["valid_fraction"] == pytest.approx(1 - 4 / 1024)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
