@@ -1,0 +1,346 @@
+"""Contract checks every embedder must pass, run through the public API like a user would.
+
+`check_embedder_contract` embeds a few overlapping ROIs from a FakeProvider and checks shapes,
+dtype, finiteness, determinism, batch == single, grid georeferencing and metadata.
+`check_strict_loading` proves that `load()` refuses weights files that do not fit the
+architecture, using an offline Hub cache of random weights (no network, no real checkpoint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import attrs
+import numpy as np
+from attrs import frozen
+
+from ..card import ModelCard, Variant, WeightsSpec
+from ..errors import UnknownModelError, WeightsError
+from ..specs import BBox, OutputSpec, PointBuffer, TemporalSpec
+from ..weights import CACHE_ENV
+from .hub import build_hf_cache, offline_hub, random_weights_file, weights_spec_for
+from .provider import S2_L2A_BANDS, FakeProvider
+
+DEFAULT_TEMPORAL = ("2022-06-01", "2022-09-01")
+
+
+def _fail(msg: str) -> None:
+    raise AssertionError(msg)
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:  # not `assert`: checks must survive python -O
+        _fail(msg)
+
+
+def _cls(model: str | type) -> type:
+    if isinstance(model, str):
+        from ..registry import embedder_class
+
+        return embedder_class(model)
+    return model
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+
+
+def default_spatials(card: ModelCard) -> list[PointBuffer]:
+    """Two overlapping square ROIs whose fetch is about the model's input size (32 px if any size)."""
+    n = card.input.image_size or 32
+    buffer_m = card.input.gsd_m * n / 2.0
+    lon, lat = 121.5, 31.2
+    shift_deg = (buffer_m / 2.0) / (111_320.0 * math.cos(math.radians(lat)))  # a quarter of the ROI east
+    return [PointBuffer(lon, lat, buffer_m), PointBuffer(lon + shift_deg, lat, buffer_m)]
+
+
+@frozen
+class ContractReport:
+    model: str
+    variant: str
+    rois: int
+    pooled_dim: int
+    grid_shapes: tuple[tuple[int, int, int], ...]
+    max_batch_single_diff: float  # largest |batch - single| over pooled and grid outputs
+    provider_calls: int
+    checks: tuple[str, ...]
+
+
+def check_embedder_contract(
+    model: str | type,
+    *,
+    provider: Any = None,
+    variant: str | None = None,
+    spatials: Sequence[PointBuffer | BBox] | None = None,
+    temporal: TemporalSpec | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-6,
+) -> ContractReport:
+    """Run `model` (a registered id, or its registered Embedder class) through the public API and check it.
+
+    Checks: pooled shape (pooled_dim,), grid shape (grid_dim, h, w) with a GridSpec covering the
+    input footprint, float32, all finite, two identical calls give identical output, every batch
+    item equals its single call (within rtol/atol of the output's scale), and meta names the
+    model, variant and preprocessing. Raises AssertionError saying which check failed.
+    """
+    from ..api import get_embedding, get_embeddings_batch
+    from ..grid import grid_for
+
+    from ..registry import embedder_class
+
+    cls = _cls(model)
+    card: ModelCard = cls.card
+    try:
+        found = embedder_class(card.id)
+    except UnknownModelError:
+        found = None
+    _require(found is cls,
+             f"{card.id}: the registry resolves this id to {found!r}, not {cls!r}; register the plugin "
+             "first (its entry point, or rs_embed_core.plugins.pm.register(plugin) in a test)")
+    var = card.variant(variant)
+    if provider is None:
+        extra = tuple(b for b in card.input.bands if b not in S2_L2A_BANDS)
+        provider = FakeProvider(bands=S2_L2A_BANDS + extra)
+    rois = list(spatials) if spatials is not None else default_spatials(card)
+    when = temporal or TemporalSpec.range(*DEFAULT_TEMPORAL)
+    kw = dict(temporal=when, backend=provider, device="cpu", variant=var.name)
+    calls_before = getattr(provider, "calls", 0)
+    checks: list[str] = []
+    worst = 0.0
+    who = f"{card.id}/{var.name}"
+
+    def check_item(e: Any, what: str, i: int) -> None:
+        _require(isinstance(e.data, np.ndarray), f"{who} {what}[{i}]: data is {type(e.data).__name__}, not ndarray")
+        _require(e.data.dtype == np.float32, f"{who} {what}[{i}]: dtype {e.data.dtype}, expected float32")
+        bad = int(np.size(e.data) - np.count_nonzero(np.isfinite(e.data)))
+        _require(bad == 0, f"{who} {what}[{i}]: {bad} non-finite values (NaN/inf)")
+        meta = e.meta
+        _require(meta.get("model") == card.id, f"{who} {what}[{i}]: meta['model'] is {meta.get('model')!r}")
+        _require(meta.get("variant") == var.name, f"{who} {what}[{i}]: meta['variant'] is {meta.get('variant')!r}")
+        _require(isinstance(meta.get("preprocessing"), list), f"{who} {what}[{i}]: meta has no 'preprocessing' list")
+
+    def same(batch: Any, single: Any, what: str, i: int) -> float:
+        _require(batch.data.shape == single.data.shape,
+                 f"{who} {what}[{i}]: batch shape {batch.data.shape} != single shape {single.data.shape}")
+        d = _max_diff(batch.data, single.data)
+        scale = float(np.max(np.abs(single.data))) if single.data.size else 0.0
+        _require(d <= atol + rtol * scale,
+                 f"{who} {what}[{i}]: batch item differs from its single call by {d:.3g} "
+                 f"(allowed {atol + rtol * scale:.3g}); batching must not change results")
+        return d
+
+    # pooled
+    pooled = get_embeddings_batch(card.id, rois, output=OutputSpec.pooled(), **kw)
+    _require(len(pooled) == len(rois), f"{who}: {len(pooled)} pooled embeddings for {len(rois)} ROIs")
+    for i, e in enumerate(pooled):
+        check_item(e, "pooled", i)
+        _require(e.data.shape == (var.pooled_dim,),
+                 f"{who} pooled[{i}]: shape {e.data.shape}, card says ({var.pooled_dim},)")
+    checks += ["pooled shape", "float32", "finite", "meta"]
+    singles = [get_embedding(card.id, r, output=OutputSpec.pooled(), **kw) for r in rois]
+    again = get_embedding(card.id, rois[0], output=OutputSpec.pooled(), **kw)
+    _require(np.array_equal(again.data, singles[0].data),
+             f"{who}: two identical calls differ by {_max_diff(again.data, singles[0].data):.3g}; "
+             "forward must be deterministic (eval mode, no dropout, no random or call-dependent state)")
+    for i, (b, s) in enumerate(zip(pooled, singles)):
+        worst = max(worst, same(b, s, "pooled", i))
+    checks += ["deterministic", "batch == single (pooled)"]
+
+    # grid
+    grids = get_embeddings_batch(card.id, rois, output=OutputSpec.grid(), **kw)
+    shapes = []
+    for i, (e, roi) in enumerate(zip(grids, rois)):
+        check_item(e, "grid", i)
+        _require(e.data.ndim == 3 and e.data.shape[0] == var.grid_dim,
+                 f"{who} grid[{i}]: shape {e.data.shape}, card says ({var.grid_dim}, h, w)")
+        _require(e.grid is not None, f"{who} grid[{i}]: no GridSpec, the token grid cannot be georeferenced")
+        _require(e.grid.shape == e.data.shape[1:],
+                 f"{who} grid[{i}]: GridSpec shape {e.grid.shape} != data {e.data.shape[1:]}")
+        inp = grid_for(roi, card.input.gsd_m)
+        _require(e.grid.crs == inp.crs, f"{who} grid[{i}]: crs {e.grid.crs} != input crs {inp.crs}")
+        off = max(abs(a - b) for a, b in zip(e.grid.bounds, inp.bounds))
+        _require(off <= 1e-6 * max(1.0, max(abs(v) for v in inp.bounds)),
+                 f"{who} grid[{i}]: footprint {e.grid.bounds} != input footprint {inp.bounds}")
+        shapes.append(tuple(int(n) for n in e.data.shape))
+    for i, roi in enumerate(rois):
+        worst = max(worst, same(grids[i], get_embedding(card.id, roi, output=OutputSpec.grid(), **kw), "grid", i))
+    checks += ["grid shape", "grid footprint", "batch == single (grid)"]
+
+    return ContractReport(
+        model=card.id, variant=var.name, rois=len(rois), pooled_dim=var.pooled_dim,
+        grid_shapes=tuple(shapes), max_batch_single_diff=worst,
+        provider_calls=getattr(provider, "calls", 0) - calls_before, checks=tuple(checks),
+    )
+
+
+# --------------------------------------------------------------------------- random weights, strict loading
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+@contextlib.contextmanager
+def _offline(root: Path) -> Iterator[None]:
+    """Offline Hub at root/hub, rs-embed cache (hash records, conversions) at root/rs-embed."""
+    with offline_hub(root / "hub"), _env(CACHE_ENV, str(root / "rs-embed")):
+        yield
+
+
+def _write_weights(var: Variant, root: Path, label: str, sd: Mapping[str, Any], seed: int = 0) -> WeightsSpec:
+    """Random weights for `sd` served from the offline cache under a revision of their own."""
+    assert var.weights is not None
+    ws = var.weights
+    revision = hashlib.sha1(f"{ws.repo_id}:{ws.filename}:{label}:{seed}".encode()).hexdigest()
+    src = random_weights_file(sd, root / "files" / label / Path(ws.filename).name, seed=seed)
+    build_hf_cache(root / "hub", ws.repo_id, revision, {ws.filename: src})
+    return weights_spec_for(ws.repo_id, revision, ws.filename, src, ws.license)
+
+
+def _try_load(cls: type, var: Variant, spec: WeightsSpec) -> WeightsError | None:
+    embedder = cls(attrs.evolve(var, weights=spec), "cpu")
+    try:
+        embedder.load()
+    except WeightsError as exc:
+        return exc
+    return None
+
+
+def _expected_keys(cls: type, var: Variant, root: Path, who: str) -> dict[str, Any]:
+    """Ask the model which tensors it wants: a file with one unknown key makes strict_load list them."""
+    import torch
+
+    probe = _try_load(cls, var, _write_weights(var, root, "probe", {"rs_embed_probe": (1,)}))
+    _require(probe is not None, f"{who}: load() accepted a weights file holding only an unknown key")
+    expected = getattr(probe, "expected", None)
+    _require(expected is not None,
+             f"{who}: load() raised WeightsError without the expected keys ({probe}); load through "
+             "rs_embed_core.weights.strict_load, or pass state_dict= with the file's keys")
+    return {k: torch.zeros(shape, dtype=getattr(torch, dtype.removeprefix("torch.")))
+            for k, (shape, dtype) in expected.items()}
+
+
+def _weighted_variant(model: str | type, variant: str | None) -> tuple[type, ModelCard, Variant, str]:
+    cls = _cls(model)
+    card: ModelCard = cls.card
+    var = card.variant(variant)
+    return cls, card, var, f"{card.id}/{var.name}"
+
+
+@contextlib.contextmanager
+def random_weights(
+    model: str | type,
+    variant: str | None,
+    cache_dir: str | Path,
+    *,
+    state_dict: Mapping[str, Any] | None = None,
+    seed: int = 0,
+) -> Iterator[WeightsSpec]:
+    """Within the block, `variant` of `model` loads random weights from an offline Hub cache.
+
+    The keys come from the same probe as `check_strict_loading` (or from `state_dict`). The
+    class's `card` is swapped for one whose variant points at the random file (restored on exit),
+    so the public API and `check_embedder_contract` run the model end to end without real
+    weights. Process-wide state: not for tests running side by side in threads.
+    """
+    cls, card, var, who = _weighted_variant(model, variant)
+    if var.weights is None:
+        raise ValueError(f"{who} has no weights to replace")
+    root = Path(cache_dir)
+    with _offline(root):
+        template = dict(state_dict) if state_dict is not None else _expected_keys(cls, var, root, who)
+        spec = _write_weights(var, root, "random", template, seed)
+        patched = attrs.evolve(card, variants=tuple(
+            attrs.evolve(v, weights=spec) if v is var else v for v in card.variants))
+        own = cls.__dict__.get("card")
+        cls.card = patched
+        try:
+            yield spec
+        finally:
+            if own is None:
+                del cls.card
+            else:
+                cls.card = own
+
+
+@frozen
+class StrictLoadingReport:
+    model: str
+    variant: str
+    keys: int  # tensors the model expects
+    checks: tuple[str, ...]
+    skipped: str | None = None
+
+
+def check_strict_loading(
+    model: str | type,
+    variant: str | None,
+    cache_dir: str | Path,
+    *,
+    state_dict: Mapping[str, Any] | None = None,
+) -> StrictLoadingReport:
+    """Prove `load()` accepts a file that fits and refuses one with an extra, a missing or a mis-shaped key.
+
+    How it works, with no network and no real checkpoint: for each case it writes random weights
+    into an offline Hub cache under `cache_dir` (its own fake revision, same repo and filename as
+    the variant) and instantiates the embedder with `attrs.evolve(variant, weights=<patched
+    WeightsSpec>)` so `weights_file` finds and verifies that file. The keys the model expects come
+    from a probe: a file holding one unknown tensor must make `load()` raise the WeightsError of
+    `rs_embed_core.weights.strict_load`, which carries the module's `.expected` {key: (shape, dtype)}.
+    A plugin that renames checkpoint keys before loading passes the file-side `state_dict`
+    (name -> tensor/array/shape) instead. Each case writes a full-size file: use a small variant.
+    """
+    import torch
+
+    cls, card, var, who = _weighted_variant(model, variant)
+    if var.weights is None:
+        return StrictLoadingReport(card.id, var.name, 0, (), skipped="variant has no weights")
+    root = Path(cache_dir)
+
+    def attempt(label: str, sd: Mapping[str, Any]) -> WeightsError | None:
+        return _try_load(cls, var, _write_weights(var, root, label, sd))
+
+    with _offline(root):
+        template = dict(state_dict) if state_dict is not None else _expected_keys(cls, var, root, who)
+        _require(len(template) > 0, f"{who}: the model expects no weights")
+        named = state_dict is None  # error texts use module-side names, which are the file's names here
+
+        err = attempt("good", template)
+        _require(err is None, f"{who}: a file with exactly the expected keys and shapes was refused: {err}")
+
+        extra_key = "rs_embed_unexpected_key"
+        err = attempt("extra", {**template, extra_key: (1,)})
+        _require(err is not None, f"{who}: load() accepted a file with an extra key {extra_key!r}")
+        _require(not named or extra_key in str(err), f"{who}: the extra-key error does not name the key: {err}")
+
+        missing_key = sorted(template)[0]
+        err = attempt("missing", {k: v for k, v in template.items() if k != missing_key})
+        _require(err is not None, f"{who}: load() accepted a file missing key {missing_key!r}")
+        _require(not named or missing_key in str(err), f"{who}: the missing-key error does not name the key: {err}")
+
+        checks = ["fitting file loads", "extra key refused", "missing key refused"]
+        shaped = next((k for k in sorted(template) if len(_shape(template[k])) >= 1), None)
+        if shaped is not None:
+            bad = (_shape(template[shaped])[0] + 1, *_shape(template[shaped])[1:])
+            err = attempt("shape", {**template, shaped: torch.zeros(bad)})
+            _require(err is not None, f"{who}: load() accepted {shaped!r} with shape {bad}")
+            checks.append("wrong shape refused")
+    return StrictLoadingReport(card.id, var.name, len(template), tuple(checks))
+
+
+def _shape(v: Any) -> tuple[int, ...]:
+    return tuple(v) if isinstance(v, (tuple, list)) else tuple(v.shape)
