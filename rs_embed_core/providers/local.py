@@ -1,10 +1,520 @@
-"""The `local` provider (placeholder: being written)."""
+"""The `local` provider: GeoTIFF / COG / VRT files read onto the request grid.
+
+Every file, whatever its CRS, is read through a rasterio WarpedVRT built on the request's
+GridSpec, so the pixels come out exactly on the lattice the runner asked for. An alpha band is
+always added to the warp: GDAL then folds nodata, internal masks, source alpha and "outside the
+source" into one validity band, which is more reliable than reading per-band masks of a VRT.
+Headers are cached (keyed by mtime and size) so `check` and the spatial/temporal selection stay
+cheap; pixel datasets are opened per call, which keeps concurrent fetches thread-safe.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import glob
+import numbers
+import os
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from attrs import frozen
+
+from ..errors import DataNotFoundError, ProviderError, SpecError, UnknownBandError
+from ..grid import GridSpec
 from ..hookspecs import hookimpl
+from ..raster import Raster
+from ..specs import SensorSpec
+from . import FetchRequest
+
+ENV_VAR = "RS_EMBED_LOCAL_PATH"
+COLLECTION_TAG = "RS_EMBED_COLLECTION"
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
+RESAMPLING = ("nearest", "bilinear", "cubic", "average")
+
+# YYYY-MM-DD, YYYY_MM_DD or YYYYMMDD (same separator twice), not inside a longer run of digits
+_NAME_DATE = re.compile(r"(?<!\d)(\d{4})([-_]?)(\d{2})\2(\d{2})(?!\d)")
+# TIFFTAG_DATETIME "YYYY:MM:DD HH:MM:SS"; ACQUISITION_DATE usually ISO
+_TAG_DATE = re.compile(r"(\d{4})[-:_/]?(\d{2})[-:_/]?(\d{2})(?:[ T](\d{2}):?(\d{2})(?::?(\d{2}))?)?")
+_DATE_TAGS = ("TIFFTAG_DATETIME", "ACQUISITION_DATE")
+
+
+# ---------------------------------------------------------------- small parsers
+
+
+def _to_datetime(value: object, what: str) -> dt.datetime:
+    if isinstance(value, dt.datetime):  # frame times are naive UTC
+        return value if value.tzinfo is None else value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day)
+    if isinstance(value, str):
+        try:
+            return _to_datetime(dt.datetime.fromisoformat(value.strip()), what)
+        except ValueError:
+            pass
+    raise SpecError(f"{what}: expected a date, datetime or 'YYYY-MM-DD' string, got {value!r}")
+
+
+def _valid_date(y: str, m: str, d: str, *hms: str | None) -> dt.datetime | None:
+    try:
+        year = int(y)
+        if not 1950 <= year <= 2100:  # guards against ids like 12345678 read as dates
+            return None
+        return dt.datetime(year, int(m), int(d), *(int(v) for v in hms if v))
+    except ValueError:
+        return None
+
+
+def date_from_name(name: str) -> dt.datetime | None:
+    """The first plausible date written in a file name, or None."""
+    for m in _NAME_DATE.finditer(name):
+        when = _valid_date(m.group(1), m.group(3), m.group(4))
+        if when is not None:
+            return when
+    return None
+
+
+def _date_from_tags(tags: Mapping[str, str]) -> dt.datetime | None:
+    for key in _DATE_TAGS:
+        raw = tags.get(key)
+        if raw:
+            m = _TAG_DATE.search(raw)
+            if m:
+                when = _valid_date(*m.groups())
+                if when is not None:
+                    return when
+    return None
+
+
+def _fmt_date(when: dt.datetime | None) -> str | None:
+    if when is None:
+        return None
+    return when.date().isoformat() if when.time() == dt.time(0) else when.isoformat()
+
+
+# ---------------------------------------------------------------- file headers
+
+
+@frozen
+class _FileInfo:
+    """What `check` and the selection need from one file, read from its header only."""
+
+    path: str
+    crs: str
+    bounds: tuple[float, float, float, float]  # native CRS
+    lonlat: tuple[float, float, float, float] | None  # WGS 84 box, for a robust first overlap test
+    count: int
+    bands: dict[str, int]  # name -> 1-based index
+    positional: bool  # names are "1", "2", ... (no descriptions, no band_map)
+    notes: tuple[str, ...]  # band_map entries this file cannot serve
+    date: dt.datetime | None
+    date_source: str | None  # "dates", "name", "tag" or None
+    collection: str | None  # RS_EMBED_COLLECTION tag
+
+
+def _is_remote(p: str) -> bool:
+    return p.startswith("/vsi") or "://" in p
+
+
+def _expand(item: str | os.PathLike[str]) -> list[str]:
+    """One user path entry -> the raster files it names (sorted for folders and globs)."""
+    raw = os.path.expanduser(os.fspath(item))
+    if _is_remote(raw):
+        return [raw]
+    if any(c in raw for c in "*?["):
+        hits = sorted(h for h in glob.glob(raw) if os.path.isfile(h))
+        if not hits:
+            raise DataNotFoundError(f"local provider: the pattern {raw!r} matches no file")
+        return [os.path.abspath(h) for h in hits]
+    if os.path.isdir(raw):
+        hits = sorted(
+            os.path.join(raw, n) for n in os.listdir(raw)
+            if n.lower().endswith(RASTER_SUFFIXES) and os.path.isfile(os.path.join(raw, n))
+        )
+        if not hits:
+            raise DataNotFoundError(
+                f"local provider: the folder {raw!r} holds no {'/'.join(RASTER_SUFFIXES)} file "
+                "(it is not searched recursively)"
+            )
+        return [os.path.abspath(h) for h in hits]
+    if os.path.isfile(raw):
+        return [os.path.abspath(raw)]
+    raise DataNotFoundError(f"local provider: the path {raw!r} does not exist")
+
+
+# ---------------------------------------------------------------- the provider
+
+
+class LocalProvider:
+    """Serve pixels from local (or GDAL-readable remote) rasters.
+
+    paths: a file, a folder (its *.tif/*.tiff/*.vrt, not recursive), a glob pattern, or a list
+    of these; None reads $RS_EMBED_LOCAL_PATH.
+    collection: the one collection these files hold; None lets each file's RS_EMBED_COLLECTION
+    tag decide, and untagged files serve any collection (bands matched by name).
+    band_map: {name: 1-based index or band description}; when given, these are the only band
+    names offered. Otherwise bands are named by their descriptions, or "1", "2", ... by position.
+    dates: {path or file name: date}, overriding the date in the file name and the date tags.
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None,
+        *,
+        collection: str | None = None,
+        band_map: Mapping[str, int | str] | None = None,
+        dates: Mapping[str, Any] | None = None,
+        resampling: str = "bilinear",
+        max_concurrency: int = 4,
+    ) -> None:
+        if paths is None or (isinstance(paths, str) and not paths.strip()):
+            env = os.environ.get(ENV_VAR, "").strip()
+            if not env:
+                raise SpecError(
+                    "the local provider needs to know where your rasters are: pass LocalProvider('/path/to/dir'), "
+                    f"use backend='local:/path/to/dir', or set the environment variable {ENV_VAR}"
+                )
+            paths = env
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        self.paths: tuple[str, ...] = tuple(os.fspath(p) for p in paths)
+        if not self.paths:
+            raise SpecError("LocalProvider got an empty list of paths")
+        self.collection = collection or None
+        self.band_map = self._check_band_map(band_map)
+        self.dates = self._check_dates(dates)
+        if resampling not in RESAMPLING:
+            raise SpecError(f"resampling must be one of {RESAMPLING}, got {resampling!r}")
+        self.resampling = resampling
+        if int(max_concurrency) < 1:
+            raise SpecError(f"max_concurrency must be >= 1, got {max_concurrency!r}")
+        self.max_concurrency = int(max_concurrency)
+        self._lock = threading.Lock()
+        self._headers: dict[str, tuple[tuple[int, int] | None, _FileInfo]] = {}
+
+    def __repr__(self) -> str:
+        return f"LocalProvider({list(self.paths)!r}, collection={self.collection!r})"
+
+    # ------------------------------------------------------------ options
+
+    @staticmethod
+    def _check_band_map(band_map: Mapping[str, int | str] | None) -> dict[str, int | str] | None:
+        if band_map is None:
+            return None
+        if not isinstance(band_map, Mapping) or not band_map:
+            raise SpecError(
+                f"band_map must be a non-empty mapping {{name: 1-based index or description}}, got {band_map!r}"
+            )
+        out: dict[str, int | str] = {}
+        for name, ref in band_map.items():
+            if isinstance(ref, numbers.Integral) and not isinstance(ref, bool) and ref >= 1:
+                out[str(name)] = int(ref)
+            elif isinstance(ref, str) and ref:
+                out[str(name)] = ref
+            else:
+                raise SpecError(f"band_map[{name!r}] must be a 1-based band index or a band description, got {ref!r}")
+        return out
+
+    @staticmethod
+    def _check_dates(dates: Mapping[str, Any] | None) -> dict[str, dt.datetime]:
+        if dates is None:
+            return {}
+        if not isinstance(dates, Mapping):
+            raise SpecError(f"dates must be a mapping {{path or file name: date}}, got {dates!r}")
+        out: dict[str, dt.datetime] = {}
+        for key, value in dates.items():
+            k = os.path.expanduser(os.fspath(key))
+            if os.sep in k and not _is_remote(k):
+                k = os.path.abspath(k)
+            out[k] = _to_datetime(value, f"dates[{key!r}]")
+        return out
+
+    # ------------------------------------------------------------ headers
+
+    def _files(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for item in self.paths:
+            for f in _expand(item):
+                seen.setdefault(f, None)
+        return list(seen)
+
+    def _info(self, path: str) -> _FileInfo:
+        stamp: tuple[int, int] | None = None
+        if not _is_remote(path):
+            st = os.stat(path)
+            stamp = (st.st_mtime_ns, st.st_size)
+        with self._lock:
+            hit = self._headers.get(path)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        info = self._read_header(path)
+        with self._lock:
+            self._headers[path] = (stamp, info)
+        return info
+
+    def _read_header(self, path: str) -> _FileInfo:
+        import rasterio
+        from rasterio.enums import ColorInterp
+        from rasterio.errors import RasterioError, RasterioIOError
+        from rasterio.warp import transform_bounds
+
+        try:
+            with rasterio.open(path) as src:
+                if src.crs is None:
+                    raise ProviderError(f"local provider: {path} has no CRS, so it cannot be placed on a map grid")
+                descriptions = list(src.descriptions)
+                interp = list(src.colorinterp)
+                tags = src.tags()
+                crs = src.crs.to_string()
+                bounds = tuple(src.bounds)
+                count = src.count
+        except RasterioIOError as exc:
+            raise ProviderError(f"local provider: cannot read {path}: {exc}") from None
+
+        try:
+            lonlat = tuple(transform_bounds(crs, "EPSG:4326", *bounds, densify_pts=21))
+        except RasterioError:
+            lonlat = None
+        data_idx = [i + 1 for i in range(count) if interp[i] != ColorInterp.alpha]
+        bands: dict[str, int] = {}
+        notes: list[str] = []
+        positional = False
+        if self.band_map is not None:
+            for name, ref in self.band_map.items():
+                if isinstance(ref, int):
+                    if ref <= count:
+                        bands[name] = ref
+                    else:
+                        notes.append(f"band_map[{name!r}]={ref} but {os.path.basename(path)} has {count} band(s)")
+                else:
+                    if ref in descriptions:
+                        bands[name] = descriptions.index(ref) + 1
+                    else:
+                        named = [d for d in descriptions if d]
+                        notes.append(
+                            f"band_map[{name!r}]={ref!r} but {os.path.basename(path)} has band descriptions {named}"
+                        )
+        else:
+            for i in data_idx:
+                d = descriptions[i - 1]
+                bands.setdefault(d if d else str(i), i)
+            positional = all(not descriptions[i - 1] for i in data_idx)
+
+        date, source = self._date_for(path, tags)
+        return _FileInfo(
+            path=path, crs=crs, bounds=bounds, lonlat=lonlat, count=count, bands=bands, positional=positional,
+            notes=tuple(notes), date=date, date_source=source, collection=tags.get(COLLECTION_TAG) or None,
+        )
+
+    def _date_for(self, path: str, tags: Mapping[str, str]) -> tuple[dt.datetime | None, str | None]:
+        for key in (path, os.path.basename(path)):
+            if key in self.dates:
+                return self.dates[key], "dates"
+        when = date_from_name(os.path.basename(path))
+        if when is not None:
+            return when, "name"
+        when = _date_from_tags(tags)
+        return (when, "tag") if when is not None else (None, None)
+
+    # ------------------------------------------------------------ selection (headers only)
+
+    def _candidates(self, sensor: SensorSpec) -> list[_FileInfo]:
+        """The files that can serve this collection and every requested band."""
+        infos = [self._info(f) for f in self._files()]
+        served = [i for i in infos if (self.collection or i.collection) in (None, sensor.collection)]
+        if not served:
+            if self.collection:
+                why = f"it was configured with LocalProvider(collection={self.collection!r})"
+            else:
+                tagged = sorted({i.collection for i in infos if i.collection})
+                why = f"its files are tagged {COLLECTION_TAG}={tagged}"
+            raise SpecError(
+                f"the local provider cannot serve collection {sensor.collection!r}: {why}. "
+                "Ask for that collection, or configure LocalProvider(collection=...) to match."
+            )
+        want = list(sensor.bands)
+        usable = [i for i in served if all(b in i.bands for b in want)]
+        if usable:
+            return usable
+        available = list(dict.fromkeys(b for i in served for b in i.bands))
+        missing = [b for b in want if any(b not in i.bands for i in served)]
+        msg = (
+            f"the local files have no band(s) {missing} (asked for {want} of {sensor.collection!r}); "
+            f"bands available: {available}"
+        )
+        if len({tuple(i.bands) for i in served}) > 1:
+            msg += "; no single file has all the asked bands"
+        if any(i.positional for i in served):
+            msg += (
+                ". Files without band descriptions name their bands by position ('1', '2', ...): pass "
+                "LocalProvider(..., band_map={'B4': 1, 'B3': 2, ...}) to give them names"
+            )
+        notes = sorted({n for i in served for n in i.notes})
+        if notes:
+            msg += ". " + "; ".join(notes[:5])
+        raise UnknownBandError(msg)
+
+    def check(self, sensor: SensorSpec) -> None:
+        """Fail early (headers only) if these files cannot serve `sensor`."""
+        self._candidates(sensor)
+
+    # ------------------------------------------------------------ fetch
+
+    def fetch(self, request: FetchRequest) -> Raster:
+        from rasterio.warp import transform_bounds
+
+        grid, sensor, window = request.grid, request.sensor, request.temporal
+        infos = self._candidates(sensor)
+
+        roi, roi_lonlat = grid.bounds, grid.footprint_lonlat()
+
+        def overlaps(i: _FileInfo) -> bool:
+            # lon/lat first: projecting the ROI into a far-away file's CRS can fail or blow up
+            if i.lonlat is not None and not _overlaps(roi_lonlat, i.lonlat):
+                return False
+            return _overlaps(transform_bounds(grid.crs, i.crs, *roi, densify_pts=21), i.bounds)
+
+        over = [i for i in infos if overlaps(i)]
+        if not over:
+            lines = []
+            for i in infos[:5]:
+                native = f"{i.crs} {_fmt_bounds(i.bounds, 1)}"
+                lines.append(f"{os.path.basename(i.path)}: lon/lat {_fmt_bounds(i.lonlat or ())} ({native})")
+            more = f" and {len(infos) - 5} more" if len(infos) > 5 else ""
+            raise DataNotFoundError(
+                f"ROI outside the raster: the request covers lon/lat {_fmt_bounds(roi_lonlat)} "
+                f"({grid.crs} {_fmt_bounds(roi, 1)}), which no local file intersects. Files: "
+                + "; ".join(lines) + more
+            )
+
+        chosen = [i for i in over if i.date is None or window.contains(i.date)]
+        if not chosen:
+            dates = sorted({i.date.date().isoformat() for i in over if i.date is not None})
+            raise DataNotFoundError(
+                f"no local file over this ROI is dated inside [{window.start}, {window.end}) (half-open); "
+                f"dates available there: {', '.join(dates)}"
+            )
+        # oldest first, undated before dated, so "most recent wins" can simply paint in order
+        chosen.sort(key=lambda i: (i.date is not None, i.date or dt.datetime.min))
+
+        stack = np.empty((len(chosen), len(sensor.bands), grid.height, grid.width), np.float32)
+        valid = np.empty((len(chosen), grid.height, grid.width), bool)
+        for k, info in enumerate(chosen):
+            stack[k], valid[k] = self._read(info, grid, sensor.bands)
+
+        used = valid.reshape(len(chosen), -1).any(axis=1)
+        scenes = [
+            {"path": i.path, "date": _fmt_date(i.date), "date_source": i.date_source, "undated": i.date is None,
+             "valid_fraction": float(valid[k].mean())}
+            for k, i in enumerate(chosen)
+        ]
+        if sensor.composite == "none":
+            data, ok, times = _frames(stack, valid, [i.date for i in chosen], used)
+        else:
+            data, ok = (_median if sensor.composite == "median" else _mosaic)(stack, valid)
+            contributing = [i.date for k, i in enumerate(chosen) if used[k] and i.date is not None]
+            times = (_middle(contributing),)
+        data[~np.broadcast_to(ok[:, None], data.shape)] = sensor.fill_value
+        meta = {
+            "provider": self.name,
+            "composite": sensor.composite,
+            "resampling": self.resampling,
+            "scenes": scenes,
+            "undated": [i.path for i in chosen if i.date is None],
+            "valid_fraction": float(ok.mean()) if ok.size else 0.0,
+        }
+        return Raster(data, tuple(sensor.bands), grid, times, ok, meta)
+
+    def _read(self, info: _FileInfo, grid: GridSpec, bands: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Warp the asked bands of one file onto `grid`: (C, H, W) float32 and a validity mask."""
+        import rasterio
+        from rasterio.enums import ColorInterp, Resampling
+        from rasterio.errors import RasterioError
+        from rasterio.vrt import WarpedVRT
+
+        try:
+            with rasterio.open(info.path) as src:
+                has_alpha = ColorInterp.alpha in src.colorinterp
+                with WarpedVRT(
+                    src, crs=grid.crs, transform=grid.affine(), width=grid.width, height=grid.height,
+                    resampling=Resampling[self.resampling], add_alpha=not has_alpha, dtype="float32",
+                ) as vrt:
+                    alpha_idx = list(vrt.colorinterp).index(ColorInterp.alpha) + 1
+                    data = vrt.read([info.bands[b] for b in bands])
+                    alpha = vrt.read(alpha_idx)
+        except RasterioError as exc:
+            raise ProviderError(f"local provider: reading {info.path} failed: {exc}") from None
+        ok = (alpha > 0) & np.isfinite(data).all(axis=0)
+        return data, ok
+
+
+# ---------------------------------------------------------------- compositing
+
+
+def _median(stack: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel median over valid observations (mean of the two middle ones when even)."""
+    x = np.where(valid[:, None], stack, np.nan)
+    x.sort(axis=0)  # NaN sorts last, so the first n values are the valid ones
+    n = valid.sum(axis=0)  # (H, W)
+    lo = np.maximum((n - 1) // 2, 0)[None, None]
+    hi = np.maximum(n // 2, 0)[None, None]
+    lo = np.broadcast_to(lo, (1, *x.shape[1:]))
+    hi = np.broadcast_to(hi, (1, *x.shape[1:]))
+    med = 0.5 * (np.take_along_axis(x, lo, 0) + np.take_along_axis(x, hi, 0))
+    return med.astype(np.float32), (n > 0)[None]
+
+
+def _mosaic(stack: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Later observations (the stack is oldest first) overwrite earlier ones where valid."""
+    out = np.zeros(stack.shape[1:], np.float32)
+    for k in range(stack.shape[0]):
+        out[:, valid[k]] = stack[k][:, valid[k]]
+    return out[None], valid.any(axis=0)[None]
+
+
+def _frames(
+    stack: np.ndarray, valid: np.ndarray, dates: list[dt.datetime | None], used: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, tuple[dt.datetime | None, ...]]:
+    """One frame per acquisition day (tiles of one day are mosaicked), oldest first, undated last.
+
+    Frames with no valid pixel are dropped unless every frame is empty.
+    """
+    keys: dict[dt.date | None, list[int]] = {}
+    for k, when in enumerate(dates):
+        keys.setdefault(when.date() if when is not None else None, []).append(k)
+    order = sorted(keys, key=lambda d: (d is None, d or dt.date.min))
+    if any(used):
+        order = [d for d in order if used[keys[d]].any()]
+    data, ok, times = [], [], []
+    for d in order:
+        idx = keys[d]
+        frame, fvalid = _mosaic(stack[idx], valid[idx])
+        data.append(frame[0])
+        ok.append(fvalid[0])
+        times.append(min((dates[k] for k in idx), default=None) if d is not None else None)
+    return np.stack(data), np.stack(ok), tuple(times)
+
+
+def _middle(dates: list[dt.datetime]) -> dt.datetime | None:
+    if not dates:
+        return None
+    lo, hi = min(dates), max(dates)
+    return lo + (hi - lo) / 2
+
+
+def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _fmt_bounds(b: tuple[float, ...], digits: int = 5) -> str:
+    return "(" + ", ".join(f"{v:.{digits}f}" for v in b) + ")"
 
 
 @hookimpl
 def register_providers(register):
-    pass
+    register("local", LocalProvider)
