@@ -7,7 +7,10 @@ drives this same runner, so single, batch and export results agree by constructi
 from __future__ import annotations
 
 import importlib.metadata as md
+import itertools
 import threading
+import weakref
+from functools import lru_cache
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterable, Sequence
@@ -109,24 +112,42 @@ def clear_model_cache() -> None:
 
 
 class RasterCache:
-    """Fetched rasters by request key, LRU-bounded; concurrent asks for one key share one fetch."""
+    """Fetched rasters by (provider instance, request key), LRU-bounded.
+
+    Each provider object gets a token that is never reused (unlike `id()`, which a new object
+    can inherit from a freed one), so one provider's pixels are never served for another's.
+    """
 
     def __init__(self, max_items: int = 256) -> None:
         self.max_items = max_items
         self._done: OrderedDict[tuple[int, str], Raster] = OrderedDict()
+        self._tokens: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._next = itertools.count()
         self._lock = threading.Lock()
 
+    def _token(self, provider: Provider) -> int | None:
+        try:
+            tok = self._tokens.get(provider)
+            if tok is None:
+                tok = self._tokens[provider] = next(self._next)
+            return tok
+        except TypeError:  # not weak-referenceable: do not cache its rasters
+            return None
+
     def get(self, provider: Provider, req: FetchRequest) -> Raster | None:
-        key = (id(provider), req.key)
         with self._lock:
-            r = self._done.get(key)
+            tok = self._token(provider)
+            r = None if tok is None else self._done.get((tok, req.key))
             if r is not None:
-                self._done.move_to_end(key)
+                self._done.move_to_end((tok, req.key))
             return r
 
     def put(self, provider: Provider, req: FetchRequest, raster: Raster) -> None:
         with self._lock:
-            self._done[(id(provider), req.key)] = raster
+            tok = self._token(provider)
+            if tok is None:
+                return
+            self._done[(tok, req.key)] = raster
             while len(self._done) > self.max_items:
                 self._done.popitem(last=False)
 
@@ -204,15 +225,20 @@ def _forward(embedder: Embedder, x: np.ndarray, ctx: BatchContext) -> tuple[np.n
     return _to_numpy(out.pooled), _to_numpy(out.grid)
 
 
-def _versions(cls: type, uses_torch: bool) -> dict[str, str]:
-    v = {"rs_embed": __version__, "numpy": np.__version__}
-    mod = cls.__module__.split(".")[0]
+@lru_cache(maxsize=None)
+def _dist_of_module(mod: str) -> tuple[str, str] | None:
     try:
         dist = md.packages_distributions().get(mod, [None])[0]
-        if dist:
-            v[dist] = md.version(dist)
+        return (dist, md.version(dist)) if dist else None
     except Exception:  # versions are informative only
-        pass
+        return None
+
+
+def _versions(cls: type, uses_torch: bool) -> dict[str, str]:
+    v = {"rs_embed": __version__, "numpy": np.__version__}
+    dist = _dist_of_module(cls.__module__.split(".")[0])
+    if dist:
+        v[dist[0]] = dist[1]
     if uses_torch:
         import torch
 

@@ -161,3 +161,14 @@ def test_list_and_describe():
     assert d["id"] == "tiny_test_model" and d["plugin"] == "test-api-plugin"
     assert [s["name"] for s in d["preprocessing"]] == ["select_bands", "scale", "resize"]
     assert [v["name"] for v in d["variants"]] == ["base", "big"] and d["variants"][0]["default"]
+
+
+def test_cache_never_serves_one_providers_pixels_to_another():
+    p = PointBuffer(121.5, 31.2, 160)
+    seen = []
+    for k in range(5):  # each provider is freed before the next is made (ids may be reused)
+        prov = WorldProvider()
+        get_embedding("tiny_test_model", p, WINDOW, backend=prov)
+        seen.append(len(prov.fetched))
+        del prov
+    assert seen == [1] * 5
