@@ -187,6 +187,7 @@ def embed(model, points, bboxes, roi_file, buffer_m, start, end, year, backend, 
     if out_path and out_path.lower().endswith(".npz"):
         write_npz(out_path, names, embs)
         click.echo(f"wrote {len(embs)} embeddings {tuple(embs[0].shape)} to {out_path}", err=True)
+        _summary(names, embs)
         return
     doc = [{"name": n, "shape": list(e.shape), "embedding": e.data.tolist(), "meta": e.meta,
             "grid": None if e.grid is None else {"crs": e.grid.crs, "transform": list(e.grid.transform)}}
@@ -194,8 +195,26 @@ def embed(model, points, bboxes, roi_file, buffer_m, start, end, year, backend, 
     if out_path:
         Path(out_path).write_text(json.dumps(doc, default=str))
         click.echo(f"wrote {len(embs)} embeddings {tuple(embs[0].shape)} to {out_path}", err=True)
+        _summary(names, embs)
     else:
         _dump(doc)
+
+
+def _summary(names: list[str], embs: list[Any]) -> None:
+    """A glance at what was written: valid input fraction per ROI, and cosine similarities."""
+    width = max(len(n) for n in names)
+    for n, e in zip(names, embs):
+        click.echo(f"  {n:<{width}}  valid input {e.meta.get('valid_fraction', float('nan')):6.1%}  "
+                   f"|e| = {float(np.linalg.norm(e.data)):.3g}", err=True)
+    if 1 < len(embs) <= 12 and embs[0].data.ndim == 1:
+        x = np.stack([e.data for e in embs]).astype(np.float64)
+        x = x - x.mean(axis=0)  # centre across ROIs: raw features share a large common component
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        sim = x @ x.T
+        click.echo("cosine similarity (features centred across these ROIs):", err=True)
+        click.echo(" " * (width + 2) + "".join(f"{n[:8]:>9}" for n in names), err=True)
+        for n, row in zip(names, sim):
+            click.echo(f"  {n:<{width}}" + "".join(f"{v:9.2f}" for v in row), err=True)
 
 
 def write_npz(path: str, names: list[str], embs: list[Any]) -> None:
