@@ -1,0 +1,29 @@
+"""A small torch toolkit the ViT model plugins share (torch-only; imported by plugins, never by the core).
+
+Parameter names follow open_clip's checkpoints (`ln_1`, `attn.in_proj_weight`, `mlp.c_fc`...), so a
+model built from these parts loads an open_clip-format state dict strictly, key for key.
+"""
+
+from .patch_embed import PatchEmbed
+from .pos_embed import sincos_1d, sincos_2d, sincos_3d
+from .tokens import grid_to_tokens, pool_tokens, prepend_tokens, split_prefix, tokens_to_grid
+from .transformer import ACTIVATIONS, Attention, Block, Mlp, QuickGELU, Transformer, activation
+
+__all__ = [
+    "ACTIVATIONS",
+    "Attention",
+    "Block",
+    "Mlp",
+    "PatchEmbed",
+    "QuickGELU",
+    "Transformer",
+    "activation",
+    "grid_to_tokens",
+    "pool_tokens",
+    "prepend_tokens",
+    "sincos_1d",
+    "sincos_2d",
+    "sincos_3d",
+    "split_prefix",
+    "tokens_to_grid",
+]

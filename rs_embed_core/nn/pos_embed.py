@@ -1,0 +1,72 @@
+"""Fixed sine-cosine position embeddings (1D, 2D and 3D), as MAE-family encoders define them.
+
+One axis of `dim` channels: position p gives [sin(p*w_0) .. sin(p*w_{k-1}), cos(p*w_0) .. cos(p*w_{k-1})]
+with k = dim/2 and w_i = 10000^(-i/k). A grid embedding concatenates one such block per axis; the
+tokens are row-major over the grid (last axis fastest), the order `PatchEmbed` produces. The
+channel order of the blocks differs between model families, so it is a parameter: MAE's 2D
+embedding puts the column (x) block first, Prithvi's 3D one orders the blocks width, height, time.
+Computed in float64 and returned as float32, which is how the reference code builds them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import SpecError
+
+_BASE = 10000.0
+
+
+def sincos_1d(dim: int, positions: torch.Tensor | list[float] | int) -> torch.Tensor:
+    """(M, dim) embedding of M (possibly fractional) positions; an int n means positions 0..n-1."""
+    if dim <= 0 or dim % 2:
+        raise SpecError(f"sin-cos embedding dim must be a positive even number, got {dim}")
+    pos = torch.arange(positions) if isinstance(positions, int) else torch.as_tensor(positions)
+    pos = pos.to(torch.float64).reshape(-1)
+    half = dim // 2
+    omega = 1.0 / _BASE ** (torch.arange(half, dtype=torch.float64) / half)
+    angles = pos[:, None] * omega[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=1).to(torch.float32)
+
+
+def _grid(sizes: dict[str, int], dims: dict[str, int], concat: str) -> torch.Tensor:
+    """Row-major tokens over the axes in `sizes` order; channel blocks in `concat` order."""
+    if sorted(concat) != sorted(sizes):
+        raise SpecError(f"concat order {concat!r} must name each axis of {''.join(sizes)} once")
+    coords = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in sizes.values()], indexing="ij")
+    by_axis = dict(zip(sizes, coords))
+    return torch.cat([sincos_1d(dims[a], by_axis[a].reshape(-1)) for a in concat], dim=1)
+
+
+def _with_cls(emb: torch.Tensor, cls_token: bool) -> torch.Tensor:
+    return torch.cat([emb.new_zeros(1, emb.shape[1]), emb], dim=0) if cls_token else emb
+
+
+def sincos_2d(dim: int, h: int, w: int, cls_token: bool = False, concat: str = "wh") -> torch.Tensor:
+    """(h*w [+1], dim): half the channels per axis; MAE order (x block, then y block) by default.
+
+    With `cls_token`, a zero row is prepended for the class token.
+    """
+    if dim % 4:
+        raise SpecError(f"2D sin-cos embedding dim must be a multiple of 4, got {dim}")
+    emb = _grid({"h": h, "w": w}, {"h": dim // 2, "w": dim // 2}, concat)
+    return _with_cls(emb, cls_token)
+
+
+def sincos_3d(
+    t: int,
+    h: int,
+    w: int,
+    dims: tuple[int, int, int],
+    concat: str = "thw",
+    cls_token: bool = False,
+) -> torch.Tensor:
+    """(t*h*w [+1], sum(dims)) for a (time, height, width) token grid, w fastest.
+
+    `dims` = channels of the (t, h, w) blocks; `concat` orders the blocks in the channel axis
+    (Prithvi: dims=(D//16*4, D//16*6, D//16*6), concat="wht").
+    """
+    if len(dims) != 3:
+        raise SpecError(f"dims must be (dim_t, dim_h, dim_w), got {dims!r}")
+    emb = _grid({"t": t, "h": h, "w": w}, dict(zip("thw", dims)), concat)
+    return _with_cls(emb, cls_token)
