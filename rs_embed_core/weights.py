@@ -20,7 +20,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import Callable, TYPE_CHECKING, Any, Iterable, Mapping
 
 from .card import WeightsSpec
 from .errors import WeightsError
@@ -128,8 +128,16 @@ def _atomic_write(dest: Path, write: Any) -> None:
         raise
 
 
-def _verify(path: Path, spec: WeightsSpec) -> None:
+def _verify(path: Path, spec: WeightsSpec, content_digest: Callable[[Path], str] | None = None) -> None:
     """Check the sha256, unless a record says this exact file (path, size, mtime) already passed."""
+    if content_digest is not None:
+        got = content_digest(path)
+        if got != spec.sha256:
+            raise WeightsError(
+                f"content sha256 mismatch for {spec.repo_id}/{spec.filename} @ {spec.revision}: "
+                f"expected {spec.sha256}, got {got} (file: {path}). Delete it and fetch the pinned revision again."
+            )
+        return
     real = path.resolve()
     key = _stat_key(real)
     record = _record_path(real)
@@ -225,12 +233,16 @@ def _download(spec: WeightsSpec, checked: list[Path]) -> Path:
         raise _unavailable(spec, f"download failed: {_short(exc)}", checked) from None
 
 
-def weights_file(spec: WeightsSpec) -> Path:
+def weights_file(spec: WeightsSpec, *, content_digest: Callable[[Path], str] | None = None) -> Path:
     """The verified local path of a pinned weights file.
 
     Order: `$RS_EMBED_WEIGHTS_DIR/<org>__<name>/<filename>`, then `$RS_EMBED_WEIGHTS_DIR/<filename>`,
     then `huggingface_hub.hf_hub_download` (honours HF_HUB_OFFLINE and HF_HUB_CACHE). Raises one
     WeightsError saying where to put the file when it cannot be found, or when its sha256 differs.
+
+    `content_digest(path) -> hex` is for small assets pinned by what they hold rather than by
+    their bytes (e.g. a tokenizer vocabulary whose header or line endings vary between hosts):
+    `spec.sha256` is then compared with that digest instead of the file's own sha256.
     """
     _repo_parts(spec)  # validate names before touching the file system
     _file_parts(spec)
@@ -245,7 +257,7 @@ def weights_file(spec: WeightsSpec) -> Path:
                 break
     if path is None:
         path = _download(spec, checked)
-    _verify(path, spec)
+    _verify(path, spec, content_digest)
     log.debug("weights %s/%s @ %s -> %s", spec.repo_id, spec.filename, spec.revision[:12], path)
     return path
 

@@ -15,25 +15,27 @@ and no open_clip / timm is needed at run time (open_clip is the test-time refere
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
+import os
 import threading
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
-import torch
-from torch import nn
 
 from rs_embed_core.card import InputSpec, ModelCard, Step, Variant, WeightsSpec
 from rs_embed_core.embedder import BatchContext, Embedder, EmbedOutput
 from rs_embed_core.errors import SpecError, WeightsError
 from rs_embed_core.hookspecs import hookimpl
-from rs_embed_core.nn import PatchEmbed, Transformer, prepend_tokens, split_prefix, tokens_to_grid
-from rs_embed_core.weights import load_state_dict, strict_load, weights_file
-from rs_embed_remoteclip_tokenizer import ClipTokenizer
+from rs_embed_core.weights import weights_file
+from rs_embed_remoteclip_tokenizer import ClipTokenizer, merges_digest
 
-__all__ = ["RemoteCLIP", "CLIP", "embed_text", "tokenizer", "register_embedders"]
+if TYPE_CHECKING:
+    import torch
+
+    from rs_embed_remoteclip_model import CLIP
+
+__all__ = ["RemoteCLIP", "embed_text", "tokenizer", "register_embedders"]
 
 REPO_ID = "chendelong/RemoteCLIP"
 # The snapshot the RemoteCLIP README's cache path and its users load from. The sha256 values (and sizes:
@@ -49,24 +51,24 @@ S2_RGB = ("B4", "B3", "B2")
 # the usual true-colour stretch, gives natural-looking RGB like the aerial photos RemoteCLIP saw.
 RGB_LOW_DN, RGB_HIGH_DN = 0.0, 3000.0
 
-# The BPE merges of OpenAI's CLIP tokenizer. open_clip ships the file (gzip) and that copy is used
-# when open_clip is installed; otherwise the pinned Hub file below is fetched like weights.
-BPE_SHA256_OPEN_CLIP = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
-# UNVERIFIED: revision d15b5f29... is a commit of openai/clip-vit-base-patch32 that several projects
-# pin, but the sha256 of its merges.txt could not be read here (no Hub access), so it is a placeholder
-# of zeros: fetching it fails verification until a maintainer fills in the real hash.
+# The BPE merge rules of OpenAI's CLIP tokenizer, pinned by content (`merges_digest`: the sha256 of
+# the 48,894 "a b" rules joined by newlines), computed here from the copy open_clip ships. Sources, in
+# order: $RS_EMBED_CLIP_BPE (a file you place), open_clip's bundled gzip (found without importing
+# open_clip), then merges.txt of openai/clip-vit-base-patch32 at a pinned commit, fetched like weights.
+# That Hub file could not be downloaded here; it is expected to hold the same rules (a mismatch is a
+# WeightsError naming the file, never a silently different tokenizer).
+BPE_ENV = "RS_EMBED_CLIP_BPE"
+BPE_MERGES_SHA256 = "f61f2adf497e6f5357c347aeb4646fabe82f341e946de5bdec5d2858e41bef4a"
 BPE_SPEC = WeightsSpec(
     repo_id="openai/clip-vit-base-patch32",
     revision="d15b5f29721ca72dac15f8526b284be910de18be",
     filename="merges.txt",
-    sha256="0" * 64,
+    sha256=BPE_MERGES_SHA256,
     license="mit",
 )
 
 TEXT_BATCH = 256  # prompts per text-tower pass
 
-# Checkpoint keys of the text side of an open_clip CLIP (the image side is everything under "visual").
-TEXT_KEYS = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection", "logit_scale")
 
 
 def _config(embed_dim: int, vision: tuple[int, int, int, int], text: tuple[int, int, int]) -> dict[str, Any]:
@@ -121,105 +123,32 @@ token is pooled from. Pooled and text embeddings are not L2-normalised (open_cli
 encode_text); normalise both before cosine scoring.
 Weights: the sha256 values are those published for the pinned snapshot by independent users of these \
 files; they were not recomputed here (no Hub access). The licence (apache-2.0) is as reported for the \
-Hub repository; the GitHub repository carries no licence file. Tokenizer: open_clip's bundled BPE file \
-when installed (sha256-checked), else openai/clip-vit-base-patch32 merges.txt, whose sha256 is a \
-placeholder (see BPE_SPEC)."""
-
-
-# --------------------------------------------------------------------------- network
-
-
-class VisionTower(nn.Module):
-    """open_clip's VisionTransformer with class-token pooling; keys equal the checkpoint's `visual.*`."""
-
-    def __init__(self, cfg: dict[str, Any]) -> None:
-        super().__init__()
-        width, n = int(cfg["width"]), int(cfg["image_size"]) // int(cfg["patch_size"])
-        self.grid_hw = (n, n)
-        scale = width ** -0.5
-        self.conv1 = PatchEmbed(3, width, int(cfg["patch_size"]), bias=False)
-        self.class_embedding = nn.Parameter(scale * torch.randn(width))
-        self.positional_embedding = nn.Parameter(scale * torch.randn(n * n + 1, width))
-        self.ln_pre = nn.LayerNorm(width)
-        self.transformer = Transformer(width, int(cfg["layers"]), int(cfg["heads"]), act=cfg["act"])
-        self.ln_post = nn.LayerNorm(width)
-        self.proj = nn.Parameter(scale * torch.randn(width, int(cfg["embed_dim"])))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, H, W) normalised RGB -> pooled (B, embed_dim), grid (B, width, h, w)."""
-        if self.conv1.grid_size(x.shape[-2], x.shape[-1]) != self.grid_hw:  # before any compute
-            size = self.grid_hw[0] * self.conv1.patch_size
-            raise SpecError(f"RemoteCLIP needs {size}x{size} inputs (a {self.grid_hw} token grid), got {tuple(x.shape[-2:])}")
-        tokens, hw = self.conv1(x)
-        h = prepend_tokens(tokens, self.class_embedding) + self.positional_embedding.to(tokens.dtype)
-        h = self.ln_post(self.transformer(self.ln_pre(h)))
-        cls, patches = split_prefix(h, 1)
-        return cls[:, 0] @ self.proj, tokens_to_grid(patches, hw)
-
-
-class CLIP(nn.Module):
-    """open_clip's CLIP layout: image tower under `visual`, text tower at the root.
-
-    Build only the towers you need (`vision`, `text`); `drop_keys` lists the checkpoint keys the
-    missing tower owns, so `strict_load` still checks every key of the built ones.
-    """
-
-    def __init__(self, cfg: dict[str, Any], *, vision: bool = True, text: bool = True) -> None:
-        super().__init__()
-        self.cfg = dict(cfg)
-        self.has_vision, self.has_text = vision, text
-        if vision:
-            self.visual = VisionTower(cfg)
-        if text:
-            width, n = int(cfg["text_width"]), int(cfg["context_length"])
-            self.token_embedding = nn.Embedding(int(cfg["vocab_size"]), width)
-            self.positional_embedding = nn.Parameter(0.01 * torch.randn(n, width))
-            self.transformer = Transformer(width, int(cfg["text_layers"]), int(cfg["text_heads"]), act=cfg["act"])
-            self.ln_final = nn.LayerNorm(width)
-            self.text_projection = nn.Parameter(width ** -0.5 * torch.randn(width, int(cfg["embed_dim"])))
-            self.logit_scale = nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
-            causal = torch.full((n, n), float("-inf")).triu(1)  # token i attends to tokens 0..i
-            self.register_buffer("attn_mask", causal, persistent=False)
-
-    @property
-    def drop_keys(self) -> tuple[str, ...]:
-        return (() if self.has_vision else ("visual",)) + (() if self.has_text else TEXT_KEYS)
-
-    def encode_image(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.visual(x)
-
-    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, context_length) token ids -> (B, embed_dim), read at each sequence's end token."""
-        h = self.token_embedding(ids) + self.positional_embedding
-        h = self.ln_final(self.transformer(h, self.attn_mask))
-        eot = h[torch.arange(h.shape[0], device=h.device), ids.argmax(dim=-1)]  # end token has the largest id
-        return eot @ self.text_projection
-
-
-def build(variant: Variant, device: str = "cpu", *, vision: bool = True, text: bool = True) -> CLIP:
-    """The towers of `variant`, weights loaded strictly from its pinned checkpoint, in eval mode."""
-    if variant.weights is None:
-        raise WeightsError(f"RemoteCLIP variant {variant.name!r} has no weights spec")
-    sd = load_state_dict(variant.weights)  # errors about missing files come before any model work
-    model = CLIP(variant.params, vision=vision, text=text)
-    strict_load(model, sd, drop=model.drop_keys)
-    return model.to(device).eval()
+Hub repository; the GitHub repository carries no licence file. Tokenizer: CLIP's BPE merges, pinned by \
+content hash, from $RS_EMBED_CLIP_BPE, open_clip's bundled file, or openai/clip-vit-base-patch32 \
+merges.txt at a pinned commit (that download was not exercised here: no Hub access)."""
 
 
 # --------------------------------------------------------------------------- tokenizer
 
 
-def _open_clip_bpe() -> Path | None:
-    """open_clip's bundled BPE file, located without importing open_clip (it imports torchvision)."""
+def _checked_bpe(path: Path, source: str) -> Path:
+    got = merges_digest(path)
+    if got != BPE_MERGES_SHA256:
+        raise WeightsError(f"{source} {path} does not hold CLIP's BPE merges (content sha256 {got})")
+    return path
+
+
+def _local_bpe() -> Path | None:
+    """$RS_EMBED_CLIP_BPE, else open_clip's bundled file (located without importing open_clip,
+    which would import torchvision)."""
+    env = os.environ.get(BPE_ENV)
+    if env:
+        return _checked_bpe(Path(env).expanduser(), f"${BPE_ENV}")
     spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for root in spec.submodule_search_locations:
+    for root in (spec.submodule_search_locations or []) if spec else []:
         path = Path(root) / "bpe_simple_vocab_16e6.txt.gz"
         if path.is_file():
-            with open(path, "rb") as f:
-                if hashlib.file_digest(f, "sha256").hexdigest() == BPE_SHA256_OPEN_CLIP:
-                    return path
+            return _checked_bpe(path, "open_clip's bundled")
     return None
 
 
@@ -228,14 +157,15 @@ _lock = threading.Lock()
 
 
 def tokenizer(spec: WeightsSpec | None = None) -> ClipTokenizer:
-    """The CLIP tokenizer. With `spec`, its merges come from that pinned file; otherwise from
-    open_clip's bundled copy when installed, else from `BPE_SPEC` on the Hub."""
+    """The CLIP tokenizer. With `spec`, its merges come from that pinned file (content-checked);
+    otherwise from $RS_EMBED_CLIP_BPE, open_clip's bundled copy, or `BPE_SPEC` on the Hub."""
     global _tokenizer
     if spec is not None:
-        return ClipTokenizer.from_file(weights_file(spec))
+        return ClipTokenizer.from_file(weights_file(spec, content_digest=merges_digest))
     with _lock:
         if _tokenizer is None:
-            _tokenizer = ClipTokenizer.from_file(_open_clip_bpe() or weights_file(BPE_SPEC))
+            path = _local_bpe() or weights_file(BPE_SPEC, content_digest=merges_digest)
+            _tokenizer = ClipTokenizer.from_file(path)
         return _tokenizer
 
 
@@ -281,6 +211,8 @@ class RemoteCLIP(Embedder):
         self._text: CLIP | None = None
 
     def load(self) -> None:
+        from rs_embed_remoteclip_model import build
+
         self.model = build(self.variant, self.device, vision=True, text=False)
 
     def forward(self, x: torch.Tensor, ctx: BatchContext) -> EmbedOutput:
@@ -296,6 +228,10 @@ class RemoteCLIP(Embedder):
 
     def embed_text(self, texts: str | Iterable[str]) -> np.ndarray:
         """(N, embed_dim) float32 text embeddings of this variant, as open_clip encode_text (not normalised)."""
+        import torch
+
+        from rs_embed_remoteclip_model import build
+
         if self._text is None:
             self._text = build(self.variant, self.device, vision=False, text=True)
         ids = torch.from_numpy(tokenizer()([texts] if isinstance(texts, str) else list(texts)))

@@ -14,6 +14,7 @@ The merges come from a pinned asset (the OpenAI BPE file, gzip or plain text), n
 from __future__ import annotations
 
 import gzip
+import hashlib
 import html
 from functools import lru_cache
 from pathlib import Path
@@ -55,6 +56,13 @@ def read_merges(path: str | Path) -> list[tuple[str, str]]:
     if len(merges) != N_MERGES or any(len(m) != 2 for m in merges):
         raise ValueError(f"{path} is not a CLIP BPE merges file ({len(merges)} usable merge lines)")
     return merges  # type: ignore[return-value]
+
+
+def merges_digest(path: str | Path) -> str:
+    """sha256 of the merge rules a file holds ("a b" lines joined by newlines), whatever its
+    container: the gzip copy open_clip ships and the Hub's plain merges.txt pin to the same value."""
+    text = "\n".join(f"{a} {b}" for a, b in read_merges(path))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def clean(text: str) -> str:

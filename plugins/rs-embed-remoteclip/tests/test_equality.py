@@ -17,7 +17,8 @@ from rs_embed_core.embedder import BatchContext  # noqa: E402
 from rs_embed_core.testing import build_hf_cache, offline_hub, weights_spec_for  # noqa: E402
 from rs_embed_core.weights import CACHE_ENV  # noqa: E402
 
-import rs_embed_remoteclip as rc  # noqa: E402
+import rs_embed_remoteclip as rc
+import rs_embed_remoteclip_model as rcm  # noqa: E402
 
 TOL = 1e-5
 REVISION = "2" * 40
@@ -154,7 +155,7 @@ def test_vit_l_14_has_open_clips_keys_and_shapes():
     """Structure only (a full forward of ViT-L-14 is too slow for CI): built on the meta device."""
     with torch.device("meta"):
         ref = open_clip.create_model("ViT-L-14", pretrained=None, device="meta")
-        ours = rc.CLIP(rc.VIT_L_14.params)
+        ours = rcm.CLIP(rc.VIT_L_14.params)
     expected = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
     assert got == expected

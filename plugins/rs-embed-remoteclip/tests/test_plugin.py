@@ -27,6 +27,7 @@ from rs_embed_core.testing import (
 from rs_embed_core.weights import CACHE_ENV
 
 import rs_embed_remoteclip as rc
+import rs_embed_remoteclip_model as rcm
 
 
 def _raster(h: int, w: int, seed: int = 0) -> Raster:
@@ -110,12 +111,12 @@ class TinyRemoteCLIP(rc.RemoteCLIP):
 def test_strict_loading_refuses_files_that_do_not_fit(tmp_path):
     report = check_strict_loading(TinyRemoteCLIP, "tiny", tmp_path)
     assert "extra key refused" in report.checks and "wrong shape refused" in report.checks
-    assert report.keys == len(rc.CLIP(TINY.params, text=False).state_dict())
+    assert report.keys == len(rcm.CLIP(TINY.params, text=False).state_dict())
 
 
 def test_text_tower_load_is_strict_too(tmp_path, monkeypatch):
     """A checkpoint whose text tower is incomplete fails embed_text with the missing key named."""
-    sd = rc.CLIP(TINY.params).state_dict()
+    sd = rcm.CLIP(TINY.params).state_dict()
     del sd["ln_final.bias"]
     path = random_weights_file(sd, tmp_path / "RemoteCLIP-ViT-B-32.pt")
     spec = weights_spec_for(rc.REPO_ID, "3" * 40, path.name, path)
@@ -140,7 +141,7 @@ def test_embed_text_offline_without_weights_says_where_to_put_them(tmp_path, mon
 def registered_b32(tmp_path_factory):
     """The full-size ViT-B-32 image tower under a test id, random weights in an offline Hub cache."""
     root = tmp_path_factory.mktemp("contract")
-    path = random_weights_file(rc.CLIP(rc.VIT_B_32.params, text=False), root / "RemoteCLIP-ViT-B-32.pt", seed=1)
+    path = random_weights_file(rcm.CLIP(rc.VIT_B_32.params, text=False), root / "RemoteCLIP-ViT-B-32.pt", seed=1)
     spec = weights_spec_for(rc.REPO_ID, "4" * 40, path.name, path)
     build_hf_cache(root / "hub", rc.REPO_ID, "4" * 40, {path.name: path})
 
@@ -178,7 +179,7 @@ def test_embedder_contract_through_the_public_api(registered_b32):
 
 
 def test_embed_text_in_chunks_equals_one_pass(tmp_path, monkeypatch):
-    path = random_weights_file(rc.CLIP(TINY.params), tmp_path / "RemoteCLIP-ViT-B-32.pt", seed=2)
+    path = random_weights_file(rcm.CLIP(TINY.params), tmp_path / "RemoteCLIP-ViT-B-32.pt", seed=2)
     spec = weights_spec_for(rc.REPO_ID, "5" * 40, path.name, path)
     build_hf_cache(tmp_path / "hub", rc.REPO_ID, "5" * 40, {path.name: path})
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "rs-embed"))
@@ -192,3 +193,15 @@ def test_embed_text_in_chunks_equals_one_pass(tmp_path, monkeypatch):
         np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-6)
         np.testing.assert_allclose(emb.embed_text(prompts[2]), whole[2:3], rtol=0, atol=1e-6)
         assert emb.embed_text([]).shape == (0, 16)
+
+
+def test_listing_models_does_not_import_torch():
+    """The card and hook live in a torch-free module; the network is imported on load()."""
+    import subprocess
+    import sys
+
+    code = ("import sys, rs_embed_remoteclip, rs_embed; assert 'remoteclip' in rs_embed.list_models(); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

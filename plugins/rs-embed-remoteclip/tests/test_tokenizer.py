@@ -38,14 +38,22 @@ TEXTS = [
 ]
 
 
+def _hf_style_merges(path: Path, lines: list[str] | None = None) -> Path:
+    """merges.txt as the Hub's CLIP repos hold it: a "#version" header, then one rule a line."""
+    rules = lines or gzip.decompress(BPE.read_bytes()).decode("utf-8").split("\n")[1 : 48894 + 1]
+    path.write_text("#version: 0.2\n" + "\n".join(rules) + "\n", encoding="utf-8")
+    return path
+
+
 @pytest.fixture(scope="module")
 def cached_tokenizer(tmp_path_factory):
-    """Our tokenizer, its merges served from an offline Hub cache holding open_clip's BPE file."""
+    """Our tokenizer from the real pinned spec (BPE_SPEC), served from an offline Hub cache that
+    holds a plain-text merges.txt: the content pin accepts it although its bytes differ from the gzip."""
     root = tmp_path_factory.mktemp("bpe")
-    spec = weights_spec_for("openai/clip-bpe", REVISION, "bpe_simple_vocab_16e6.txt.gz", BPE)
-    build_hf_cache(root / "hub", spec.repo_id, REVISION, {spec.filename: BPE})
+    merges = _hf_style_merges(root / "merges.txt")
+    build_hf_cache(root / "hub", rc.BPE_SPEC.repo_id, rc.BPE_SPEC.revision, {rc.BPE_SPEC.filename: merges})
     with offline_hub(root / "hub"):
-        return rc.tokenizer(spec)
+        return rc.tokenizer(rc.BPE_SPEC)
 
 
 def test_token_ids_equal_open_clip(cached_tokenizer):
@@ -86,6 +94,26 @@ def test_offline_and_not_cached_names_the_file(tmp_path):
         rc.tokenizer(spec)
 
 
-def test_default_tokenizer_uses_the_installed_open_clip_file():
-    assert rc._open_clip_bpe() == BPE  # sha256-checked against the pinned hash
+def test_tampered_merges_are_refused(tmp_path):
+    rules = gzip.decompress(BPE.read_bytes()).decode("utf-8").split("\n")[1 : 48894 + 1]
+    rules[10], rules[11] = rules[11], rules[10]  # same rules, other ranks: a different tokenizer
+    merges = _hf_style_merges(tmp_path / "merges.txt", rules)
+    build_hf_cache(tmp_path / "hub", rc.BPE_SPEC.repo_id, rc.BPE_SPEC.revision, {rc.BPE_SPEC.filename: merges})
+    with offline_hub(tmp_path / "hub"), pytest.raises(WeightsError, match="content sha256 mismatch"):
+        rc.tokenizer(rc.BPE_SPEC)
+
+
+def test_env_override_is_content_checked(tmp_path, monkeypatch):
+    monkeypatch.setenv(rc.BPE_ENV, str(_hf_style_merges(tmp_path / "merges.txt")))
+    assert rc._local_bpe() == tmp_path / "merges.txt"
+    bad = tmp_path / "bad.txt"
+    _hf_style_merges(bad, ["a b"] * 48894)
+    monkeypatch.setenv(rc.BPE_ENV, str(bad))
+    with pytest.raises(WeightsError, match="does not hold CLIP's BPE merges"):
+        rc._local_bpe()
+
+
+def test_default_tokenizer_uses_the_installed_open_clip_file(monkeypatch):
+    monkeypatch.delenv(rc.BPE_ENV, raising=False)
+    assert rc._local_bpe() == BPE  # content-checked against the pinned hash
     assert rc.tokenizer()(TEXTS[:3]).tolist() == open_clip.get_tokenizer("ViT-B-32")(TEXTS[:3]).tolist()
