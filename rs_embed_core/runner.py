@@ -112,14 +112,15 @@ def clear_model_cache() -> None:
 
 
 class RasterCache:
-    """Fetched rasters by (provider instance, request key), LRU-bounded.
+    """Fetched rasters by (provider instance, request key), LRU-bounded by total bytes.
 
     Each provider object gets a token that is never reused (unlike `id()`, which a new object
     can inherit from a freed one), so one provider's pixels are never served for another's.
     """
 
-    def __init__(self, max_items: int = 256) -> None:
-        self.max_items = max_items
+    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self._bytes = 0
         self._done: OrderedDict[tuple[int, str], Raster] = OrderedDict()
         self._tokens: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         self._next = itertools.count()
@@ -147,13 +148,19 @@ class RasterCache:
             tok = self._token(provider)
             if tok is None:
                 return
-            self._done[(tok, req.key)] = raster
-            while len(self._done) > self.max_items:
-                self._done.popitem(last=False)
+            key = (tok, req.key)
+            if key in self._done or raster.data.nbytes > self.max_bytes:
+                return
+            self._done[key] = raster
+            self._bytes += raster.data.nbytes
+            while self._bytes > self.max_bytes:
+                _, old = self._done.popitem(last=False)
+                self._bytes -= old.data.nbytes
 
     def clear(self) -> None:
         with self._lock:
             self._done.clear()
+            self._bytes = 0
 
 
 raster_cache = RasterCache()

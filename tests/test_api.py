@@ -172,3 +172,21 @@ def test_cache_never_serves_one_providers_pixels_to_another():
         seen.append(len(prov.fetched))
         del prov
     assert seen == [1] * 5
+
+
+def test_raster_cache_is_bounded_by_bytes():
+    from rs_embed_core.grid import grid_for
+    from rs_embed_core.providers import FetchRequest
+    from rs_embed_core.runner import RasterCache
+    from rs_embed_core.specs import SensorSpec
+
+    prov = WorldProvider()
+    sensor = SensorSpec("COPERNICUS/S2_SR_HARMONIZED", BANDS, 10)
+    reqs = [FetchRequest(grid_for(PointBuffer(121.5 + 0.01 * i, 31.2, 160), 10), WINDOW, sensor) for i in range(5)]
+    rasters = [prov.fetch(r) for r in reqs]
+    one = rasters[0].data.nbytes
+    cache = RasterCache(max_bytes=2 * one)
+    for r, x in zip(reqs, rasters):
+        cache.put(prov, r, x)
+    assert [cache.get(prov, r) is not None for r in reqs] == [False, False, False, True, True]
+    assert cache.get(WorldProvider(), reqs[4]) is None  # another provider never sees these pixels
