@@ -25,10 +25,11 @@ from rs_embed_core.errors import (
     WeightsError,
 )
 from rs_embed_core.grid import GridSpec
+from rs_embed_core.providers.local import LocalProvider
 from rs_embed_core.specs import BBox, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
 
 __all__ = [
-    "BBox", "DataNotFoundError", "Embedding", "GridSpec", "OutputSpec", "PluginError", "PointBuffer",
+    "BBox", "DataNotFoundError", "Embedding", "GridSpec", "LocalProvider", "OutputSpec", "PluginError", "PointBuffer",
     "ProviderError", "RsEmbedError", "SensorSpec", "SpecError", "Step", "TemporalSpec", "UnknownBandError",
     "UnknownModelError", "WeightsError", "__version__", "describe_model", "get_embedding", "get_embeddings_batch",
     "inspect_gee_patch", "inspect_provider_patch", "list_models",
