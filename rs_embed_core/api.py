@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -128,21 +131,32 @@ def inspect_provider_patch(
 
 
 def write_quicklook(raster: Any, path: str) -> str:
-    """An RGB (first three bands, or the single band as grey) PNG stretched 2-98 %, nodata black."""
-    from PIL import Image
-
+    """An RGB PNG of the first frame (first three bands, or one band as grey), each band stretched
+    between its 2nd and 98th percentile of valid pixels; invalid pixels are black."""
     frame = raster.data[0]
-    idx = list(range(min(3, frame.shape[0])))
-    img = np.zeros((frame.shape[1], frame.shape[2], 3), dtype=np.uint8)
     valid = raster.valid[0]
-    for k in range(3):
-        band = frame[idx[min(k, len(idx) - 1)]]
+    idx = [min(k, frame.shape[0] - 1) for k in range(3)]
+    img = np.zeros((frame.shape[1], frame.shape[2], 3), dtype=np.uint8)
+    for k, c in enumerate(idx):
+        band = frame[c]
         vals = band[valid]
-        lo, hi = (np.percentile(vals, [2, 98]) if vals.size else (0.0, 1.0))
-        scaled = np.clip((band - lo) / max(hi - lo, 1e-12), 0, 1) * 255
-        img[..., k] = np.where(valid, scaled, 0).astype(np.uint8)
-    Image.fromarray(img).save(path)
+        lo, hi = np.percentile(vals, [2, 98]) if vals.size else (0.0, 1.0)
+        scaled = np.clip((band - lo) / max(float(hi - lo), 1e-12), 0, 1) * 255
+        img[..., k] = np.where(valid, np.round(scaled), 0).astype(np.uint8)
+    Path(path).write_bytes(_png_rgb(img))
     return str(path)
+
+
+def _png_rgb(img: np.ndarray) -> bytes:
+    """Encode an (H, W, 3) uint8 array as PNG (8-bit RGB, no filtering): no imaging library needed."""
+    h, w, _ = img.shape
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), img.reshape(h, w * 3)], axis=1).tobytes()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
 
 
 def inspect_gee_patch(*args: Any, backend: str | Provider = "gee", **kwargs: Any) -> dict[str, Any]:

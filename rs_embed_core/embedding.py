@@ -28,7 +28,10 @@ class Embedding:
 
     def to_xarray(self):
         """An xarray.DataArray: dims ("band",) or ("band", "y", "x") with UTM coordinates."""
-        import xarray as xr
+        try:
+            import xarray as xr
+        except ImportError:
+            raise ImportError("Embedding.to_xarray needs xarray: pip install 'rs-embed[xarray]'") from None
 
         attrs = {k: v for k, v in self.meta.items() if isinstance(v, (str, int, float))}
         if self.data.ndim == 1:

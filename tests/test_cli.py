@@ -93,3 +93,24 @@ def test_inspect(tmp_path):
     assert rep["grid"]["shape"] == [32, 32] and set(rep["bands"]) == {"B4", "B3", "B2"}
     assert rep["valid_fraction"] == pytest.approx(1 - 4 / 1024)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quicklook_png_decodes_to_the_stretched_patch(tmp_path):
+    from PIL import Image
+
+    from rs_embed_core.api import write_quicklook
+    from rs_embed_core.grid import GridSpec
+    from rs_embed_core.raster import Raster
+
+    data = np.zeros((1, 3, 4, 5), np.float32)
+    data[0, 0] = np.arange(20).reshape(4, 5)  # a ramp in the red channel
+    data[0, 1] = 7.0
+    valid = np.ones((1, 4, 5), bool)
+    valid[0, 0, 0] = False
+    r = Raster(data, ("r", "g", "b"), GridSpec("EPSG:32651", 0, 0, 10, 5, 4), (None,), valid)
+    png = write_quicklook(r, str(tmp_path / "q.png"))
+    img = np.asarray(Image.open(png))
+    assert img.shape == (4, 5, 3) and img.dtype == np.uint8
+    assert tuple(img[0, 0]) == (0, 0, 0)  # invalid -> black
+    red = img[..., 0].astype(int)
+    assert red[3, 4] == 255 and red[0, 1] == 0 and (np.diff(red[1]) >= 0).all()  # stretched ramp
