@@ -193,7 +193,7 @@ def embed(model, points, bboxes, roi_file, buffer_m, start, end, year, backend, 
             "grid": None if e.grid is None else {"crs": e.grid.crs, "transform": list(e.grid.transform)}}
            for n, e in zip(names, embs)]
     if out_path:
-        Path(out_path).write_text(json.dumps(doc, default=str))
+        _atomic_write(out_path, lambda f: f.write(json.dumps(doc, default=str).encode()))
         click.echo(f"wrote {len(embs)} embeddings {tuple(embs[0].shape)} to {out_path}", err=True)
         _summary(names, embs)
     else:
@@ -219,12 +219,29 @@ def _summary(names: list[str], embs: list[Any]) -> None:
 
 def write_npz(path: str, names: list[str], embs: list[Any]) -> None:
     """One array `embeddings` (N, ...) plus `names` and per-item `meta` JSON strings."""
-    np.savez(
-        path,
+    _atomic_write(path, lambda f: np.savez(
+        f,
         embeddings=np.stack([e.data for e in embs]),
         names=np.asarray(names),
         meta=np.asarray([json.dumps(e.meta, default=str) for e in embs]),
-    )
+    ))
+
+
+def _atomic_write(path: str, write: Any) -> None:
+    """Write through a temporary file in the same folder, then rename: an interrupted run never
+    leaves a half-written file in place of a good one."""
+    import os
+    import tempfile
+
+    dest = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent if str(dest.parent) else ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @main.command()

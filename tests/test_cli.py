@@ -114,3 +114,21 @@ def test_quicklook_png_decodes_to_the_stretched_patch(tmp_path):
     assert tuple(img[0, 0]) == (0, 0, 0)  # invalid -> black
     red = img[..., 0].astype(int)
     assert red[3, 4] == 255 and red[0, 1] == 0 and (np.diff(red[1]) >= 0).all()  # stretched ramp
+
+
+def test_interrupted_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    out = tmp_path / "e.npz"
+    args = ["embed", "tiny_test_model", "--point", "121.5,31.2,160", "--year", "2022", "--backend", "world",
+            "--out", str(out), "--quiet"]
+    assert run(*args).exit_code == 0
+    before = out.read_bytes()
+
+    def broken_savez(f, **arrays):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", broken_savez)
+    with pytest.raises(KeyboardInterrupt):
+        CliRunner().invoke(main, args, catch_exceptions=False)
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["e.npz"]  # no temporary left behind
