@@ -1,4 +1,4 @@
-"""End-to-end through the public API with an in-process plugin (provider + model) defined here."""
+"""End-to-end through the public API with the in-process test plugin of world_plugin.py (provider + model)."""
 
 from __future__ import annotations
 
