@@ -14,8 +14,9 @@ from attrs import frozen
 class Band:
     name: str
     gsd_m: float
-    center_nm: float | None = None  # centre wavelength; None for non-optical bands
+    center_nm: float | None = None  # centre wavelength (SAR: the radar wavelength); None for QA/class bands
     description: str = ""
+    bandwidth_nm: float | None = None  # full width at half maximum of the spectral response
 
 
 @frozen
@@ -26,6 +27,7 @@ class Collection:
     reflectance_scale: float = 1.0
     reflectance_offset: float = 0.0
     description: str = ""
+    kind: str = "optical"  # "optical" or "sar"
 
     @property
     def band_names(self) -> tuple[str, ...]:
@@ -38,63 +40,119 @@ class Collection:
         raise KeyError(name)
 
 
+# Sentinel-2 MSI: rounded centre wavelengths (the values model papers use) and S2A bandwidths (ESA
+# spectral response functions, S2-PDGS-TAS-DI-PSD), nm.
 _S2_BANDS = (
-    Band("B1", 60, 443, "coastal aerosol"),
-    Band("B2", 10, 490, "blue"),
-    Band("B3", 10, 560, "green"),
-    Band("B4", 10, 665, "red"),
-    Band("B5", 20, 705, "red edge 1"),
-    Band("B6", 20, 740, "red edge 2"),
-    Band("B7", 20, 783, "red edge 3"),
-    Band("B8", 10, 842, "near infrared"),
-    Band("B8A", 20, 865, "narrow near infrared"),
-    Band("B9", 60, 945, "water vapour"),
-    Band("B11", 20, 1610, "short-wave infrared 1"),
-    Band("B12", 20, 2190, "short-wave infrared 2"),
+    Band("B1", 60, 443, "coastal aerosol", 21),
+    Band("B2", 10, 490, "blue", 66),
+    Band("B3", 10, 560, "green", 36),
+    Band("B4", 10, 665, "red", 31),
+    Band("B5", 20, 705, "red edge 1", 15),
+    Band("B6", 20, 740, "red edge 2", 15),
+    Band("B7", 20, 783, "red edge 3", 20),
+    Band("B8", 10, 842, "near infrared", 106),
+    Band("B8A", 20, 865, "narrow near infrared", 21),
+    Band("B9", 60, 945, "water vapour", 20),
+    Band("B11", 20, 1610, "short-wave infrared 1", 91),
+    Band("B12", 20, 2190, "short-wave infrared 2", 175),
 )
-_S2_L1C_EXTRA = (Band("B10", 60, 1375, "cirrus"),)
+_S2_L1C_EXTRA = (Band("B10", 60, 1375, "cirrus", 31),)
 _S2_SR_EXTRA = (Band("SCL", 20, None, "scene classification"),)
+_S2_QA = (Band("QA60", 60, None, "cloud mask bits (10 opaque, 11 cirrus)"),)
 
-_LANDSAT_OLI_L2 = (
-    Band("SR_B1", 30, 443, "coastal aerosol"),
-    Band("SR_B2", 30, 482, "blue"),
-    Band("SR_B3", 30, 561, "green"),
-    Band("SR_B4", 30, 655, "red"),
-    Band("SR_B5", 30, 865, "near infrared"),
-    Band("SR_B6", 30, 1609, "short-wave infrared 1"),
-    Band("SR_B7", 30, 2201, "short-wave infrared 2"),
+# Landsat 8/9 OLI (-2): USGS band designations, centre wavelength and bandwidth, nm.
+_OLI = (
+    ("B1", 443, 16, "coastal aerosol"),
+    ("B2", 482, 60, "blue"),
+    ("B3", 561, 57, "green"),
+    ("B4", 655, 37, "red"),
+    ("B5", 865, 28, "near infrared"),
+    ("B6", 1609, 85, "short-wave infrared 1"),
+    ("B7", 2201, 187, "short-wave infrared 2"),
+)
+_LANDSAT_OLI_L2 = tuple(Band(f"SR_{b}", 30, c, d, w) for b, c, w, d in _OLI) + (
+    Band("ST_B10", 30, 10895, "surface temperature (K = DN * 0.00341802 + 149)", 590),
     Band("QA_PIXEL", 30, None, "pixel quality bits"),
 )
+_LANDSAT_OLI_TOA = tuple(Band(b, 30, c, d, w) for b, c, w, d in _OLI) + (
+    Band("B8", 15, 590, "panchromatic", 172),
+    Band("B9", 30, 1373, "cirrus", 20),
+    Band("B10", 30, 10895, "thermal infrared 1 (brightness temperature, K)", 590),
+    Band("B11", 30, 12005, "thermal infrared 2 (brightness temperature, K)", 1010),
+    Band("QA_PIXEL", 30, None, "pixel quality bits"),
+)
+
+# Harmonized Landsat Sentinel-2 (HLS v2.0): 30 m surface reflectance, DN = reflectance x 10000.
+_HLS_S30 = tuple(Band(b.name, 30, b.center_nm, b.description, b.bandwidth_nm) for b in _S2_BANDS + _S2_L1C_EXTRA) + (
+    Band("Fmask", 30, None, "cloud/shadow/snow/water bits"),
+)
+_HLS_L30 = tuple(Band(b, 30, c, d, w) for b, c, w, d in _OLI) + (
+    Band("B9", 30, 1373, "cirrus", 20),
+    Band("B10", 30, 10895, "thermal infrared 1", 590),
+    Band("B11", 30, 12005, "thermal infrared 2", 1010),
+    Band("Fmask", 30, None, "cloud/shadow/snow/water bits"),
+)
+
+# Sentinel-1 C-band SAR (5.405 GHz, wavelength 5.5466 cm), GRD backscatter in dB as Earth Engine serves it.
+_C_BAND_NM = 299_792_458.0 / 5.405e9 * 1e9
+_S1_BANDS = (
+    Band("VV", 10, _C_BAND_NM, "backscatter, vertical transmit / vertical receive (dB)"),
+    Band("VH", 10, _C_BAND_NM, "backscatter, vertical transmit / horizontal receive (dB)"),
+    Band("HH", 10, _C_BAND_NM, "backscatter, horizontal transmit / horizontal receive (dB)"),
+    Band("HV", 10, _C_BAND_NM, "backscatter, horizontal transmit / vertical receive (dB)"),
+    Band("angle", 10, None, "incidence angle (degrees)"),
+)
+
+# MODIS Terra surface reflectance, 8-day composite, 500 m (MOD09A1 v6.1), DN = reflectance x 10000.
+_MODIS_SR = tuple(
+    Band(f"sur_refl_b{k:02d}", 500, c, d, w)
+    for k, c, w, d in (
+        (1, 645, 50, "red"), (2, 858.5, 35, "near infrared"), (3, 469, 20, "blue"), (4, 555, 20, "green"),
+        (5, 1240, 20, "near infrared 2"), (6, 1640, 24, "short-wave infrared 1"), (7, 2130, 50, "short-wave infrared 2"),
+    )
+) + (Band("StateQA", 500, None, "500 m state flags (cloud, shadow, snow)"),)
 
 COLLECTIONS: dict[str, Collection] = {
     c.id: c
     for c in (
         Collection(
             "COPERNICUS/S2_SR_HARMONIZED",
-            _S2_BANDS + _S2_SR_EXTRA,
+            _S2_BANDS + _S2_SR_EXTRA + _S2_QA,
             reflectance_scale=1e-4,
             description="Sentinel-2 MSI level-2A surface reflectance (DN = reflectance x 10000)",
         ),
         Collection(
             "COPERNICUS/S2_HARMONIZED",
-            _S2_BANDS + _S2_L1C_EXTRA,
+            _S2_BANDS + _S2_L1C_EXTRA + _S2_QA,
             reflectance_scale=1e-4,
             description="Sentinel-2 MSI level-1C top-of-atmosphere reflectance (DN = reflectance x 10000)",
         ),
-        Collection(
-            "LANDSAT/LC08/C02/T1_L2",
-            _LANDSAT_OLI_L2,
-            reflectance_scale=2.75e-5,
-            reflectance_offset=-0.2,
-            description="Landsat 8 OLI collection 2 level-2 surface reflectance",
+        *(
+            Collection(
+                f"LANDSAT/{sat}/C02/T1_L2",
+                _LANDSAT_OLI_L2,
+                reflectance_scale=2.75e-5,
+                reflectance_offset=-0.2,
+                description=f"Landsat {n} OLI collection 2 level-2 surface reflectance",
+            )
+            for sat, n in (("LC08", "8"), ("LC09", "9"))
         ),
-        Collection(
-            "LANDSAT/LC09/C02/T1_L2",
-            _LANDSAT_OLI_L2,
-            reflectance_scale=2.75e-5,
-            reflectance_offset=-0.2,
-            description="Landsat 9 OLI-2 collection 2 level-2 surface reflectance",
+        *(
+            Collection(
+                f"LANDSAT/{sat}/C02/T1_TOA",
+                _LANDSAT_OLI_TOA,
+                description=f"Landsat {n} collection 2 tier 1 top-of-atmosphere reflectance (already 0..1)",
+            )
+            for sat, n in (("LC08", "8"), ("LC09", "9"))
         ),
+        Collection("NASA/HLS/HLSS30/v002", _HLS_S30, reflectance_scale=1e-4,
+                   description="Harmonized Landsat Sentinel-2, Sentinel-2 part (S30), 30 m surface reflectance"),
+        Collection("NASA/HLS/HLSL30/v002", _HLS_L30, reflectance_scale=1e-4,
+                   description="Harmonized Landsat Sentinel-2, Landsat part (L30), 30 m surface reflectance"),
+        Collection("COPERNICUS/S1_GRD", _S1_BANDS, kind="sar",
+                   description="Sentinel-1 C-band SAR ground range detected, backscatter in dB"),
+        Collection("MODIS/061/MOD09A1", _MODIS_SR, reflectance_scale=1e-4,
+                   description="MODIS Terra surface reflectance, 8-day composite, 500 m"),
     )
 }
 

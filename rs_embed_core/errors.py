@@ -35,6 +35,23 @@ class ProviderError(RsEmbedError):
     """A provider could not deliver the requested pixels."""
 
 
+class TransientProviderError(ProviderError):
+    """A failure worth retrying: HTTP 429 / 5xx, a timeout, a dropped connection.
+
+    Providers raise it (or a subclass) for faults that may pass; the runner retries those with
+    bounded exponential backoff and jitter (`rs_embed_core.retry`). `retry_after_s` carries a
+    server's Retry-After hint, which the backoff honours.
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class FetchTimeoutError(TransientProviderError):
+    """A fetch did not finish within the provider's `fetch_timeout_s`."""
+
+
 class DataNotFoundError(ProviderError):
     """The requested data does not exist: missing file, ROI outside the raster, no scene in the window."""
 

@@ -25,7 +25,7 @@ from ..specs import SensorSpec
 S2_L2A_BANDS: tuple[str, ...] = COLLECTIONS["COPERNICUS/S2_SR_HARMONIZED"].band_names
 
 # Categorical/QA bands get a constant "clear, vegetated" value instead of a smooth field.
-_CATEGORICAL = {"SCL": 4.0, "QA_PIXEL": 21824.0}
+_CATEGORICAL = {"SCL": 4.0, "QA_PIXEL": 21824.0, "QA60": 0.0, "Fmask": 0.0, "StateQA": 0.0}
 _WAVELENGTHS_M = (430.0, 1170.0, 3100.0)  # several scales: small and large ROIs both vary
 _FRAME_STEP_DAYS = 30
 _MAX_FRAMES = 24
