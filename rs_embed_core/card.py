@@ -50,14 +50,25 @@ class WeightsSpec:
     repo_id: str
     revision: str  # a full commit sha, never a branch name
     filename: str
-    sha256: str
+    sha256: str  # 64 hex digits; or a prefix of at least 8 where the publisher pins only that (torchgeo)
     license: str
 
     def __attrs_post_init__(self) -> None:
         if len(self.revision) != 40 or any(c not in "0123456789abcdef" for c in self.revision):
             raise SpecError(f"weights revision must be a 40-hex commit sha, got {self.revision!r}")
-        if len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256):
-            raise SpecError(f"weights sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
+        if not 8 <= len(self.sha256) <= 64 or any(c not in "0123456789abcdef" for c in self.sha256):
+            raise SpecError(
+                f"weights sha256 must be 64 lowercase hex digits (or a published prefix of at least 8), "
+                f"got {self.sha256!r}"
+            )
+
+    @property
+    def sha256_is_prefix(self) -> bool:
+        """True when only a prefix of the digest is pinned (e.g. torchgeo's `-abcdef12.pth` file names)."""
+        return len(self.sha256) < 64
+
+    def matches(self, digest: str) -> bool:
+        return digest.startswith(self.sha256)
 
 
 @frozen(hash=False)

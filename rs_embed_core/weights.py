@@ -111,8 +111,15 @@ def _record_path(real: Path) -> Path:
 
 
 def _stat_key(real: Path) -> dict[str, Any]:
+    """What identifies one version of a file without reading it.
+
+    ctime (inode change time) cannot be set from user space: any write, rename onto the path or
+    `utime` call moves it, so a same-size replacement with a restored mtime still invalidates the
+    record. The inode and device catch a file swapped in by rename.
+    """
     st = real.stat()
-    return {"path": str(real), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"path": str(real), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+            "inode": st.st_ino, "device": st.st_dev}
 
 
 def _atomic_write(dest: Path, write: Any) -> None:
@@ -128,36 +135,47 @@ def _atomic_write(dest: Path, write: Any) -> None:
         raise
 
 
-def _verify(path: Path, spec: WeightsSpec, content_digest: Callable[[Path], str] | None = None) -> None:
-    """Check the sha256, unless a record says this exact file (path, size, mtime) already passed."""
-    if content_digest is not None:
-        got = content_digest(path)
-        if got != spec.sha256:
-            raise WeightsError(
-                f"content sha256 mismatch for {spec.repo_id}/{spec.filename} @ {spec.revision}: "
-                f"expected {spec.sha256}, got {got} (file: {path}). Delete it and fetch the pinned revision again."
-            )
-        return
+def file_digest(path: Path) -> str:
+    """The sha256 of `path`, from the verification record when this exact file version was hashed
+    before (see `_stat_key`), else by reading it (and recording the result)."""
     real = path.resolve()
     key = _stat_key(real)
     record = _record_path(real)
     try:
-        if json.loads(record.read_text()) == {**key, "sha256": spec.sha256}:
-            return
-    except (OSError, ValueError):
+        saved = json.loads(record.read_text())
+        if {k: saved.get(k) for k in key} == key and isinstance(saved.get("sha256"), str):
+            return saved["sha256"]
+    except (OSError, ValueError, AttributeError):
         pass
     got = _sha256(real)
-    if got != spec.sha256:
-        raise WeightsError(
-            f"sha256 mismatch for weights {spec.repo_id}/{spec.filename} @ {spec.revision}: "
-            f"expected {spec.sha256}, got {got} (file: {path}). The file is corrupt, truncated or a "
-            "different version; delete it and fetch the pinned revision again."
-        )
+    if _stat_key(real) != key:  # changed while we read it: do not record a digest of a moving target
+        return got
     try:
         body = json.dumps({**key, "sha256": got})
         _atomic_write(record, lambda tmp: Path(tmp).write_text(body))
     except OSError as exc:  # a read-only cache only costs a re-hash next time
         log.debug("could not record verified weights %s: %s", real, exc)
+    return got
+
+
+def _verify(path: Path, spec: WeightsSpec, content_digest: Callable[[Path], str] | None = None) -> str:
+    """Check the file against the pinned sha256 (or its pinned prefix); return the full digest."""
+    if content_digest is not None:
+        got = content_digest(path)
+        if not spec.matches(got):
+            raise WeightsError(
+                f"content sha256 mismatch for {spec.repo_id}/{spec.filename} @ {spec.revision}: "
+                f"expected {spec.sha256}, got {got} (file: {path}). Delete it and fetch the pinned revision again."
+            )
+        return got
+    got = file_digest(path)
+    if not spec.matches(got):
+        raise WeightsError(
+            f"sha256 mismatch for weights {spec.repo_id}/{spec.filename} @ {spec.revision}: "
+            f"expected {spec.sha256}{' (prefix)' if spec.sha256_is_prefix else ''}, got {got} (file: {path}). "
+            "The file is corrupt, truncated or a different version; delete it and fetch the pinned revision again."
+        )
+    return got
 
 
 # --------------------------------------------------------------------------- resolving
@@ -325,15 +343,28 @@ def load_state_dict(spec: WeightsSpec) -> dict[str, torch.Tensor]:
         return _read_safetensors(load_file, path)
 
     converted = rs_embed_cache_dir() / "converted" / f"{spec.sha256}.safetensors"
+    sidecar = converted.with_suffix(".json")
     if converted.is_file():
-        return _read_safetensors(load_file, converted)
+        try:
+            recorded = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            recorded = {}
+        # the digest recorded at conversion binds the converted file to the verified source
+        if recorded.get("source_sha256") == spec.sha256 and recorded.get("sha256") == file_digest(converted):
+            return _read_safetensors(load_file, converted)
+        log.warning("converted weights %s do not match their conversion record; converting again", converted)
     path = weights_file(spec)
     import pickle
 
     import torch
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # memory-mapped: the checkpoint is not held twice while converting
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except pickle.UnpicklingError as exc:
         raise WeightsError(
             f"refused to unpickle {path} ({spec.repo_id}/{spec.filename}): it holds objects other than "
@@ -345,6 +376,9 @@ def load_state_dict(spec: WeightsSpec) -> dict[str, torch.Tensor]:
     sd = _unwrap(obj, f"{spec.repo_id}/{spec.filename} ({path})")
     try:
         _save_safetensors(sd, converted)
+        body = json.dumps({"source": f"{spec.repo_id}/{spec.filename}@{spec.revision}",
+                           "source_sha256": spec.sha256, "sha256": file_digest(converted)})
+        _atomic_write(sidecar, lambda tmp: Path(tmp).write_text(body))
     except OSError as exc:  # still usable, just converted again next time
         log.warning("could not cache converted weights at %s: %s", converted, exc)
     return sd
