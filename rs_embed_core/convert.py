@@ -47,3 +47,4 @@ def to_json(obj: Any) -> str:
 
 def from_json(text: str | bytes, cls: Any) -> Any:
     return converter.structure(json.loads(text), cls)
+converter.register_structure_hook(bool | str, lambda v, _: v if isinstance(v, (bool, str)) else bool(v))

@@ -69,7 +69,8 @@ def resolve_device(device: str, uses_torch: bool) -> str:
 
 def default_sensor(card: ModelCard) -> SensorSpec:
     i = card.input
-    return SensorSpec(i.collection, i.bands, i.gsd_m, composite=i.composite)
+    return SensorSpec(i.collection, i.bands, i.gsd_m, composite=i.composite,
+                      frames=i.frames if i.composite != "none" else 1)
 
 
 def _check_spatials(spatials: Sequence[Any]) -> list[PointBuffer | BBox]:

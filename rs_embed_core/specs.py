@@ -127,8 +127,9 @@ class TemporalSpec:
         return self.start <= d < self.end
 
 
-Composite = Literal["median", "mosaic", "none"]
-_COMPOSITES = ("median", "mosaic", "none")
+Composite = Literal["median", "mosaic", "least_cloudy", "none"]
+_COMPOSITES = ("median", "mosaic", "least_cloudy", "none")
+CLOUD_MASKS = ("cloud_score_plus", "scl", "qa60", "qa_pixel", "fmask")
 
 
 def _bands(v: object) -> tuple[str, ...]:
@@ -147,19 +148,33 @@ def _bands(v: object) -> tuple[str, ...]:
 
 @frozen
 class SensorSpec:
-    """Which pixels to fetch: collection, bands, ground sampling distance and compositing.
+    """Which pixels to fetch: collection, bands, ground sampling distance, compositing, clouds.
 
-    composite: "median" (per-pixel median of the clear scenes), "mosaic" (most recent clear
-    pixel wins) or "none" (every scene is a frame; models with several frames bin them).
+    Every provider reads these fields the same way:
+    composite: "median" (per-pixel median of the clear observations), "mosaic" (most recent
+    clear pixel wins), "least_cloudy" (the one scene with the most clear pixels over the ROI)
+    or "none" (every acquisition day is a frame).
+    frames: split the window into this many equal temporal bins and composite each one, giving
+    `frames` frames in time order; a bin without any clear observation is an all-invalid frame
+    (reported in the Raster's meta as "empty_frames"), never back-filled from another bin.
+    Ignored with composite="none".
+    cloud_mask: True = the provider's default per-pixel mask for the collection, False = none,
+    or a method name in CLOUD_MASKS ("cloud_score_plus", "scl", "qa60", "qa_pixel", "fmask").
+    cloud_threshold: the method's threshold (Cloud Score+: clear where cs >= threshold), None =
+    the provider's documented default.
+    max_cloud_fraction: skip whole scenes whose cloud fraction (metadata) exceeds this.
+    fill_value: the value invalid pixels hold in the delivered Raster.
     """
 
     collection: str
     bands: tuple[str, ...] = field(converter=_bands)
     scale_m: float = field(converter=lambda v: _finite("scale_m", v))
     composite: str = "median"
-    cloud_mask: bool = True
+    cloud_mask: bool | str = True
     max_cloud_fraction: float | None = None
     fill_value: float = 0.0
+    frames: int = 1
+    cloud_threshold: float | None = None
 
     def __attrs_post_init__(self) -> None:
         if not self.collection:
@@ -168,6 +183,12 @@ class SensorSpec:
             raise SpecError(f"scale_m must be > 0, got {self.scale_m}")
         if self.composite not in _COMPOSITES:
             raise SpecError(f"composite must be one of {_COMPOSITES}, got {self.composite!r}")
+        if isinstance(self.frames, bool) or not isinstance(self.frames, int) or not 1 <= self.frames <= 366:
+            raise SpecError(f"frames must be an int in 1..366, got {self.frames!r}")
+        if not (isinstance(self.cloud_mask, bool) or self.cloud_mask in CLOUD_MASKS):
+            raise SpecError(f"cloud_mask must be True, False or one of {CLOUD_MASKS}, got {self.cloud_mask!r}")
+        if self.cloud_threshold is not None and not 0.0 <= _finite("cloud_threshold", self.cloud_threshold) <= 1.0:
+            raise SpecError(f"cloud_threshold must be in [0, 1], got {self.cloud_threshold!r}")
         if self.max_cloud_fraction is not None and not 0.0 <= self.max_cloud_fraction <= 1.0:
             raise SpecError(f"max_cloud_fraction must be in [0, 1], got {self.max_cloud_fraction}")
         coll = known_collection(self.collection)
