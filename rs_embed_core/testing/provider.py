@@ -36,7 +36,7 @@ class FakeProvider:
 
     fail_on: None; a set of 1-based call numbers that raise ProviderError; or a callable
     `fail_on(request) -> bool`. composite="none" yields one frame every 30 days of the
-    window; other composites one frame stamped at the window's midpoint.
+    window; other composites one frame per `sensor.frames` bin, stamped at the bin's centre.
     """
 
     def __init__(
@@ -105,8 +105,9 @@ class FakeProvider:
         t = request.temporal
         start = dt.datetime.combine(t.start, dt.time(12), tzinfo=dt.timezone.utc)
         end = dt.datetime.combine(t.end, dt.time(0), tzinfo=dt.timezone.utc)
-        if request.sensor.composite != "none":
-            return [start + (end - start) / 2]
+        if request.sensor.composite != "none":  # one frame at the centre of each of `frames` equal bins
+            n = request.sensor.frames
+            return [start + (end - start) * ((k + 0.5) / n) for k in range(n)]
         times = []
         when = start
         while when < end and len(times) < _MAX_FRAMES:
