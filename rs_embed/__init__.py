@@ -15,7 +15,14 @@ from rs_embed_core.api import (
 from rs_embed_core.card import Step
 from rs_embed_core.embedding import Embedding
 from rs_embed_core.errors import (
+    BatchError,
     DataNotFoundError,
+    FetchTimeoutError,
+    ItemError,
+    ItemFailedError,
+    LowValidDataError,
+    TransientProviderError,
+    UnknownProviderError,
     PluginError,
     ProviderError,
     RsEmbedError,
@@ -24,11 +31,17 @@ from rs_embed_core.errors import (
     UnknownModelError,
     WeightsError,
 )
+from rs_embed_core.card import WeightsSpec
 from rs_embed_core.grid import GridSpec
+from rs_embed_core.retry import RetryPolicy
+from rs_embed_core.runner import LowValidDataWarning
+from rs_embed_core.tiling import TileSpec
 from rs_embed_core.providers.local import LocalProvider
 from rs_embed_core.specs import BBox, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
 
 __all__ = [
+    "BatchError", "FetchTimeoutError", "ItemError", "ItemFailedError", "LowValidDataError", "LowValidDataWarning",
+    "RetryPolicy", "TileSpec", "TransientProviderError", "UnknownProviderError", "WeightsSpec",
     "BBox", "DataNotFoundError", "Embedding", "GridSpec", "LocalProvider", "OutputSpec", "PluginError", "PointBuffer",
     "ProviderError", "RsEmbedError", "SensorSpec", "SpecError", "Step", "TemporalSpec", "UnknownBandError",
     "UnknownModelError", "WeightsError", "__version__", "describe_model", "get_embedding", "get_embeddings_batch",

@@ -13,7 +13,10 @@ from .card import ModelCard
 from .embedding import Embedding
 from .providers import FetchRequest, Provider
 from .registry import embedder_class, tables
-from .runner import embed, resolve_provider
+from .card import WeightsSpec
+from .errors import BatchError
+from .runner import DEFAULT_MIN_VALID_FRACTION, embed, resolve_provider
+from .tiling import TileSpec
 from .specs import BBox, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
 from .errors import SpecError
 from .grid import grid_for
@@ -27,22 +30,37 @@ def get_embeddings_batch(
     temporal: TemporalSpec,
     output: OutputSpec = OutputSpec.pooled(),
     backend: str | Provider = DEFAULT_BACKEND,
-    device: str = "auto",
-    input_prep: str = "resize",
+    device: str | None = "auto",
+    input_prep: str | TileSpec = "resize",
     *,
-    sensor: SensorSpec | None = None,
+    sensor: SensorSpec | Sequence[SensorSpec] | None = None,
     variant: str | None = None,
     preprocessing: Sequence[Any] | None = None,
+    weights: str | Path | WeightsSpec | None = None,
     batch_size: int = 16,
     progress: bool | None = None,
+    continue_on_error: bool = False,
+    max_retries: int | None = None,
+    min_valid_fraction: float = DEFAULT_MIN_VALID_FRACTION,
+    on_low_valid: str = "warn",
 ) -> list[Embedding]:
     """One embedding per ROI, in order. Distinct inputs are fetched once, concurrently, and the
-    model runs on batches of `batch_size`. `preprocessing` replaces the card's chain (list of
-    Step or (name, params)); `sensor` replaces the card's default input sensor."""
-    return embed(
+    model runs on batches of `batch_size`.
+
+    `preprocessing` replaces the card's chain (list of Step or (name, params)); `sensor` replaces
+    the card's default input sensor (a tuple of sensors is fetched on one grid and merged
+    band-wise); `weights` runs your own checkpoint (a path, pinned by its sha256, or a
+    WeightsSpec). `input_prep`: "resize", "tile", "auto" or a TileSpec (see tiling.py).
+    A failed ROI (after `max_retries` retries of transient provider errors) raises BatchError
+    naming every failed ROI, unless `continue_on_error=True`, which returns ItemError records
+    in their places. Inputs with less than `min_valid_fraction` valid pixels warn (once per
+    call), raise per item (`on_low_valid="error"`) or pass (`"allow"`).
+    """
+    return embed(  # type: ignore[return-value]
         model, spatials, temporal=temporal, output=output, backend=backend, device=device,
-        input_prep=input_prep, sensor=sensor, variant=variant, preprocessing=preprocessing,
-        batch_size=batch_size, progress=progress,
+        input_prep=input_prep, sensor=sensor, variant=variant, preprocessing=preprocessing, weights=weights,
+        batch_size=batch_size, progress=progress, continue_on_error=continue_on_error, max_retries=max_retries,
+        min_valid_fraction=min_valid_fraction, on_low_valid=on_low_valid,
     )
 
 
@@ -52,20 +70,32 @@ def get_embedding(
     temporal: TemporalSpec,
     output: OutputSpec = OutputSpec.pooled(),
     backend: str | Provider = DEFAULT_BACKEND,
-    device: str = "auto",
-    input_prep: str = "resize",
+    device: str | None = "auto",
+    input_prep: str | TileSpec = "resize",
     *,
-    sensor: SensorSpec | None = None,
+    sensor: SensorSpec | Sequence[SensorSpec] | None = None,
     variant: str | None = None,
     preprocessing: Sequence[Any] | None = None,
+    weights: str | Path | WeightsSpec | None = None,
+    max_retries: int | None = None,
+    min_valid_fraction: float = DEFAULT_MIN_VALID_FRACTION,
+    on_low_valid: str = "warn",
 ) -> Embedding:
-    """The embedding of one ROI: exactly `get_embeddings_batch(model, [spatial], ...)[0]`."""
+    """The embedding of one ROI: exactly `get_embeddings_batch(model, [spatial], ...)[0]`.
+
+    A failure raises the original typed error (ProviderError, DataNotFoundError, ...).
+    """
     if not isinstance(spatial, (PointBuffer, BBox)):
         raise SpecError(f"spatial must be a PointBuffer or BBox, got {spatial!r}")
-    return get_embeddings_batch(
-        model, [spatial], temporal, output, backend, device, input_prep,
-        sensor=sensor, variant=variant, preprocessing=preprocessing, progress=False,
-    )[0]
+    try:
+        return get_embeddings_batch(
+            model, [spatial], temporal, output, backend, device, input_prep,
+            sensor=sensor, variant=variant, preprocessing=preprocessing, weights=weights, progress=False,
+            max_retries=max_retries, min_valid_fraction=min_valid_fraction, on_low_valid=on_low_valid,
+        )[0]
+    except BatchError as exc:
+        cause = exc.errors[0].cause
+        raise (cause if cause is not None else exc.errors[0].to_exception()) from None
 
 
 def list_models() -> list[str]:

@@ -45,13 +45,19 @@ class Step:
 
 @frozen
 class WeightsSpec:
-    """A file on the Hugging Face Hub pinned to a commit and a content hash."""
+    """A file on the Hugging Face Hub pinned to a commit and a content hash.
+
+    `path` set means your own local file (a fine-tuned or private checkpoint, `weights=` in the
+    API): it is used as is, pinned by its sha256; repo_id is "local" and revision the first 40
+    hex digits of that sha256.
+    """
 
     repo_id: str
     revision: str  # a full commit sha, never a branch name
     filename: str
     sha256: str  # 64 hex digits; or a prefix of at least 8 where the publisher pins only that (torchgeo)
     license: str
+    path: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if len(self.revision) != 40 or any(c not in "0123456789abcdef" for c in self.revision):

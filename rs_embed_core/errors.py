@@ -6,6 +6,8 @@ catch the builtin families keep working.
 
 from __future__ import annotations
 
+from attrs import field, frozen
+
 
 class RsEmbedError(Exception):
     """Base class of every error rs-embed raises on purpose."""
@@ -56,5 +58,54 @@ class DataNotFoundError(ProviderError):
     """The requested data does not exist: missing file, ROI outside the raster, no scene in the window."""
 
 
+class LowValidDataError(RsEmbedError):
+    """Too little of an input is valid (nodata, clouds, outside the source) to embed it meaningfully."""
+
+
+class ItemFailedError(RsEmbedError):
+    """One ROI of a batch failed; `.item` is its ItemError record."""
+
+
+class BatchError(RsEmbedError):
+    """Some ROIs of a batch failed. `.errors` lists their ItemError records (index, name, ROI, stage,
+    cause, attempts); `.results` holds every result in input order (Embedding or ItemError)."""
+
+    def __init__(self, errors: list["ItemError"], results: list) -> None:
+        self.errors, self.results = errors, results
+        lines = [f"{len(errors)} of {len(results)} ROI(s) failed:"] + [f"  - {e.describe()}" for e in errors[:10]]
+        if len(errors) > 10:
+            lines.append(f"  ... and {len(errors) - 10} more (see .errors)")
+        lines.append("Pass continue_on_error=True to get the other results with ItemError records in place.")
+        super().__init__("\n".join(lines))
+
+
 class WeightsError(RsEmbedError):
     """Model weights are missing, corrupt (sha256 mismatch) or do not fit the architecture."""
+
+
+@frozen
+class ItemError:
+    """The record of one failed (ROI, model): where, which stage, why, after how many attempts.
+
+    stage: "fetch" (provider, after retries), "preprocess" (the chain) or "model" (forward).
+    """
+
+    index: int
+    name: str | None
+    spatial: str
+    model: str
+    stage: str
+    error_type: str
+    message: str
+    attempts: int = 1
+    cause: BaseException | None = field(default=None, eq=False, repr=False)  # in-process only, not serialised
+
+    def describe(self) -> str:
+        who = f"item {self.index}" + (f" ({self.name})" if self.name else "")
+        tries = f" after {self.attempts} attempts" if self.attempts > 1 else ""
+        return f"{who} {self.spatial}, model {self.model}: {self.stage} failed{tries}: {self.error_type}: {self.message}"
+
+    def to_exception(self) -> ItemFailedError:
+        err = ItemFailedError(self.describe())
+        err.item = self  # type: ignore[attr-defined]
+        return err

@@ -430,12 +430,11 @@ def _with_step(exc: SpecError, msg: str) -> SpecError:
         return SpecError(msg)
 
 
-def apply_chain(raster: Raster, steps: Iterable[Any]) -> Raster:
-    """Run preprocessing steps in order; every step is resolved and its parameters bound first.
+def check_chain(steps: Iterable[Any]) -> list[tuple[int, Step, Callable[..., Any]]]:
+    """Resolve every step and bind its parameters to the step's signature, without any pixels.
 
-    `steps` holds `Step`s or anything `Step.of` accepts ("name", ("name", {params}),
-    {"name": ..., "params": ...}). An unknown step, a missing or unexpected parameter, or a
-    bad parameter value raises SpecError naming the step.
+    Runs before any fetch, so an unknown step or a misspelt / missing parameter is a SpecError
+    naming the step before network or model work (values are checked when the step runs).
     """
     from .registry import preprocessor
 
@@ -449,11 +448,21 @@ def apply_chain(raster: Raster, steps: Iterable[Any]) -> Raster:
             sig = None
         if sig is not None:
             try:
-                sig.bind(raster, **step.params)
+                sig.bind(None, **step.params)
             except TypeError as exc:
                 raise SpecError(f"preprocessing step {i} {step.name!r}: bad parameters {step.params}: {exc}") from None
         plan.append((i, step, fn))
-    for i, step, fn in plan:
+    return plan
+
+
+def apply_chain(raster: Raster, steps: Iterable[Any]) -> Raster:
+    """Run preprocessing steps in order; every step is resolved and its parameters bound first.
+
+    `steps` holds `Step`s or anything `Step.of` accepts ("name", ("name", {params}),
+    {"name": ..., "params": ...}). An unknown step, a missing or unexpected parameter, or a
+    bad parameter value raises SpecError naming the step.
+    """
+    for i, step, fn in check_chain(steps):
         try:
             out = fn(raster, **step.params)
         except SpecError as exc:

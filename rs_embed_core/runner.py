@@ -1,58 +1,108 @@
 """The one data path: specs -> FetchRequest -> provider.fetch -> preprocess -> batch -> embed.
 
-`get_embedding` is `get_embeddings_batch([x])[0]`, and every later entry point (export, CLI)
-drives this same runner, so single, batch and export results agree by construction.
+`run` is the streaming engine: it takes resolved jobs (one per model request) and ROIs, fetches
+each distinct input once (requests that differ only in bands become one band-union fetch),
+ahead of inference and concurrently (fetching.py), cuts large ROIs into tiles when asked
+(tiling.py), runs each job's preprocessing chain, batches per job, and yields
+`(item, job, Embedding | ItemError)` as batches finish. Failures are per item: a fetch,
+preprocessing or model error becomes an ItemError naming the ROI, and transient provider
+errors are retried first. `embed` (behind `get_embeddings_batch`, and so `get_embedding`)
+collects one job's stream; export drives the same stream, so single, batch, tiled and export
+results agree by construction.
 """
 
 from __future__ import annotations
 
 import importlib.metadata as md
-import itertools
+import json
 import threading
-import weakref
+import warnings
 from functools import lru_cache
-from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterator, Sequence
 
+import attrs
 import numpy as np
+from attrs import frozen
 
 from . import __version__
 from .card import ModelCard, Step, Variant
 from .convert import converter
 from .embedder import BatchContext, Embedder, EmbedOutput
 from .embedding import Embedding
-from .errors import SpecError
+from .errors import BatchError, ItemError, LowValidDataError, RsEmbedError, SpecError
+from .fetching import fetch_stream, raster_cache  # noqa: F401  (raster_cache: re-exported for tests)
+from .fetching import RasterCache  # noqa: F401
 from .grid import grid_for
-from .preprocess import apply_chain, chain_to_meta
+from .preprocess import apply_chain, chain_to_meta, check_chain
 from .providers import FetchRequest, Provider
 from .raster import Raster
-from .registry import embedder_class, embedder_plugin, preprocessor, provider_factory
-from .specs import BBox, OutputSpec, PointBuffer, SensorSpec, TemporalSpec, check_input_prep
+from .registry import embedder_class, embedder_plugin, provider_factory
+from .retry import DEFAULT_RETRY, RetryPolicy
+from .specs import BBox, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
+from .tiling import TilePlan, check_input_prep, cut, plan_tiles, stitch
 
 DEFAULT_BATCH_SIZE = 16
+DEFAULT_MIN_VALID_FRACTION = 0.2
+ON_LOW_VALID = ("warn", "error", "allow")
+
+
+class LowValidDataWarning(UserWarning):
+    """Some inputs had less valid data than `min_valid_fraction`: their embeddings describe fill values."""
 
 
 # ---------------------------------------------------------------- resolution (no fetch, no model work)
 
 
 def resolve_provider(backend: str | Provider) -> Provider:
-    """A registered name ("local"), "name:argument" ("local:/data/scenes"), or a provider object."""
+    """A registered name ("local"), "name:argument" ("local:/data/scenes"), "auto", or a provider object.
+
+    "auto" is the Earth Engine provider when it is installed and finds credentials (without any
+    network call), else the local provider ($RS_EMBED_LOCAL_PATH), with a one-line notice.
+    """
     if isinstance(backend, str):
         name, _, arg = backend.partition(":")
-        factory = provider_factory(name.strip())
+        name = name.strip()
+        if name.lower() == "auto":
+            return _auto_provider(arg)
+        factory = provider_factory(name)
         return factory(arg) if arg else factory()
     if hasattr(backend, "fetch") and hasattr(backend, "check"):
         return backend  # type: ignore[return-value]
     raise SpecError(f"backend must be a provider name or a provider object, got {backend!r}")
 
 
-def resolve_device(device: str, uses_torch: bool) -> str:
-    """"auto" picks cuda > mps > cpu; numpy-only models always run on "cpu"."""
+def _auto_provider(arg: str) -> Provider:
+    from .errors import UnknownProviderError
+
+    try:
+        gee = provider_factory("gee")
+    except UnknownProviderError:
+        gee = None
+    available = getattr(gee, "available", None)
+    if gee is not None and callable(available) and available():
+        warnings.warn("backend='auto': using Google Earth Engine (credentials found)", stacklevel=3)
+        return gee(arg) if arg else gee()
+    why = "no Earth Engine provider installed" if gee is None else "no Earth Engine credentials found"
+    warnings.warn(f"backend='auto': {why}; using the local provider", stacklevel=3)
+    local = provider_factory("local")
+    return local(arg) if arg else local()
+
+
+_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+def resolve_device(device: str | None, uses_torch: bool) -> str:
+    """"auto" (or None) picks cuda > mps > cpu; numpy-only models always run on "cpu"."""
+    if device is None:
+        device = "auto"
+    if not isinstance(device, str):
+        raise SpecError(f"device must be a string such as 'auto', 'cpu' or 'cuda:0', got {device!r}")
     if not uses_torch:
         if device not in ("auto", "cpu"):
             raise SpecError(f"this model runs on numpy (CPU) only; device={device!r} is not available for it")
         return "cpu"
+    if device != "auto" and device.split(":")[0] not in _DEVICE_TYPES:
+        raise SpecError(f"device {device!r} cannot run a model; use 'auto', 'cpu', 'cuda[:N]', 'mps' or 'xpu'")
     import torch
 
     if device == "auto":
@@ -85,6 +135,19 @@ def _check_spatials(spatials: Sequence[Any]) -> list[PointBuffer | BBox]:
     return out
 
 
+def _sensors(sensor: SensorSpec | Sequence[SensorSpec] | None, card: ModelCard) -> tuple[SensorSpec, ...]:
+    """One sensor, or several served on one grid (e.g. optical + SAR), merged band-wise."""
+    if sensor is None:
+        return (default_sensor(card),)
+    many = tuple(sensor) if isinstance(sensor, (list, tuple)) else (sensor,)
+    if not many or not all(isinstance(s, SensorSpec) for s in many):
+        raise SpecError(f"sensor must be a SensorSpec or a tuple of them, got {sensor!r}")
+    names = [b for s in many for b in s.bands]
+    if len(set(names)) != len(names):
+        raise SpecError(f"the sensors of a multi-sensor request share band names {sorted({b for b in names if names.count(b) > 1})}")
+    return many
+
+
 # ---------------------------------------------------------------- embedder cache
 
 
@@ -109,107 +172,182 @@ def clear_model_cache() -> None:
         _models.clear()
 
 
-# ---------------------------------------------------------------- raster cache (by request key)
+# ---------------------------------------------------------------- jobs
 
 
-class RasterCache:
-    """Fetched rasters by (provider instance, request key), LRU-bounded by total bytes.
+@frozen(eq=False)
+class Job:
+    """One model request, validated and resolved: everything `run` needs except the pixels."""
 
-    Each provider object gets a token that is never reused (unlike `id()`, which a new object
-    can inherit from a freed one), so one provider's pixels are never served for another's.
+    cls: type
+    card: ModelCard
+    variant: Variant
+    sensors: tuple[SensorSpec, ...]
+    steps: tuple[Step, ...]
+    output: OutputSpec
+    input_prep: Any
+    device: str
+
+    @property
+    def model_id(self) -> str:
+        return self.card.id
+
+    def embedder(self) -> Embedder:
+        return load_embedder(self.cls, self.variant, self.device)
+
+    @property
+    def want(self) -> str:
+        return "grid" if self.output.mode == "grid" or self.output.pooling != "model" or self.input_prep != "resize" \
+            else "pooled"
+
+
+def prepare_job(
+    model: str,
+    *,
+    output: OutputSpec,
+    provider: Provider,
+    device: str | None = "auto",
+    input_prep: Any = "resize",
+    sensor: SensorSpec | Sequence[SensorSpec] | None = None,
+    variant: str | None = None,
+    preprocessing: Sequence[Any] | None = None,
+    weights: Any = None,
+) -> Job:
+    """Validate one model request against the registry and the provider (headers only, no pixels)."""
+    if not isinstance(output, OutputSpec):
+        raise SpecError(f"output must be an OutputSpec (OutputSpec.pooled() / .grid()), got {output!r}")
+    input_prep = check_input_prep(input_prep)
+    cls = embedder_class(model)
+    card: ModelCard = cls.card
+    var = card.variant(variant)
+    if weights is not None:
+        from .weights import local_weights
+
+        var = attrs.evolve(var, weights=local_weights(weights, var))
+    sensors = _sensors(sensor, card)
+    steps = card.preprocessing if preprocessing is None else tuple(Step.of(s) for s in preprocessing)
+    check_chain(steps)
+    for s in sensors:
+        provider.check(s)
+    dev = resolve_device(device, cls.uses_torch)
+    return Job(cls, card, var, sensors, tuple(steps), output, input_prep, dev)
+
+
+@lru_cache(maxsize=None)
+def _dist_of_module(mod: str) -> tuple[str, str] | None:
+    try:
+        dist = md.packages_distributions().get(mod, [None])[0]
+        return (dist, md.version(dist)) if dist else None
+    except Exception:  # versions are informative only
+        return None
+
+
+@lru_cache(maxsize=None)
+def _versions(cls: type, uses_torch: bool) -> dict[str, str]:
+    v = {"rs_embed": __version__, "numpy": np.__version__}
+    dist = _dist_of_module(cls.__module__.split(".")[0])
+    if dist:
+        v[dist[0]] = dist[1]
+    if uses_torch:
+        import torch
+
+        v["torch"] = torch.__version__
+    return v
+
+
+def job_meta(job: Job, provider: Provider, temporal: TemporalSpec, valid_policy: dict[str, Any]) -> dict[str, Any]:
+    """The part of every Embedding's meta that is the same for all items of a job."""
+    w = job.variant.weights
+    sensors = [converter.unstructure(s) for s in job.sensors]
+    return {
+        "model": job.card.id,
+        "variant": job.variant.name,
+        "weights": None if w is None else {"repo_id": w.repo_id, "revision": w.revision, "filename": w.filename,
+                                           "sha256": w.sha256, **({"path": w.path} if w.path else {})},
+        "plugin": embedder_plugin(job.card.id),
+        "provider": getattr(provider, "name", type(provider).__name__),
+        "sensor": sensors[0] if len(sensors) == 1 else sensors,
+        "temporal": converter.unstructure(temporal),
+        "output": converter.unstructure(job.output),
+        "input_prep": job.input_prep if isinstance(job.input_prep, str) else converter.unstructure(job.input_prep),
+        "preprocessing": chain_to_meta(job.steps),
+        "device": job.device,
+        "valid_policy": valid_policy,
+        "versions": _versions(job.cls, bool(job.cls.uses_torch)),
+    }
+
+
+# ---------------------------------------------------------------- fetch planning (band-union dedupe)
+
+
+def _merge_key(req: FetchRequest) -> str:
+    d = converter.unstructure(req)
+    d["sensor"].pop("bands")
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+@frozen
+class _Need:
+    """One input a (item, job) waits for: fetch `request` (position in the stream), slice `bands`."""
+
+    request: int
+    bands: tuple[str, ...]
+
+
+def plan_fetches(
+    jobs: Sequence[Job], spatials: Sequence[PointBuffer | BBox], temporal: TemporalSpec
+) -> tuple[list[FetchRequest], list[list[list[_Need]]]]:
+    """The distinct fetches in item order, and what each (item, job) takes from them.
+
+    Requests for the same grid, window and sensor settings that differ only in bands are merged
+    into one fetch of the union of bands (in order of first use), sliced per job afterwards.
     """
-
-    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
-        self.max_bytes = max_bytes
-        self._bytes = 0
-        self._done: OrderedDict[tuple[int, str], Raster] = OrderedDict()
-        self._tokens: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
-        self._next = itertools.count()
-        self._lock = threading.Lock()
-
-    def _token(self, provider: Provider) -> int | None:
-        try:
-            tok = self._tokens.get(provider)
-            if tok is None:
-                tok = self._tokens[provider] = next(self._next)
-            return tok
-        except TypeError:  # not weak-referenceable: do not cache its rasters
-            return None
-
-    def get(self, provider: Provider, req: FetchRequest) -> Raster | None:
-        with self._lock:
-            tok = self._token(provider)
-            r = None if tok is None else self._done.get((tok, req.key))
-            if r is not None:
-                self._done.move_to_end((tok, req.key))
-            return r
-
-    def put(self, provider: Provider, req: FetchRequest, raster: Raster) -> None:
-        with self._lock:
-            tok = self._token(provider)
-            if tok is None:
-                return
-            key = (tok, req.key)
-            if key in self._done or raster.data.nbytes > self.max_bytes:
-                return
-            self._done[key] = raster
-            self._bytes += raster.data.nbytes
-            while self._bytes > self.max_bytes:
-                _, old = self._done.popitem(last=False)
-                self._bytes -= old.data.nbytes
-
-    def clear(self) -> None:
-        with self._lock:
-            self._done.clear()
-            self._bytes = 0
+    requests: list[FetchRequest] = []
+    needs: list[list[list[_Need]]] = []
+    for s in spatials:
+        per_item: dict[str, tuple[int, list[str]]] = {}  # merge key -> (index in `requests`, union bands)
+        item_needs: list[list[tuple[str, tuple[str, ...]]]] = []
+        for job in jobs:
+            grid = grid_for(s, job.sensors[0].scale_m)
+            job_needs = []
+            for sensor in job.sensors:
+                req = FetchRequest(grid, temporal, sensor)
+                key = _merge_key(req)
+                if key not in per_item:
+                    per_item[key] = (len(requests), [])
+                    requests.append(req)
+                union = per_item[key][1]
+                union.extend(b for b in sensor.bands if b not in union)
+                job_needs.append((key, sensor.bands))
+            item_needs.append(job_needs)
+        for key, (idx, union) in per_item.items():
+            req = requests[idx]
+            if tuple(union) != req.sensor.bands:
+                requests[idx] = attrs.evolve(req, sensor=attrs.evolve(req.sensor, bands=tuple(union)))
+        needs.append([[_Need(per_item[k][0], bands) for k, bands in jn] for jn in item_needs])
+    return requests, needs
 
 
-raster_cache = RasterCache()
-
-
-def fetch_all(provider: Provider, requests: Sequence[FetchRequest], *, window: int | None = None) -> Iterable[Raster]:
-    """Yield rasters in request order, fetching distinct keys concurrently ahead of the consumer.
-
-    At most `window` distinct requests are in flight or waiting to be consumed, so fetch overlaps
-    with whatever the consumer does (inference) without holding thousands of rasters.
-    """
-    workers = max(1, int(getattr(provider, "max_concurrency", 4)))
-    window = window or 2 * workers
-    futures: dict[str, Future[Raster]] = {}
-    remaining: dict[str, int] = {}
-    for r in requests:
-        remaining[r.key] = remaining.get(r.key, 0) + 1
-
-    def fetch_one(req: FetchRequest) -> Raster:
-        hit = raster_cache.get(provider, req)
-        if hit is not None:
-            return hit
-        raster = provider.fetch(req)
-        raster_cache.put(provider, req, raster)
+def _slice(raster: Raster, bands: tuple[str, ...]) -> Raster:
+    if raster.bands == bands:
         return raster
-
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rs-embed-fetch") as pool:
-        ahead = 0
-        try:
-            for i, req in enumerate(requests):
-                while ahead < len(requests) and len(futures) < window:
-                    nxt = requests[ahead]
-                    if nxt.key not in futures:
-                        futures[nxt.key] = pool.submit(fetch_one, nxt)
-                    ahead += 1
-                if req.key not in futures:  # already consumed its last use, fetch again (cache hit)
-                    futures[req.key] = pool.submit(fetch_one, req)
-                raster = futures[req.key].result()
-                remaining[req.key] -= 1
-                if remaining[req.key] == 0:
-                    del futures[req.key]
-                yield raster
-        finally:
-            for f in futures.values():
-                f.cancel()
+    return raster.replace(data=raster.data[:, raster.band_index(bands)], bands=bands)
 
 
-# ---------------------------------------------------------------- embedding
+def _merge(rasters: list[Raster]) -> Raster:
+    """Several sensors' rasters on one grid -> one raster: bands concatenated, valid where all are."""
+    if len(rasters) == 1:
+        return rasters[0]
+    t = {r.shape[0] for r in rasters}
+    if len(t) != 1:
+        raise SpecError(f"the sensors of a multi-sensor request delivered different frame counts {sorted(t)}")
+    valid = np.logical_and.reduce([r.valid for r in rasters])
+    meta = {**rasters[0].meta, "sensors": [r.meta for r in rasters]}
+    return Raster(np.concatenate([r.data for r in rasters], axis=1), tuple(b for r in rasters for b in r.bands),
+                  rasters[0].grid, rasters[0].times, valid, meta)
+
+
+# ---------------------------------------------------------------- forward
 
 
 def _to_numpy(a: Any) -> np.ndarray | None:
@@ -233,25 +371,294 @@ def _forward(embedder: Embedder, x: np.ndarray, ctx: BatchContext) -> tuple[np.n
     return _to_numpy(out.pooled), _to_numpy(out.grid)
 
 
-@lru_cache(maxsize=None)
-def _dist_of_module(mod: str) -> tuple[str, str] | None:
+# ---------------------------------------------------------------- the stream
+
+
+@frozen(eq=False)
+class _Piece:
+    """One model input: a whole ROI, or tile `tile` of it."""
+
+    item: int
+    tile: int
+    prepped: Raster
+
+
+@attrs.define(eq=False)
+class _Partial:
+    """A tiled (item, job) waiting for its tiles."""
+
+    plan: TilePlan
+    fetched: Raster
+    grids: dict[int, np.ndarray] = attrs.field(factory=dict)
+    pooled: dict[int, np.ndarray] = attrs.field(factory=dict)
+
+
+def _describe(spatial: Any) -> str:
+    return repr(spatial)
+
+
+def run(
+    jobs: Sequence[Job],
+    spatials: Sequence[PointBuffer | BBox],
+    temporal: TemporalSpec,
+    provider: Provider,
+    *,
+    names: Sequence[str] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool | None = None,
+    retry: RetryPolicy = DEFAULT_RETRY,
+    min_valid_fraction: float = DEFAULT_MIN_VALID_FRACTION,
+    on_low_valid: str = "warn",
+) -> Iterator[tuple[int, int, Embedding | ItemError]]:
+    """Yield (item index, job index, Embedding or ItemError) for every ROI x job, as batches finish.
+
+    Models are loaded before the first fetch (weights errors come first). Memory stays flat in
+    the number of ROIs: fetches run a bounded window ahead, and each job holds at most one batch.
+    """
+    spatials = list(spatials)
+    valid_policy = {"min_valid_fraction": min_valid_fraction, "on_low_valid": on_low_valid}
+    embedders = [job.embedder() for job in jobs]
+    metas = [job_meta(job, provider, temporal, valid_policy) for job in jobs]
+    requests, needs = plan_fetches(jobs, spatials, temporal)
+    users: dict[int, list[tuple[int, int]]] = {}  # request -> (item, job) that wait for it
+    for i, per_item in enumerate(needs):
+        for j, job_needs in enumerate(per_item):
+            for need in job_needs:
+                users.setdefault(need.request, []).append((i, j))
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(spatials) * len(jobs), unit="emb", leave=False,
+               desc="embed " + ",".join(j.card.id for j in jobs),
+               disable={None: None, True: False, False: True}[progress])
+    got: dict[int, Raster | BaseException] = {}  # fetched, until every user took it
+    attempts_of: dict[int, int] = {}  # request -> attempts its fetch took
+    item_attempts: dict[int, int] = {}  # item -> the most attempts of its fetches
+    taken: dict[int, int] = {}
+    pending: list[list[_Piece]] = [[] for _ in jobs]
+    partial: dict[tuple[int, int], _Partial] = {}
+    fetched_of: dict[tuple[int, int], Raster] = {}
+    failed: set[tuple[int, int]] = set()
+    low_valid: list[int] = []
+
+    def item_error(i: int, j: int, stage: str, exc: BaseException, attempts: int = 1) -> ItemError:
+        failed.add((i, j))
+        return ItemError(
+            index=i, name=None if names is None else names[i], spatial=_describe(spatials[i]),
+            model=jobs[j].card.id, stage=stage, error_type=type(exc).__name__,
+            message=str(exc).splitlines()[0] if str(exc) else type(exc).__name__, attempts=attempts, cause=exc,
+        )
+
+    def finish(i: int, j: int, result: Embedding | ItemError) -> tuple[int, int, Embedding | ItemError]:
+        partial.pop((i, j), None)
+        fetched_of.pop((i, j), None)
+        bar.update(1)
+        return i, j, result
+
+    def embedding(i: int, j: int, pooled: np.ndarray | None, grid: np.ndarray | None, prepped: Raster,
+                  fetched: Raster, tiling: dict[str, Any] | None, out_grid=None) -> Embedding:
+        job = jobs[j]
+        meta = {
+            **metas[j],
+            "spatial": converter.unstructure(spatials[i]),
+            "input_grid": converter.unstructure(fetched.grid),
+            "input_shape": list(prepped.shape),
+            "valid_fraction": fetched.valid_fraction,
+            "attempts": item_attempts.get(i, 1),
+            "source": prepped.meta,
+        }
+        if names is not None:
+            meta["name"] = names[i]
+        if tiling is not None:
+            meta["tiling"] = tiling
+        return _make_embedding(job.card, job.output, pooled, grid, prepped, meta, out_grid)
+
+    def flush(j: int) -> Iterator[tuple[int, int, Embedding | ItemError]]:
+        pieces = pending[j]
+        pending[j] = []
+        groups: dict[tuple[int, ...], list[_Piece]] = {}
+        for p in pieces:
+            if (p.item, j) not in failed:
+                groups.setdefault(p.prepped.shape, []).append(p)
+        for group in groups.values():
+            yield from forward_group(j, group, isolate=len(group) > 1)
+
+    def forward_group(j: int, group: list[_Piece], isolate: bool) -> Iterator[tuple[int, int, Embedding | ItemError]]:
+        job = jobs[j]
+        x = np.stack([p.prepped.data for p in group])
+        ctx = BatchContext(
+            grids=tuple(p.prepped.grid for p in group),
+            centers_lonlat=tuple(spatials[p.item].center for p in group),
+            times=tuple(p.prepped.times for p in group),
+            temporal=temporal,
+            sensor=job.sensors[0] if len(job.sensors) == 1 else job.sensors,  # type: ignore[arg-type]
+            want=job.want,
+            band_names=group[0].prepped.bands,
+            valid=np.stack([p.prepped.valid for p in group]),
+        )
+        try:
+            pooled, grid = _forward(embedders[j], x, ctx)
+            for arr in (pooled, grid):
+                if arr is not None and not np.isfinite(arr).all():
+                    bad = [k for k in range(len(group)) if not np.isfinite(arr[k]).all()]
+                    if len(bad) == len(group) and not isolate:
+                        raise RsEmbedError(
+                            "the model produced non-finite values (NaN/inf); the input holds NaN or inf "
+                            "(e.g. fill_value=nan) or the weights are broken"
+                        )
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            if isolate:  # find the item(s) that break the batch; the others still get their result
+                for p in group:
+                    yield from forward_group(j, [p], isolate=False)
+                return
+            for p in group:
+                if (p.item, j) not in failed:
+                    yield finish(p.item, j, item_error(p.item, j, "model", exc))
+            return
+        if isolate and any(arr is not None and not np.isfinite(arr).all() for arr in (pooled, grid)):
+            for p in group:
+                yield from forward_group(j, [p], isolate=False)
+            return
+        for b, p in enumerate(group):
+            key = (p.item, j)
+            if key in failed:
+                continue
+            if key not in partial:  # a whole ROI
+                try:
+                    emb = embedding(p.item, j, None if pooled is None else pooled[b], None if grid is None else grid[b],
+                                    p.prepped, fetched_of[key], None)
+                except RsEmbedError as exc:
+                    yield finish(p.item, j, item_error(p.item, j, "model", exc))
+                    continue
+                yield finish(p.item, j, emb)
+                continue
+            part = partial[key]
+            if grid is None:
+                yield finish(p.item, j, item_error(p.item, j, "model", SpecError(
+                    f"model {job.card.id!r} returns no token grid, so its tiles cannot be stitched; use input_prep='resize'")))
+                continue
+            part.grids[p.tile] = grid[b]
+            if pooled is not None:
+                part.pooled[p.tile] = pooled[b]
+            if len(part.grids) == len(part.plan.offsets):
+                yield finish(p.item, j, stitched(p.item, j, part, p.prepped))
+
+    def stitched(i: int, j: int, part: _Partial, last: Raster) -> Embedding | ItemError:
+        job = jobs[j]
+        order = range(len(part.plan.offsets))
+        try:
+            pooled_list = [part.pooled[k] for k in order] if len(part.pooled) == len(part.plan.offsets) else None
+            g, g_spec, vec = stitch(part.plan, part.fetched.grid, [part.grids[k] for k in order], pooled_list)
+        except RsEmbedError as exc:
+            return item_error(i, j, "model", exc)
+        tiling = {**part.plan.to_meta(), "pooled": "area-weighted mean of the tiles' pooled vectors"
+                  if job.output.pooling == "model" else f"{job.output.pooling} of the stitched grid"}
+        prepped_meta = last.replace(grid=part.fetched.grid)
+        try:
+            return embedding(i, j, vec, g, prepped_meta, part.fetched, tiling, out_grid=g_spec)
+        except RsEmbedError as exc:
+            return item_error(i, j, "model", exc)
+
+    def consume(i: int, j: int) -> Iterator[tuple[int, int, Embedding | ItemError]]:
+        """Every input of (item i, job j) has arrived: merge, check, tile, preprocess, queue."""
+        job = jobs[j]
+        rasters = []
+        for need in needs[i][j]:
+            r = got[need.request]
+            if isinstance(r, BaseException):
+                yield finish(i, j, item_error(i, j, "fetch", r, attempts_of.get(need.request, 1)))
+                return
+            rasters.append(_slice(r, need.bands))
+        try:
+            fetched = _merge(rasters)
+        except RsEmbedError as exc:
+            yield finish(i, j, item_error(i, j, "fetch", exc))
+            return
+        if fetched.valid_fraction < min_valid_fraction and on_low_valid != "allow":
+            if on_low_valid == "error":
+                yield finish(i, j, item_error(i, j, "fetch", LowValidDataError(
+                    f"only {fetched.valid_fraction:.1%} of the input is valid (min_valid_fraction="
+                    f"{min_valid_fraction}); the embedding would describe fill values")))
+                return
+            low_valid.append(i)
+        fetched_of[(i, j)] = fetched
+        try:
+            plan = plan_tiles(job.input_prep, fetched.grid.shape, job.card.input.image_size)
+            if plan is None:
+                pieces = [_Piece(i, 0, apply_chain(fetched, job.steps))]
+            else:
+                partial[(i, j)] = _Partial(plan, fetched)
+                fill = job.sensors[0].fill_value
+                pieces = [_Piece(i, k, apply_chain(t, job.steps)) for k, t in enumerate(cut(fetched, plan, fill))]
+        except RsEmbedError as exc:
+            yield finish(i, j, item_error(i, j, "preprocess", exc))
+            return
+        for p in pieces:
+            pending[j].append(p)
+            if len(pending[j]) >= batch_size:
+                yield from flush(j)
+
     try:
-        dist = md.packages_distributions().get(mod, [None])[0]
-        return (dist, md.version(dist)) if dist else None
-    except Exception:  # versions are informative only
-        return None
+        for r, result, attempts in fetch_stream(provider, requests, policy=retry):
+            got[r] = result
+            attempts_of[r] = attempts
+            for i, j in users.get(r, []):
+                if all(n.request in got for n in needs[i][j]):
+                    for n in needs[i][j]:
+                        item_attempts[i] = max(item_attempts.get(i, 1), attempts_of[n.request])
+                    yield from consume(i, j)
+                    for n in needs[i][j]:
+                        taken[n.request] = taken.get(n.request, 0) + 1
+                        if taken[n.request] == len(users[n.request]):
+                            got.pop(n.request, None)
+        for j in range(len(jobs)):
+            if pending[j]:
+                yield from flush(j)
+    finally:
+        bar.close()
+    if low_valid:
+        k = len(set(low_valid))
+        warnings.warn(
+            f"{k} of {len(spatials)} ROI(s) had less than {min_valid_fraction:.0%} valid input (items "
+            f"{sorted(set(low_valid))[:10]}{' ...' if k > 10 else ''}): their embeddings mostly describe fill "
+            "values. Check the time window / data coverage, or pass on_low_valid='allow' or 'error'.",
+            LowValidDataWarning, stacklevel=3,
+        )
 
 
-def _versions(cls: type, uses_torch: bool) -> dict[str, str]:
-    v = {"rs_embed": __version__, "numpy": np.__version__}
-    dist = _dist_of_module(cls.__module__.split(".")[0])
-    if dist:
-        v[dist[0]] = dist[1]
-    if uses_torch:
-        import torch
+def _make_embedding(
+    card: ModelCard,
+    output: OutputSpec,
+    pooled: np.ndarray | None,
+    grid: np.ndarray | None,
+    prepped: Raster,
+    meta: dict[str, Any],
+    out_grid: Any = None,
+) -> Embedding:
+    if output.mode == "grid":
+        if grid is None:
+            raise SpecError(f"model {card.id!r} does not produce a grid output")
+        spec = out_grid if out_grid is not None else prepped.grid.resized(grid.shape[2], grid.shape[1])
+        return Embedding(grid, {**meta, "output_kind": "grid"}, spec)
+    if output.pooling == "model":
+        if pooled is not None:
+            vec = pooled
+        elif grid is not None:
+            vec = grid.mean(axis=(1, 2))
+        else:
+            raise SpecError(f"model {card.id!r} returned no output")
+        meta["pooling"] = card.pooled
+    else:
+        if grid is None:
+            raise SpecError(f"model {card.id!r} has no token grid to {output.pooling}-pool; use pooling='model'")
+        vec = grid.mean(axis=(1, 2)) if output.pooling == "mean" else grid.max(axis=(1, 2))
+        meta["pooling"] = f"{output.pooling} of the token grid"
+    return Embedding(np.ascontiguousarray(vec, dtype=np.float32), {**meta, "output_kind": "pooled"}, None)
 
-        v["torch"] = torch.__version__
-    return v
+
+# ---------------------------------------------------------------- one model, collected
 
 
 def embed(
@@ -261,138 +668,54 @@ def embed(
     temporal: TemporalSpec,
     output: OutputSpec,
     backend: str | Provider,
-    device: str = "auto",
-    input_prep: str = "resize",
-    sensor: SensorSpec | None = None,
+    device: str | None = "auto",
+    input_prep: Any = "resize",
+    sensor: SensorSpec | Sequence[SensorSpec] | None = None,
     variant: str | None = None,
     preprocessing: Sequence[Any] | None = None,
+    weights: Any = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool | None = None,
-) -> list[Embedding]:
-    """Embed every ROI with one model. Validation happens first; then load, fetch and infer."""
-    # 1. validate everything cheap, before any network or model work
+    continue_on_error: bool = False,
+    max_retries: int | None = None,
+    min_valid_fraction: float = DEFAULT_MIN_VALID_FRACTION,
+    on_low_valid: str = "warn",
+) -> list[Embedding | ItemError]:
+    """Embed every ROI with one model, in input order. Validation happens first; then load, fetch, infer.
+
+    A failed ROI raises BatchError (after the others ran; it lists every failure and carries the
+    partial results) unless `continue_on_error`, which puts an ItemError in its place.
+    """
     spatials = _check_spatials(spatials)
     if not isinstance(temporal, TemporalSpec):
         raise SpecError(f"temporal must be a TemporalSpec, got {temporal!r}")
-    if not isinstance(output, OutputSpec):
-        raise SpecError(f"output must be an OutputSpec (OutputSpec.pooled() / .grid()), got {output!r}")
-    if sensor is not None and not isinstance(sensor, SensorSpec):
-        raise SpecError(f"sensor must be a SensorSpec, got {sensor!r}")
-    if int(batch_size) < 1:
-        raise SpecError(f"batch_size must be >= 1, got {batch_size}")
-    check_input_prep(input_prep)
-    cls = embedder_class(model)
-    card: ModelCard = cls.card
-    var = card.variant(variant)
-    sensor = sensor or default_sensor(card)
-    steps = card.preprocessing if preprocessing is None else tuple(Step.of(s) for s in preprocessing)
-    for s in steps:
-        preprocessor(s.name)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise SpecError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    policy = check_run_options(max_retries, min_valid_fraction, on_low_valid)
+    embedder_class(model)  # an unknown model is the first thing to say
     provider = resolve_provider(backend)
-    provider.check(sensor)
-    dev = resolve_device(device, cls.uses_torch)
-    requests = [FetchRequest(grid_for(s, sensor.scale_m), temporal, sensor) for s in spatials]
-
-    # 2. load the model (weights errors surface before pixels are fetched)
-    embedder = load_embedder(cls, var, dev)
-
-    base_meta = {
-        "model": card.id,
-        "variant": var.name,
-        "weights": None if var.weights is None else {
-            "repo_id": var.weights.repo_id, "revision": var.weights.revision, "filename": var.weights.filename,
-        },
-        "plugin": embedder_plugin(card.id),
-        "provider": getattr(provider, "name", type(provider).__name__),
-        "sensor": converter.unstructure(sensor),
-        "temporal": converter.unstructure(temporal),
-        "output": converter.unstructure(output),
-        "input_prep": input_prep,
-        "preprocessing": chain_to_meta(steps),
-        "device": dev,
-        "versions": _versions(cls, cls.uses_torch),
-    }
-
-    # 3. fetch (concurrently, ahead) -> preprocess -> batch -> forward
-    from tqdm.auto import tqdm
-
-    results: list[Embedding | None] = [None] * len(requests)
-    pending: list[tuple[int, Raster, Raster]] = []  # (index, fetched, preprocessed)
-    bar = tqdm(total=len(requests), desc=f"embed {card.id}", unit="roi",
-               disable={None: None, True: False, False: True}[progress], leave=False)
-    want = "grid" if output.mode == "grid" or output.pooling != "model" else "pooled"
-
-    def flush() -> None:
-        groups: dict[tuple[int, ...], list[tuple[int, Raster, Raster]]] = {}
-        for item in pending:
-            groups.setdefault(item[2].shape, []).append(item)
-        for items in groups.values():
-            x = np.stack([p.data for _, _, p in items])
-            ctx = BatchContext(
-                grids=tuple(p.grid for _, _, p in items),
-                centers_lonlat=tuple(spatials[i].center for i, _, _ in items),
-                times=tuple(p.times for _, _, p in items),
-                temporal=temporal,
-                sensor=sensor,
-                want=want,
-                band_names=items[0][2].bands,
-                valid=np.stack([p.valid for _, _, p in items]),
-            )
-            pooled, grid = _forward(embedder, x, ctx)
-            for b, (i, fetched, prepped) in enumerate(items):
-                results[i] = _make_embedding(
-                    card, output, pooled, grid, b, prepped, fetched, spatials[i], base_meta
-                )
-        bar.update(len(pending))
-        pending.clear()
-
-    try:
-        for i, raster in enumerate(fetch_all(provider, requests)):
-            pending.append((i, raster, apply_chain(raster, steps)))
-            if len(pending) >= batch_size:
-                flush()
-        if pending:
-            flush()
-    finally:
-        bar.close()
-    return [r for r in results if r is not None]
+    job = prepare_job(model, output=output, provider=provider, device=device, input_prep=input_prep, sensor=sensor,
+                      variant=variant, preprocessing=preprocessing, weights=weights)
+    for s in spatials:  # size guard before any model or network work
+        grid_for(s, job.sensors[0].scale_m)
+    results: list[Embedding | ItemError | None] = [None] * len(spatials)
+    for i, _, r in run([job], spatials, temporal, provider, batch_size=batch_size, progress=progress, retry=policy,
+                       min_valid_fraction=min_valid_fraction, on_low_valid=on_low_valid):
+        results[i] = r
+    errors = [r for r in results if isinstance(r, ItemError)]
+    if errors and not continue_on_error:
+        raise BatchError(errors, results)  # type: ignore[arg-type]
+    return results  # type: ignore[return-value]
 
 
-def _make_embedding(
-    card: ModelCard,
-    output: OutputSpec,
-    pooled: np.ndarray | None,
-    grid: np.ndarray | None,
-    b: int,
-    prepped: Raster,
-    fetched: Raster,
-    spatial: PointBuffer | BBox,
-    base_meta: dict[str, Any],
-) -> Embedding:
-    meta = {
-        **base_meta,
-        "spatial": converter.unstructure(spatial),
-        "input_grid": converter.unstructure(fetched.grid),
-        "input_shape": list(prepped.shape),
-        "valid_fraction": fetched.valid_fraction,
-        "source": fetched.meta,
-    }
-    if output.mode == "grid":
-        if grid is None:
-            raise SpecError(f"model {card.id!r} does not produce a grid output")
-        g = grid[b]
-        return Embedding(g, {**meta, "output_kind": "grid"}, prepped.grid.resized(g.shape[2], g.shape[1]))
-    if output.pooling == "model":
-        if pooled is not None:
-            vec = pooled[b]
-        elif grid is not None:
-            vec = grid[b].mean(axis=(1, 2))
-        else:
-            raise SpecError(f"model {card.id!r} returned no output")
-        meta["pooling"] = card.pooled
-    else:
-        if grid is None:
-            raise SpecError(f"model {card.id!r} has no token grid to {output.pooling}-pool; use pooling='model'")
-        vec = grid[b].mean(axis=(1, 2)) if output.pooling == "mean" else grid[b].max(axis=(1, 2))
-        meta["pooling"] = f"{output.pooling} of the token grid"
-    return Embedding(np.ascontiguousarray(vec, dtype=np.float32), {**meta, "output_kind": "pooled"}, None)
+def check_run_options(max_retries: int | None, min_valid_fraction: float, on_low_valid: str) -> RetryPolicy:
+    if on_low_valid not in ON_LOW_VALID:
+        raise SpecError(f"on_low_valid must be one of {ON_LOW_VALID}, got {on_low_valid!r}")
+    if isinstance(min_valid_fraction, bool) or not isinstance(min_valid_fraction, (int, float)) \
+            or not 0.0 <= min_valid_fraction <= 1.0:
+        raise SpecError(f"min_valid_fraction must be a number in [0, 1], got {min_valid_fraction!r}")
+    if max_retries is None:
+        return DEFAULT_RETRY
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise SpecError(f"max_retries must be an int >= 0, got {max_retries!r}")
+    return attrs.evolve(DEFAULT_RETRY, max_retries=max_retries)

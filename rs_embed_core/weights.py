@@ -262,6 +262,12 @@ def weights_file(spec: WeightsSpec, *, content_digest: Callable[[Path], str] | N
     their bytes (e.g. a tokenizer vocabulary whose header or line endings vary between hosts):
     `spec.sha256` is then compared with that digest instead of the file's own sha256.
     """
+    if spec.path is not None:  # your own checkpoint: no lookup, same hash check
+        local = Path(spec.path)
+        if not local.is_file():
+            raise WeightsError(f"weights file not found: {local}")
+        _verify(local, spec, content_digest)
+        return local
     _repo_parts(spec)  # validate names before touching the file system
     _file_parts(spec)
     checked: list[Path] = []
@@ -278,6 +284,23 @@ def weights_file(spec: WeightsSpec, *, content_digest: Callable[[Path], str] | N
     _verify(path, spec, content_digest)
     log.debug("weights %s/%s @ %s -> %s", spec.repo_id, spec.filename, spec.revision[:12], path)
     return path
+
+
+def local_weights(weights: str | os.PathLike[str] | WeightsSpec, variant: Any = None) -> WeightsSpec:
+    """`weights=` of the API: a path to your own checkpoint (pinned here by its sha256, hashed once
+    per file version) or a WeightsSpec. Strict loading applies exactly as to published weights."""
+    if isinstance(weights, WeightsSpec):
+        return weights
+    if not isinstance(weights, (str, os.PathLike)):
+        raise WeightsError(f"weights= takes a file path or a WeightsSpec, got {weights!r}")
+    path = Path(weights).expanduser().resolve()
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in (".safetensors", *PICKLE_SUFFIXES):
+        raise WeightsError(f"unsupported weights format {path.name!r}: use .safetensors or one of {', '.join(PICKLE_SUFFIXES)}")
+    digest = file_digest(path)
+    return WeightsSpec("local", digest[:40], path.name, digest, "user-supplied", path=str(path))
 
 
 # --------------------------------------------------------------------------- loading

@@ -106,8 +106,8 @@ def test_bad_input_fails_before_any_fetch():
                       sensor=SensorSpec("my/own", ("B2", "SWIR9"), 10))
     with pytest.raises(SpecError):
         get_embedding("tiny_test_model", p, "2022", backend=prov)
-    with pytest.raises(SpecError, match="tile"):
-        get_embedding("tiny_test_model", p, WINDOW, backend=prov, input_prep="tile")
+    with pytest.raises(SpecError, match="input_prep"):
+        get_embedding("tiny_test_model", p, WINDOW, backend=prov, input_prep="tiles")
     with pytest.raises(SpecError, match="unknown preprocessing step"):
         get_embedding("tiny_test_model", p, WINDOW, backend=prov, preprocessing=[("sharpen", {})])
     with pytest.raises(SpecError, match="numpy"):
@@ -124,8 +124,12 @@ def test_provider_errors_propagate():
         def fetch(self, req):
             raise ProviderError("upstream said no")
 
-    with pytest.raises(ProviderError, match="upstream said no"):
+    with pytest.raises(ProviderError, match="upstream said no"):  # one ROI: the typed error itself
+        get_embedding("tiny_test_model", PointBuffer(121.5, 31.2, 160), WINDOW, backend=Broken())
+    with pytest.raises(rs_embed.BatchError, match="3 of 3 ROI") as ei:  # a batch: every failed ROI named
         get_embeddings_batch("tiny_test_model", [PointBuffer(121.5, 31.2, 160)] * 3, WINDOW, backend=Broken())
+    assert [e.index for e in ei.value.errors] == [0, 1, 2]
+    assert all(e.stage == "fetch" and e.error_type == "ProviderError" for e in ei.value.errors)
 
 
 def test_backend_name_with_argument_reaches_the_factory(monkeypatch):
@@ -187,6 +191,6 @@ def test_raster_cache_is_bounded_by_bytes():
     one = rasters[0].data.nbytes
     cache = RasterCache(max_bytes=2 * one)
     for r, x in zip(reqs, rasters):
-        cache.put(prov, r, x)
-    assert [cache.get(prov, r) is not None for r in reqs] == [False, False, False, True, True]
-    assert cache.get(WorldProvider(), reqs[4]) is None  # another provider never sees these pixels
+        cache.put(cache.key(prov, r), x)
+    assert [cache.get(cache.key(prov, r)) is not None for r in reqs] == [False, False, False, True, True]
+    assert cache.get(cache.key(WorldProvider(), reqs[4])) is None  # another provider never sees these pixels

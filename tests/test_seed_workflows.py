@@ -91,13 +91,20 @@ def test_inspect_inputs_before_modeling(local, tmp_path):
     assert alias["bands"] == report["bands"]
 
 
-def test_large_roi_tiling_is_rejected_clearly_until_it_exists(local):
-    with pytest.raises(SpecError, match="tile"):
-        get_embedding(
-            "remoteclip",
-            spatial=PointBuffer(121.5, 31.2, 8000),
-            temporal=TemporalSpec.range("2022-06-01", "2022-09-01"),
-            output=OutputSpec.grid(),
-            backend=local,
-            input_prep="tile",
-        )
+def test_large_roi_with_tiling(local):
+    emb = get_embedding(
+        "remoteclip",
+        spatial=PointBuffer(121.5, 31.2, 8000),
+        temporal=TemporalSpec.range("2022-06-01", "2022-09-01"),
+        output=OutputSpec.grid(),
+        backend=local,
+        input_prep="tile",
+    )
+    from rs_embed_core.grid import grid_for
+
+    roi = grid_for(PointBuffer(121.5, 31.2, 8000), 10)  # 1600 x 1600 px
+    assert emb.data.shape == (768, 50, 50)  # 64 tiles of 224 px, 32 px tokens, cropped to the ROI
+    assert (emb.grid.x0, emb.grid.y0, emb.grid.res) == (roi.x0, roi.y0, 320.0)
+    t = emb.meta["tiling"]
+    assert (t["tile_size"], t["tiles"], t["input_size"]) == (224, 64, [1600, 1600])
+    assert np.isfinite(emb.data).all()

@@ -1,0 +1,266 @@
+"""Fetching pixels for the runner: concurrently, ahead of inference, with timeouts, retries and a cache.
+
+- Workers are daemon threads, so a provider call that never returns (a hung server) cannot keep
+  the process alive or stop Ctrl-C: the consumer waits on an event, which KeyboardInterrupt
+  breaks, and the stuck call is abandoned.
+- Each attempt runs under the provider's `fetch_timeout_s` (None = no limit; default
+  DEFAULT_FETCH_TIMEOUT_S, or $RS_EMBED_FETCH_TIMEOUT); a timeout is a FetchTimeoutError, which
+  like every TransientProviderError (and builtin ConnectionError / TimeoutError) is retried
+  with bounded backoff (`rs_embed_core.retry`). Other errors are final for that request.
+- Rasters are cached by (provider instance, request key, provider.source_token(request)): a
+  provider that can tell its data changed (the local provider: file size, mtime, ctime) never
+  serves stale pixels.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import threading
+import weakref
+from collections import OrderedDict
+from typing import Any, Callable, Iterator, Sequence
+
+from .errors import FetchTimeoutError, ProviderError, RsEmbedError, TransientProviderError
+from .providers import FetchRequest, Provider
+from .raster import Raster
+from .retry import DEFAULT_RETRY, RetryPolicy, with_retries
+
+DEFAULT_FETCH_TIMEOUT_S = 600.0
+TIMEOUT_ENV = "RS_EMBED_FETCH_TIMEOUT"
+
+
+def fetch_timeout(provider: Provider) -> float | None:
+    """The provider's `fetch_timeout_s` attribute, else $RS_EMBED_FETCH_TIMEOUT, else the default."""
+    if hasattr(provider, "fetch_timeout_s"):
+        t = provider.fetch_timeout_s  # type: ignore[attr-defined]
+        return None if t is None else float(t)
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if raw:
+        try:
+            return float(raw) if float(raw) > 0 else None
+        except ValueError:
+            pass
+    return DEFAULT_FETCH_TIMEOUT_S
+
+
+# ---------------------------------------------------------------- raster cache
+
+
+class RasterCache:
+    """Fetched rasters by (provider instance, request key, source token), LRU-bounded by total bytes.
+
+    Each provider object gets a token that is never reused (unlike `id()`, which a new object
+    can inherit from a freed one), so one provider's pixels are never served for another's.
+    """
+
+    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self._bytes = 0
+        self._done: OrderedDict[tuple[int, str, str], Raster] = OrderedDict()
+        self._tokens: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._next = itertools.count()
+        self._lock = threading.Lock()
+
+    def _token(self, provider: Provider) -> int | None:
+        try:
+            tok = self._tokens.get(provider)
+            if tok is None:
+                tok = self._tokens[provider] = next(self._next)
+            return tok
+        except TypeError:  # not weak-referenceable: do not cache its rasters
+            return None
+
+    def key(self, provider: Provider, req: FetchRequest) -> tuple[int, str, str] | None:
+        with self._lock:
+            tok = self._token(provider)
+        if tok is None:
+            return None
+        source = getattr(provider, "source_token", None)
+        return (tok, req.key, str(source(req)) if source is not None else "")
+
+    def get(self, key: tuple[int, str, str] | None) -> Raster | None:
+        if key is None:
+            return None
+        with self._lock:
+            r = self._done.get(key)
+            if r is not None:
+                self._done.move_to_end(key)
+            return r
+
+    def put(self, key: tuple[int, str, str] | None, raster: Raster) -> None:
+        if key is None:
+            return
+        with self._lock:
+            if key in self._done or raster.data.nbytes > self.max_bytes:
+                return
+            self._done[key] = raster
+            self._bytes += raster.data.nbytes
+            while self._bytes > self.max_bytes:
+                _, old = self._done.popitem(last=False)
+                self._bytes -= old.data.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._done.clear()
+            self._bytes = 0
+
+
+raster_cache = RasterCache()
+
+
+# ---------------------------------------------------------------- one request
+
+
+def _classify(exc: BaseException) -> BaseException:
+    """Builtin network failures become TransientProviderError; unknown errors a ProviderError."""
+    if isinstance(exc, RsEmbedError):
+        return exc
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        err: BaseException = TransientProviderError(f"{type(exc).__name__}: {exc}")
+    else:
+        err = ProviderError(f"{type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err
+
+
+def _call_with_timeout(fn: Callable[[], Raster], timeout_s: float | None, what: str) -> Raster:
+    if timeout_s is None:
+        return fn()
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["raster"] = fn()
+        except BaseException as exc:  # handed to the waiting thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="rs-embed-fetch-call", daemon=True).start()
+    if not done.wait(timeout_s):
+        raise FetchTimeoutError(f"{what} did not finish within {timeout_s:g} s (the provider's fetch_timeout_s)")
+    if "error" in box:
+        raise box["error"]
+    return box["raster"]
+
+
+def fetch_one(provider: Provider, req: FetchRequest, policy: RetryPolicy = DEFAULT_RETRY,
+              timeout_s: float | None = None) -> tuple[Raster, int]:
+    """(raster, attempts): from the cache, or from the provider with timeouts and retries.
+
+    Errors come out classified (see `_classify`) with `.attempts` set.
+    """
+    try:
+        key = raster_cache.key(provider, req)
+    except Exception as exc:
+        err = _classify(exc)
+        err.attempts = 1  # type: ignore[attr-defined]
+        raise err from exc
+    hit = raster_cache.get(key)
+    if hit is not None:
+        return hit, 0
+    name = getattr(provider, "name", type(provider).__name__)
+
+    def attempt() -> Raster:
+        try:
+            return _call_with_timeout(lambda: provider.fetch(req), timeout_s, f"provider {name!r} fetch")
+        except Exception as exc:
+            raise _classify(exc) from exc
+
+    try:
+        raster, attempts = with_retries(attempt, policy)
+    except RsEmbedError as exc:
+        if not hasattr(exc, "attempts"):
+            exc.attempts = 1  # type: ignore[attr-defined]
+        raise
+    raster_cache.put(key, raster)
+    return raster, attempts
+
+
+# ---------------------------------------------------------------- many requests, ahead of the consumer
+
+
+class _Slot:
+    __slots__ = ("done", "raster", "error", "attempts")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.raster: Raster | None = None
+        self.error: BaseException | None = None
+        self.attempts = 0
+
+
+def fetch_stream(
+    provider: Provider,
+    requests: Sequence[FetchRequest],
+    *,
+    policy: RetryPolicy = DEFAULT_RETRY,
+    window: int | None = None,
+) -> Iterator[tuple[int, Raster | BaseException, int]]:
+    """Yield (index, raster or error, attempts) in request order, fetching ahead concurrently.
+
+    Distinct keys are fetched once; at most `window` distinct requests are in flight or waiting
+    to be consumed, so memory stays bounded whatever the number of requests. Errors are yielded,
+    not raised: the consumer decides what a failed item means.
+    """
+    n = len(requests)
+    timeout_s = fetch_timeout(provider)
+    workers = max(1, min(int(getattr(provider, "max_concurrency", 4)), n))
+    if n == 1:  # the interactive single call: no pool at all
+        try:
+            raster, attempts = fetch_one(provider, requests[0], policy, timeout_s)
+            yield 0, raster, attempts
+        except RsEmbedError as exc:
+            yield 0, exc, getattr(exc, "attempts", 1)
+        return
+    window = window or 2 * workers
+    remaining: dict[str, int] = {}
+    for r in requests:
+        remaining[r.key] = remaining.get(r.key, 0) + 1
+    tasks: queue.SimpleQueue[tuple[FetchRequest, _Slot] | None] = queue.SimpleQueue()
+    cancelled = threading.Event()
+
+    def work() -> None:
+        while True:
+            item = tasks.get()
+            if item is None:
+                return
+            req, slot = item
+            if not cancelled.is_set():
+                try:
+                    slot.raster, slot.attempts = fetch_one(provider, req, policy, timeout_s)
+                except RsEmbedError as exc:
+                    slot.error, slot.attempts = exc, getattr(exc, "attempts", 1)
+                except BaseException as exc:  # never let a worker die silently
+                    slot.error, slot.attempts = _classify(exc), 1
+            slot.done.set()
+
+    threads = [threading.Thread(target=work, name="rs-embed-fetch", daemon=True) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    slots: dict[str, _Slot] = {}
+    ahead = 0
+    try:
+        for i, req in enumerate(requests):
+            while ahead < n and len(slots) < window:
+                nxt = requests[ahead]
+                if nxt.key not in slots:
+                    slots[nxt.key] = _Slot()
+                    tasks.put((nxt, slots[nxt.key]))
+                ahead += 1
+            if req.key not in slots:  # its last use was consumed already: fetch again (cache hit)
+                slots[req.key] = _Slot()
+                tasks.put((req, slots[req.key]))
+            slot = slots[req.key]
+            slot.done.wait()  # interruptible: Ctrl-C lands here
+            remaining[req.key] -= 1
+            if remaining[req.key] == 0:
+                del slots[req.key]
+            yield i, (slot.error if slot.error is not None else slot.raster), slot.attempts  # type: ignore[misc]
+    finally:
+        cancelled.set()  # queued work is skipped; running calls finish (or hang) on daemon threads
+        for _ in threads:
+            tasks.put(None)
