@@ -8,6 +8,7 @@ overlapping ROIs share pixels exactly and their fetches can share cache entries.
 from __future__ import annotations
 
 import math
+import os
 from functools import lru_cache
 
 from attrs import field, frozen
@@ -94,6 +95,8 @@ class GridSpec:
                 xs.append(x)
                 ys.append(y)
         lons, lats = t.transform(xs, ys)
+        ref = lons[0]  # unwrap across the antimeridian: lons stay continuous, may pass +/-180
+        lons = [((lo - ref + 180.0) % 360.0) - 180.0 + ref for lo in lons]
         return (min(lons), min(lats), max(lons), max(lats))
 
 
@@ -110,6 +113,33 @@ def utm_crs(lon: float, lat: float) -> str:
     return f"EPSG:{32600 + zone if lat >= 0 else 32700 + zone}"
 
 
+MAX_PIXELS_ENV = "RS_EMBED_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 2**25  # 33.5 M pixels a frame (5792 x 5792): ~130 MB per float32 band
+MAX_BBOX_WIDTH_DEG = 30.0  # one UTM grid stops being a faithful map far from its zone
+
+
+def max_pixels() -> int:
+    """The largest grid (pixels per frame) a request may ask for: $RS_EMBED_MAX_PIXELS or the default."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    try:
+        return int(float(raw)) if raw else DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise SpecError(f"{MAX_PIXELS_ENV} must be a number of pixels, got {raw!r}") from None
+
+
+def _guard(w: float, h: float, gsd_m: float, what: str) -> tuple[int, int]:
+    """Refuse grids that are not finite or too large, before anything is allocated."""
+    limit = max_pixels()
+    if not (math.isfinite(w) and math.isfinite(h)) or w * h > limit:
+        size = f"{w:.3g} x {h:.3g}" if math.isfinite(w * h) else "an unbounded number of"
+        raise SpecError(
+            f"{what} at {gsd_m:g} m is {size} pixels, more than the limit of {limit:,} pixels per frame "
+            f"({MAX_PIXELS_ENV}). Split it into several smaller ROIs (and use input_prep='tile' for "
+            "grids), or use a coarser scale_m."
+        )
+    return max(1, int(round(w))), max(1, int(round(h)))
+
+
 def grid_for(spatial: Spatial, gsd_m: float) -> GridSpec:
     """Resolve a spatial spec at a GSD into a lattice-snapped UTM grid.
 
@@ -117,27 +147,39 @@ def grid_for(spatial: Spatial, gsd_m: float) -> GridSpec:
     buffer gets the same shape; the top-left corner snaps to the nearest lattice node.
     BBox: the UTM bounds of the densified lon/lat box, snapped outward to the lattice.
     """
-    if gsd_m <= 0:
-        raise SpecError(f"GSD must be > 0, got {gsd_m}")
+    if not gsd_m > 0 or not math.isfinite(gsd_m):
+        raise SpecError(f"GSD must be a finite number > 0, got {gsd_m}")
     lon, lat = spatial.center
     crs = utm_crs(lon, lat)
     fwd = _transformer("EPSG:4326", crs)
     if isinstance(spatial, PointBuffer):
         cx, cy = fwd.transform(lon, lat)
-        n = max(1, round(2.0 * spatial.buffer_m / gsd_m))
+        side = 2.0 * spatial.buffer_m / gsd_m
+        n, _ = _guard(side, side, gsd_m, f"PointBuffer(buffer_m={spatial.buffer_m:g})")
         x0 = round((cx - n * gsd_m / 2.0) / gsd_m) * gsd_m
         y0 = round((cy + n * gsd_m / 2.0) / gsd_m) * gsd_m
         return GridSpec(crs, x0, y0, gsd_m, n, n)
     if isinstance(spatial, BBox):
+        if spatial.width_deg > MAX_BBOX_WIDTH_DEG:
+            raise SpecError(
+                f"{spatial!r} is {spatial.width_deg:g} degrees wide; one ROI may span at most "
+                f"{MAX_BBOX_WIDTH_DEG:g} degrees of longitude (it is mapped on one UTM grid). Split it into "
+                "smaller ROIs. (minlon > maxlon means a box across the antimeridian.)"
+            )
         k = 16
         lons, lats = [], []
         for i in range(k + 1):
             f = i / k
-            lo = spatial.minlon + f * (spatial.maxlon - spatial.minlon)
+            lo = spatial.minlon + f * spatial.width_deg
             la = spatial.minlat + f * (spatial.maxlat - spatial.minlat)
             lons += [lo, lo, spatial.minlon, spatial.maxlon]
             lats += [spatial.minlat, spatial.maxlat, la, la]
+        lons = [lo - 360.0 if lo > 180.0 else lo for lo in lons]
         xs, ys = fwd.transform(lons, lats)
+        if not all(math.isfinite(v) for v in (*xs, *ys)):
+            raise SpecError(f"{spatial!r} cannot be mapped onto the UTM grid of its centre ({crs})")
+        w, h = (max(xs) - min(xs)) / gsd_m, (max(ys) - min(ys)) / gsd_m
+        _guard(w, h, gsd_m, f"{spatial!r}")
         left = math.floor(min(xs) / gsd_m) * gsd_m
         right = math.ceil(max(xs) / gsd_m) * gsd_m
         bottom = math.floor(min(ys) / gsd_m) * gsd_m

@@ -1,14 +1,22 @@
 """The plugin manager: built-ins by module path, then the "rs_embed" entry-point group.
 
-RS_EMBED_PLUGINS, if set, is a comma-separated allow-list of entry-point names to load
-("" loads none); built-ins always load. An entry point that fails to import is recorded in
-`load_failures` so `rs-embed plugins` and "unknown model" errors can say why.
+RS_EMBED_PLUGINS, if set, is a comma-separated allow-list of the *distributions* whose plugins
+may load ("rs-embed-remoteclip"), or of "distribution:entry-point" pairs
+("rs-embed-remoteclip:remoteclip"); "" loads none; built-ins always load. It is keyed by
+distribution because entry-point names are not unique: any installed package can declare one
+called "remoteclip". An entry point that fails to import is recorded in `load_failures` so
+`rs-embed plugins` and "unknown model" errors can say why.
+
+Loading is thread-safe and happens once: concurrent first calls wait until every plugin is
+registered (the "done" flag is set only after registration).
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import re
+import threading
 import traceback
 from importlib import metadata
 
@@ -27,32 +35,58 @@ pm.add_hookspecs(hookspecs)
 load_failures: dict[str, dict[str, str | None]] = {}
 _distributions: dict[str, tuple[str, str]] = {}  # entry-point name -> (distribution, version)
 _loaded = False
+_lock = threading.RLock()
+
+
+def _norm(dist: str) -> str:
+    """PEP 503 normalised distribution name: "RS_Embed.GEE" == "rs-embed-gee"."""
+    return re.sub(r"[-_.]+", "-", dist).lower()
 
 
 def _allowed() -> set[str] | None:
     raw = os.environ.get(ALLOW_ENV)
     if raw is None:
         return None
-    return {n.strip() for n in raw.split(",") if n.strip()}
+    out = set()
+    for entry in (n.strip() for n in raw.split(",")):
+        if entry:
+            dist, sep, name = entry.partition(":")
+            out.add(f"{_norm(dist)}:{name.strip()}" if sep else _norm(dist))
+    return out
+
+
+def _is_allowed(allowed: set[str] | None, dist: str | None, name: str) -> bool:
+    if allowed is None:
+        return True
+    if dist is None:  # an entry point without a distribution cannot be trusted by name
+        return False
+    return _norm(dist) in allowed or f"{_norm(dist)}:{name}" in allowed
 
 
 def load_plugins() -> None:
-    """Register built-ins and installed plugins once per process."""
+    """Register built-ins and installed plugins once per process (thread-safe)."""
     global _loaded
     if _loaded:
         return
-    _loaded = True
+    with _lock:
+        if _loaded:
+            return
+        _load()
+        _loaded = True
+
+
+def _load() -> None:
     for modname in BUILTINS:
         mod = importlib.import_module(modname)
         if not pm.is_registered(mod):
             pm.register(mod, name=modname)
     allowed = _allowed()
     for ep in metadata.entry_points(group=GROUP):
-        if allowed is not None and ep.name not in allowed:
+        dist = getattr(ep, "dist", None)
+        if not _is_allowed(allowed, dist.name if dist else None, ep.name):
             continue
         if pm.get_plugin(ep.name) is not None:
             continue
-        dist = getattr(ep, "dist", None)
         try:
             plugin = ep.load()
         except Exception as exc:  # record, never crash the host on a broken plugin

@@ -8,6 +8,7 @@ duplicate id or alias is a PluginError naming both plugins.
 from __future__ import annotations
 
 import difflib
+import threading
 from typing import Any, Callable
 
 from attrs import frozen
@@ -54,10 +55,21 @@ def _collect(hook_name: str, kind: str, keys: Callable[[tuple], list[str]]) -> d
     return table
 
 
+_lock = threading.Lock()
+
+
 def tables() -> Tables:
-    global _cache
     load_plugins()
     state = tuple(id(p) for p in pm.get_plugins())
+    hit = _cache
+    if hit is not None and hit[0] == state:
+        return hit[1]
+    with _lock:
+        return _build(state)
+
+
+def _build(state: tuple[int, ...]) -> Tables:
+    global _cache
     if _cache is not None and _cache[0] == state:
         return _cache[1]
     providers = _collect("register_providers", "provider", lambda a: [str(a[0])])

@@ -17,6 +17,8 @@ from .errors import SpecError, UnknownBandError
 
 
 def _finite(name: str, value: float) -> float:
+    if isinstance(value, bool):  # True/False are ints in Python, never coordinates
+        raise SpecError(f"{name} must be a number, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -59,7 +61,11 @@ class PointBuffer:
 
 @frozen
 class BBox:
-    """A lon/lat box (WGS 84), min < max on both axes."""
+    """A lon/lat box (WGS 84), minlat < maxlat.
+
+    minlon > maxlon means the box crosses the antimeridian (BBox(179, 0, -179, 1) is 2 degrees
+    wide): the ROI's UTM grid does not care, and providers receive that grid.
+    """
 
     minlon: float = field(converter=lambda v: _finite("minlon", v))
     minlat: float = field(converter=lambda v: _finite("minlat", v))
@@ -71,24 +77,33 @@ class BBox:
             _check_lon(n, getattr(self, n))
         for n in ("minlat", "maxlat"):
             _check_lat(n, getattr(self, n))
-        if self.minlon >= self.maxlon:
-            raise SpecError(f"BBox needs minlon < maxlon, got {self.minlon} >= {self.maxlon}")
+        if self.minlon == self.maxlon:
+            raise SpecError(f"BBox needs minlon != maxlon (minlon > maxlon crosses the antimeridian), got {self.minlon}")
         if self.minlat >= self.maxlat:
             raise SpecError(f"BBox needs minlat < maxlat, got {self.minlat} >= {self.maxlat}")
         if max(abs(self.minlat), abs(self.maxlat)) > 84.0:
             raise SpecError("polar ROIs (|lat| > 84) are not supported (no UTM zone)")
 
     @property
+    def crosses_antimeridian(self) -> bool:
+        return self.minlon > self.maxlon
+
+    @property
+    def width_deg(self) -> float:
+        return self.maxlon - self.minlon + (360.0 if self.crosses_antimeridian else 0.0)
+
+    @property
     def center(self) -> tuple[float, float]:
-        return ((self.minlon + self.maxlon) / 2, (self.minlat + self.maxlat) / 2)
+        lon = self.minlon + self.width_deg / 2
+        return (lon - 360.0 if lon > 180.0 else lon, (self.minlat + self.maxlat) / 2)
 
 
 Spatial = PointBuffer | BBox
 
 
 def _to_date(v: object) -> dt.date:
-    if isinstance(v, dt.datetime):
-        return v.date()
+    if isinstance(v, dt.datetime):  # an aware datetime is read in UTC, not in its own zone
+        return (v.astimezone(dt.timezone.utc) if v.tzinfo is not None else v).date()
     if isinstance(v, dt.date):
         return v
     if isinstance(v, str):
@@ -116,6 +131,8 @@ class TemporalSpec:
 
     @classmethod
     def year(cls, year: int) -> TemporalSpec:
+        if isinstance(year, bool):
+            raise SpecError(f"not a valid year: {year!r}")
         try:
             y = int(year)
             return cls(dt.date(y, 1, 1), dt.date(y + 1, 1, 1))
@@ -123,7 +140,7 @@ class TemporalSpec:
             raise SpecError(f"not a valid year: {year!r}") from None
 
     def contains(self, when: dt.date | dt.datetime) -> bool:
-        d = when.date() if isinstance(when, dt.datetime) else when
+        d = _to_date(when)
         return self.start <= d < self.end
 
 

@@ -339,3 +339,72 @@ def test_strict_load_truncates_long_lists():
     msg = str(ei.value)
     assert "unexpected keys (40)" in msg and "(+28 more)" in msg and "junk.39" not in msg
     assert len(ei.value.unexpected) == 40
+
+
+# --------------------------------------------------------------------------- integrity (hardening issue)
+
+
+def test_same_size_replacement_with_restored_mtime_is_rehashed(hub):
+    data = b"good weights"
+    path = put_in_cache(hub, "model.safetensors", data)
+    spec = spec_for(data)
+    W.weights_file(spec)  # verified and recorded
+    st = path.stat()
+    path.write_bytes(b"evil weights")  # same size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime restored: only ctime tells
+    with pytest.raises(WeightsError, match="sha256 mismatch"):
+        W.weights_file(spec)
+
+
+def _pt_checkpoint(hub: Path, tmp_path: Path) -> tuple[WeightsSpec, Path, dict]:
+    sd = {"w": torch.arange(4, dtype=torch.float32)}
+    p = tmp_path / "src.pt"
+    torch.save(sd, p)
+    data = p.read_bytes()
+    cached = put_in_cache(hub, "model.pt", data)
+    return spec_for(data, "model.pt"), cached, sd
+
+
+def test_converted_file_is_bound_to_its_conversion_record(hub, tmp_path):
+    spec, cached, sd = _pt_checkpoint(hub, tmp_path)
+    assert torch.equal(W.load_state_dict(spec)["w"], sd["w"])
+    converted = Path(os.environ["RS_EMBED_CACHE"]) / "converted" / f"{spec.sha256}.safetensors"
+    assert converted.is_file() and converted.with_suffix(".json").is_file()
+    cached.unlink()  # the source is gone: an intact conversion is still trusted (it was verified)
+    assert torch.equal(W.load_state_dict(spec)["w"], sd["w"])
+    save_file({"w": torch.full((4,), 666.0)}, str(converted))  # tampered conversion, source gone
+    with pytest.raises(WeightsError, match="not available"):  # refused, and no source to convert again
+        W.load_state_dict(spec)
+
+
+def test_tampered_conversion_is_redone_from_the_verified_source(hub, tmp_path):
+    spec, _, sd = _pt_checkpoint(hub, tmp_path)
+    W.load_state_dict(spec)
+    converted = Path(os.environ["RS_EMBED_CACHE"]) / "converted" / f"{spec.sha256}.safetensors"
+    save_file({"w": torch.full((4,), 666.0)}, str(converted))
+    assert torch.equal(W.load_state_dict(spec)["w"], sd["w"])
+
+
+def test_published_sha256_prefix_is_checked(hub):
+    data = b"torchgeo style"
+    put_in_cache(hub, "model.safetensors", data)
+    digest = hashlib.sha256(data).hexdigest()
+    assert W.weights_file(WeightsSpec(REPO, REV, "model.safetensors", digest[:8], "test")).is_file()
+    with pytest.raises(WeightsError, match="prefix"):
+        W.weights_file(WeightsSpec(REPO, REV, "model.safetensors", "deadbeef", "test"))
+    with pytest.raises(Exception, match="at least 8"):
+        WeightsSpec(REPO, REV, "model.safetensors", digest[:7], "test")
+
+
+def test_your_own_checkpoint_by_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("RS_EMBED_CACHE", str(tmp_path / "rs"))
+    p = tmp_path / "finetuned.safetensors"
+    save_file({"w": torch.ones(2)}, str(p))
+    spec = W.local_weights(p)
+    assert spec.path == str(p.resolve()) and spec.sha256 == hashlib.sha256(p.read_bytes()).hexdigest()
+    assert torch.equal(W.load_state_dict(spec)["w"], torch.ones(2))
+    save_file({"w": torch.zeros(2)}, str(p))  # changed after it was pinned
+    with pytest.raises(WeightsError, match="sha256 mismatch"):
+        W.load_state_dict(spec)
+    with pytest.raises(WeightsError, match="not found"):
+        W.local_weights(tmp_path / "missing.pt")
