@@ -5,7 +5,9 @@ model built from these parts loads an open_clip-format state dict strictly, key 
 """
 
 from .patch_embed import PatchEmbed
+from .patch_embed_3d import PatchEmbed3D
 from .pos_embed import sincos_1d, sincos_2d, sincos_3d
+from .timm_block import TimmAttention, TimmBlock, TimmMlp
 from .tokens import grid_to_tokens, pool_tokens, prepend_tokens, split_prefix, tokens_to_grid
 from .transformer import ACTIVATIONS, Attention, Block, Mlp, QuickGELU, Transformer, activation
 
@@ -15,7 +17,11 @@ __all__ = [
     "Block",
     "Mlp",
     "PatchEmbed",
+    "PatchEmbed3D",
     "QuickGELU",
+    "TimmAttention",
+    "TimmBlock",
+    "TimmMlp",
     "Transformer",
     "activation",
     "grid_to_tokens",
