@@ -409,11 +409,14 @@ def run(
     retry: RetryPolicy = DEFAULT_RETRY,
     min_valid_fraction: float = DEFAULT_MIN_VALID_FRACTION,
     on_low_valid: str = "warn",
+    on_input: Any = None,
 ) -> Iterator[tuple[int, int, Embedding | ItemError]]:
     """Yield (item index, job index, Embedding or ItemError) for every ROI x job, as batches finish.
 
     Models are loaded before the first fetch (weights errors come first). Memory stays flat in
     the number of ROIs: fetches run a bounded window ahead, and each job holds at most one batch.
+    `on_input(request, raster, items)` is called once per distinct fetch that succeeded (export
+    saves inputs through it); `items` are the ROI indices that use it.
     """
     spatials = list(spatials)
     valid_policy = {"min_valid_fraction": min_valid_fraction, "on_low_valid": on_low_valid}
@@ -604,6 +607,8 @@ def run(
         for r, result, attempts in fetch_stream(provider, requests, policy=retry):
             got[r] = result
             attempts_of[r] = attempts
+            if on_input is not None and isinstance(result, Raster):
+                on_input(requests[r], result, sorted({i for i, _ in users.get(r, [])}))
             for i, j in users.get(r, []):
                 if all(n.request in got for n in needs[i][j]):
                     for n in needs[i][j]:

@@ -1,0 +1,805 @@
+"""Dataset export: many ROIs x several models -> files on disk, resumable after any crash.
+
+`export_batch` validates everything first (names, models, sensors, the output folder), plans
+items x models, and drives the one runner (`runner.run`), so each distinct input is fetched once
+for all models and export results equal `get_embeddings_batch` for the same inputs.
+
+Crash safety: each finished (item, model) is written to `OUT/.parts/` by atomic rename and then
+recorded in `OUT/.journal.jsonl` (one fsync'd line each). The deliverables (GeoParquet, Zarr,
+GeoTIFF, npz, manifest.json) are rebuilt from the parts at the end of every run, each written to
+a temporary name and renamed into place. A run killed at any moment and rerun with
+`resume=True` skips what the journal holds, retries failed items, and writes the same files an
+uninterrupted run would. A different request on the same `OUT` is refused, naming what changed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from attrs import field, frozen
+
+from . import __version__
+from .convert import converter
+from .embedding import Embedding
+from .errors import ItemError, SpecError
+from .grid import GridSpec, grid_for
+from .providers import FetchRequest, Provider
+from .raster import Raster
+from .runner import (
+    DEFAULT_BATCH_SIZE, DEFAULT_MIN_VALID_FRACTION, Job, _check_spatials, check_run_options, prepare_job,
+    resolve_provider, run,
+)
+from .specs import BBox, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
+from .tiling import TileSpec
+
+LAYOUTS = ("per_item", "combined")
+FORMATS = ("auto", "parquet", "npz")
+MANIFEST = "manifest.json"
+JOURNAL = ".journal.jsonl"
+PARTS = ".parts"
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@frozen
+class ModelRequest:
+    """One model of an export, with its own settings (None = the card's default / the call's)."""
+
+    model: str
+    variant: str | None = None
+    sensor: SensorSpec | tuple[SensorSpec, ...] | None = None
+    preprocessing: tuple[Any, ...] | None = field(default=None, converter=lambda v: None if v is None else tuple(v))
+    output: OutputSpec | None = None
+    weights: str | None = None
+    input_prep: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The file-name stem of this request's outputs: the model id, plus the variant when given."""
+        return _file_stem(self.model + (f"-{self.variant}" if self.variant else ""))
+
+
+def _file_stem(name: str) -> str:
+    return _SAFE.sub("_", name).strip("._") or "_"
+
+
+def _requests(models: Sequence[str | ModelRequest] | str) -> list[ModelRequest]:
+    if isinstance(models, (str, ModelRequest)):
+        models = [models]
+    out = []
+    for m in models:
+        if isinstance(m, str):
+            out.append(ModelRequest(m))
+        elif isinstance(m, ModelRequest):
+            out.append(m)
+        else:
+            raise SpecError(f"models takes model ids or ModelRequest records, got {m!r}")
+    if not out:
+        raise SpecError("models is empty")
+    keys = [r.key for r in out]
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    if dupes:
+        raise SpecError(f"models lists {dupes} more than once (give each a different variant, or drop the repeat)")
+    return out
+
+
+def check_names(names: Sequence[str] | None, n: int) -> list[str]:
+    """User names -> safe file stems; empty names, path tricks and duplicates are errors."""
+    if names is None:
+        return [f"item_{i:06d}" for i in range(n)]
+    names = list(names)
+    if len(names) != n:
+        raise SpecError(f"names has {len(names)} entries for {n} spatials")
+    stems = []
+    for raw in names:
+        if not isinstance(raw, str) or not raw.strip():
+            raise SpecError(f"every name must be a non-empty string, got {raw!r}")
+        if "/" in raw or "\\" in raw or raw.strip() in (".", "..") or ".." in raw or os.path.isabs(raw) \
+                or "\x00" in raw:
+            raise SpecError(f"name {raw!r} looks like a path; names become file names (no separators or '..')")
+        stems.append(_file_stem(raw.strip()))
+    seen: dict[str, str] = {}
+    for raw, stem in zip(names, stems):
+        if stem in seen:
+            raise SpecError(f"names {seen[stem]!r} and {raw!r} give the same file name {stem!r}; names must be unique")
+        seen[stem] = raw
+    return stems
+
+
+# ---------------------------------------------------------------- durable small writes
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(dest: Path, write: Any, *, durable: bool = True) -> None:
+    """write(tmp_path) then rename onto dest (fsync'd when durable): never half a file at `dest`."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        if durable and tmp.is_file():
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, dest)
+        if durable:
+            _fsync_dir(dest.parent)
+    finally:
+        if tmp.exists():
+            if tmp.is_dir():
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink()
+
+
+def _save_part(path: Path, emb: Embedding) -> None:
+    meta = json.dumps(emb.meta, default=str)
+    grid = json.dumps(None if emb.grid is None else converter.unstructure(emb.grid))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, data=emb.data, meta=np.asarray(meta), grid=np.asarray(grid))
+
+    atomic_write(path, write)
+
+
+def _load_part(path: Path) -> Embedding:
+    with np.load(path, allow_pickle=False) as z:
+        grid = json.loads(str(z["grid"]))
+        return Embedding(z["data"], json.loads(str(z["meta"])), None if grid is None else converter.structure(grid, GridSpec))
+
+
+class Journal:
+    """Append-only record of finished (item, model) pairs; one fsync'd JSON line each."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> dict[tuple[int, str], dict[str, Any]]:
+        done: dict[tuple[int, str], dict[str, Any]] = {}
+        if not self.path.is_file():
+            return done
+        for line in self.path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+                done[(int(rec["item"]), str(rec["model"]))] = rec
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut by a crash
+        return done
+
+    def append(self, rec: dict[str, Any]) -> None:
+        line = json.dumps(rec, default=str) + "\n"
+        with open(self.path, "a") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+# ---------------------------------------------------------------- the request fingerprint
+
+
+def _backend_desc(backend: Any) -> Any:
+    if isinstance(backend, str):
+        return backend
+    desc = getattr(backend, "describe", None)
+    return desc() if callable(desc) else {"provider": getattr(backend, "name", type(backend).__name__),
+                                           "repr": repr(backend)}
+
+
+def _request_doc(spatials, names, temporal, reqs, layout, fmt, output, input_prep, save_inputs, save_embeddings,
+                 backend) -> dict[str, Any]:
+    return {
+        "spatials": [converter.unstructure(s) for s in spatials],
+        "names": list(names),
+        "temporal": converter.unstructure(temporal),
+        "models": [_jsonable(converter.unstructure(r)) for r in reqs],
+        "layout": layout,
+        "format": fmt,
+        "output": converter.unstructure(output),
+        "input_prep": input_prep if isinstance(input_prep, str) else converter.unstructure(input_prep),
+        "save_inputs": save_inputs,
+        "save_embeddings": save_embeddings,
+        "backend": _backend_desc(backend),
+    }
+
+
+def _jsonable(v: Any) -> Any:
+    return json.loads(json.dumps(v, default=str))
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    changed = []
+    for k in sorted(set(old) | set(new)):
+        if k == "backend":  # a provider object's repr is not a stable identity; compare names only
+            a, b = old.get(k), new.get(k)
+            a = a.get("provider") if isinstance(a, dict) else a
+            b = b.get("provider") if isinstance(b, dict) else b
+            if a != b:
+                changed.append(f"backend ({a!r} -> {b!r})")
+            continue
+        if old.get(k) != new.get(k):
+            if k == "spatials" and isinstance(old.get(k), list) and isinstance(new.get(k), list):
+                changed.append(f"spatials ({len(old[k])} -> {len(new[k])} ROIs, or their coordinates)")
+            else:
+                changed.append(f"{k} ({json.dumps(old.get(k))[:80]} -> {json.dumps(new.get(k))[:80]})")
+    return changed
+
+
+# ---------------------------------------------------------------- result
+
+
+@frozen(eq=False)
+class ExportResult:
+    """What an export wrote: the folder, the manifest, and the counts."""
+
+    out: Path
+    manifest: dict[str, Any]
+    files: dict[str, Any]
+    ok: int
+    failed: int
+    skipped: int  # (item, model) pairs already done by an earlier run (resume)
+
+
+# ---------------------------------------------------------------- export
+
+
+def export_batch(
+    spatials: Sequence[PointBuffer | BBox],
+    temporal: TemporalSpec,
+    models: Sequence[str | ModelRequest] | str,
+    out: str | os.PathLike[str],
+    names: Sequence[str] | None = None,
+    layout: str = "per_item",
+    backend: str | Provider = "local",
+    save_inputs: bool = False,
+    save_embeddings: bool = True,
+    resume: bool = False,
+    output: OutputSpec = OutputSpec.pooled(),
+    device: str | None = "auto",
+    input_prep: str | TileSpec = "resize",
+    format: str = "auto",  # noqa: A002
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool | None = None,
+    max_retries: int | None = None,
+    min_valid_fraction: float = DEFAULT_MIN_VALID_FRACTION,
+    on_low_valid: str = "warn",
+) -> ExportResult:
+    """Embed every ROI with every model and write the results under `out` (see module docs).
+
+    Pooled vectors -> GeoParquet 1.1 (`OUT/<model>.parquet`, one row per ROI, failed rows kept
+    with status and error); grids -> Zarr v3 (`OUT/<model>.zarr`, combined layout) or one GeoTIFF
+    per ROI (`OUT/items/<name>/<model>.tif`, per_item layout); format="npz" writes npz instead
+    (`OUT/<model>.npz` combined, `OUT/items/<name>.npz` per item). `save_inputs` writes each
+    distinct fetched input once as GeoTIFF with its grid (`OUT/inputs/`). `OUT/manifest.json`
+    records the request, versions, model cards and per-item status.
+    """
+    t0 = time.perf_counter()
+    spatials = _check_spatials(spatials)
+    if not isinstance(temporal, TemporalSpec):
+        raise SpecError(f"temporal must be a TemporalSpec, got {temporal!r}")
+    if layout not in LAYOUTS:
+        raise SpecError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if format not in FORMATS:
+        raise SpecError(f"format must be one of {FORMATS}, got {format!r}")
+    if not isinstance(output, OutputSpec):
+        raise SpecError(f"output must be an OutputSpec, got {output!r}")
+    if not (save_embeddings or save_inputs):
+        raise SpecError("nothing to save: save_embeddings and save_inputs are both False")
+    policy = check_run_options(max_retries, min_valid_fraction, on_low_valid)
+    stems = check_names(names, len(spatials))
+    shown = list(names) if names is not None else stems
+    reqs = _requests(models)
+    fmt = "parquet" if format == "auto" else format
+    if fmt == "parquet":
+        _need("pyarrow", "GeoParquet output")
+        if layout == "combined" and (output.mode == "grid" or any(r.output and r.output.mode == "grid" for r in reqs)):
+            _need("zarr", "Zarr grid output")
+    root = Path(out).expanduser()
+    if root.exists() and not root.is_dir():
+        raise SpecError(f"out {root} exists and is not a folder")
+    provider = resolve_provider(backend)
+    jobs = [prepare_job(r.model, output=r.output or output, provider=provider, device=device,
+                        input_prep=r.input_prep or input_prep, sensor=r.sensor, variant=r.variant,
+                        preprocessing=r.preprocessing, weights=r.weights) for r in reqs]
+    for s in spatials:
+        for job in jobs:
+            grid_for(s, job.sensors[0].scale_m)  # size guard before any work
+
+    request = _request_doc(spatials, shown, temporal, reqs, layout, fmt, output, input_prep, save_inputs,
+                           save_embeddings, backend)
+    manifest_path = root / MANIFEST
+    if manifest_path.is_file():
+        old = json.loads(manifest_path.read_text())
+        if not resume:
+            raise SpecError(f"{root} already holds an export; pass resume=True to continue it, or choose another out")
+        changed = _diff(old.get("request", {}), request)
+        if changed:
+            raise SpecError(f"{root} holds an export of a different request: {'; '.join(changed)}. "
+                            "Use another out folder (nothing there was changed).")
+    elif root.is_dir() and any(not p.name.startswith(".") for p in root.iterdir()):
+        raise SpecError(f"{root} is not empty and holds no rs-embed export; choose an empty or new folder")
+    root.mkdir(parents=True, exist_ok=True)
+    if not manifest_path.is_file():  # the request is pinned before any work, so a crash can resume
+        atomic_write(manifest_path, lambda p: p.write_text(json.dumps({"request": request, "complete": False},
+                                                                      indent=1, default=str)))
+    journal = Journal(root / JOURNAL)
+    done = {k: v for k, v in journal.read().items() if v.get("status") == "ok"
+            and (not save_embeddings or (root / PARTS / k[1] / f"{k[0]:06d}.npz").is_file())}
+
+    pending: dict[tuple[int, ...], list[int]] = {}
+    for i in range(len(spatials)):
+        todo = tuple(j for j, r in enumerate(reqs) if (i, r.key) not in done)
+        if todo:
+            pending.setdefault(todo, []).append(i)
+    skipped = len(done)
+    stats = {"ok": 0, "failed": 0, "fetches": 0}
+    inputs_dir = root / ("inputs" if layout == "combined" else "items")
+
+    def on_input(req: FetchRequest, raster: Raster, items: list[int], index: list[int]) -> None:
+        stats["fetches"] += 1
+        if save_inputs:
+            first = index[items[0]]
+            sub = f"{stems[first]}/" if layout == "per_item" else ""
+            _write_input(inputs_dir / f"{sub}input_{req.key[:12]}.tif", raster)
+
+    for todo, items in pending.items():
+        sub_jobs = [jobs[j] for j in todo]
+        stream = run(sub_jobs, [spatials[i] for i in items], temporal, provider,
+                     names=[shown[i] for i in items], batch_size=batch_size, progress=progress, retry=policy,
+                     min_valid_fraction=min_valid_fraction, on_low_valid=on_low_valid,
+                     on_input=lambda q, r, its, _items=items: on_input(q, r, its, _items))
+        for k, jj, result in stream:
+            i, r = items[k], reqs[todo[jj]]
+            if isinstance(result, ItemError):
+                rec = {"item": i, "model": r.key, "status": "failed",
+                       "error": {**_jsonable(converter.unstructure(result)), "index": i}}
+                rec["error"].pop("cause", None)
+                stats["failed"] += 1
+            else:
+                if save_embeddings:
+                    _save_part(root / PARTS / r.key / f"{i:06d}.npz", result)
+                rec = {"item": i, "model": r.key, "status": "ok"}
+                stats["ok"] += 1
+            journal.append(rec)
+
+    final = journal.read()
+    files = _consolidate(root, reqs, jobs, spatials, shown, stems, temporal, final, layout, fmt, save_embeddings)
+    manifest = _manifest(request, reqs, jobs, spatials, shown, final, files, stats, skipped,
+                         time.perf_counter() - t0, provider)
+    atomic_write(manifest_path, lambda p: p.write_text(json.dumps(manifest, indent=1, default=str)))
+    failed = sum(1 for v in final.values() if v.get("status") != "ok")
+    return ExportResult(root, manifest, files, len(final) - failed, failed, skipped)
+
+
+def _need(module: str, what: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise SpecError(f"{what} needs {module}: pip install 'rs-embed[export]' (or format='npz')")
+
+
+def export_npz(
+    spatial: PointBuffer | BBox,
+    temporal: TemporalSpec,
+    models: Sequence[str | ModelRequest] | str,
+    out_path: str | os.PathLike[str],
+    backend: str | Provider = "local",
+    output: OutputSpec = OutputSpec.pooled(),
+    device: str | None = "auto",
+    input_prep: str | TileSpec = "resize",
+    save_inputs: bool = False,
+    **kwargs: Any,
+) -> Path:
+    """One ROI, several models, one .npz file: a convenience wrapper around `export_batch`.
+
+    The file holds `<model>` arrays (the embeddings), `<model>__meta` JSON strings, and, for grids,
+    `<model>__crs` / `<model>__transform`. The resumable export itself lives next to it in
+    `<out_path>.export/`.
+    """
+    if not isinstance(spatial, (PointBuffer, BBox)):
+        raise SpecError(f"spatial must be a PointBuffer or BBox, got {spatial!r}")
+    dest = Path(out_path).expanduser()
+    if dest.suffix.lower() != ".npz":
+        raise SpecError(f"out_path must end in .npz, got {dest}")
+    if not dest.parent.is_dir():
+        raise SpecError(f"the folder of out_path does not exist: {dest.parent}")
+    res = export_batch([spatial], temporal, models, dest.with_name(dest.name + ".export"), names=[dest.stem],
+                       layout="combined", backend=backend, output=output, device=device, input_prep=input_prep,
+                       format="npz", save_inputs=save_inputs, **kwargs)
+    arrays: dict[str, np.ndarray] = {}
+    for r in _requests(models):
+        with np.load(res.out / f"{r.key}.npz", allow_pickle=False) as z:
+            arrays[r.key] = z["embeddings"][0]
+            arrays[f"{r.key}__meta"] = z["meta"][0]
+            arrays[f"{r.key}__status"] = z["status"][0]
+            for extra in ("crs", "transform"):
+                if extra in z:
+                    arrays[f"{r.key}__{extra}"] = z[extra][0]
+    atomic_write(dest, lambda p: np.savez(open(p, "wb"), **arrays))
+    return dest
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def _write_input(path: Path, raster: Raster) -> None:
+    """A fetched input as GeoTIFF on its grid: T x C bands named "t{k}:{band}", then a valid-mask band per frame."""
+    if path.is_file():
+        return
+    import rasterio
+
+    t, c, h, w = raster.shape
+    g = raster.grid
+
+    def write(tmp: Path) -> None:
+        with rasterio.open(tmp, "w", driver="GTiff", width=w, height=h, count=t * (c + 1), dtype="float32",
+                           crs=g.crs, transform=g.affine(), compress="deflate") as dst:
+            k = 1
+            for f in range(t):
+                for b, name in enumerate(raster.bands):
+                    dst.write(raster.data[f, b], k)
+                    dst.set_band_description(k, f"t{f}:{name}")
+                    k += 1
+            for f in range(t):
+                dst.write(raster.valid[f].astype(np.float32), k)
+                dst.set_band_description(k, f"t{f}:valid")
+                k += 1
+            dst.update_tags(times=json.dumps([None if x is None else x.isoformat() for x in raster.times]))
+
+    atomic_write(path, write)
+
+
+# ---------------------------------------------------------------- consolidation
+
+
+def _footprint_wkb(spatial: PointBuffer | BBox, gsd: float) -> tuple[bytes, tuple[float, float, float, float]]:
+    """The ROI grid's footprint as a WGS 84 polygon (WKB, densified edges) and its bbox."""
+    from .grid import _transformer
+
+    g = grid_for(spatial, gsd)
+    left, bottom, right, top = g.bounds
+    n = 8
+    ring = ([(left + (right - left) * k / n, top) for k in range(n)]
+            + [(right, top - (top - bottom) * k / n) for k in range(n)]
+            + [(right - (right - left) * k / n, bottom) for k in range(n)]
+            + [(left, bottom + (top - bottom) * k / n) for k in range(n)])
+    lons, lats = _transformer(g.crs, "EPSG:4326").transform([p[0] for p in ring], [p[1] for p in ring])
+    ref = lons[0]
+    lons = [((lo - ref + 180.0) % 360.0) - 180.0 + ref for lo in lons]
+    pts = list(zip(lons, lats))
+    pts.append(pts[0])
+    import struct
+
+    wkb = struct.pack("<BII", 1, 3, 1) + struct.pack("<I", len(pts)) + b"".join(struct.pack("<dd", x, y) for x, y in pts)
+    return wkb, (min(lons), min(lats), max(lons), max(lats))
+
+
+def _consolidate(root, reqs, jobs, spatials, shown, stems, temporal, final, layout, fmt, save_embeddings):
+    files: dict[str, Any] = {}
+    if not save_embeddings:
+        return files
+    for r, job in zip(reqs, jobs):
+        parts = root / PARTS / r.key
+
+        def part(i: int) -> Embedding | None:
+            rec = final.get((i, r.key))
+            if rec is None or rec.get("status") != "ok":
+                return None
+            return _load_part(parts / f"{i:06d}.npz")
+
+        def error(i: int) -> str | None:
+            rec = final.get((i, r.key))
+            if rec is None:
+                return "not run"
+            return None if rec.get("status") == "ok" else json.dumps(rec.get("error"))
+
+        if fmt == "npz":
+            files[r.key] = _write_npz(root, r, job, spatials, shown, stems, part, error, layout)
+        elif job.output.mode == "pooled":
+            files[r.key] = _write_parquet(root / f"{r.key}.parquet", r, job, spatials, shown, temporal, part, error)
+        elif layout == "combined":
+            files[r.key] = _write_zarr(root / f"{r.key}.zarr", job, spatials, shown, part, error)
+        else:
+            files[r.key] = _write_tiffs(root, r, spatials, stems, part)
+    return files
+
+
+def _write_parquet(dest: Path, r: ModelRequest, job: Job, spatials, shown, temporal, part, error) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dim = job.variant.pooled_dim if job.output.pooling == "model" else job.variant.grid_dim
+    schema = pa.schema([
+        ("id", pa.int64()), ("name", pa.string()), ("geometry", pa.binary()),
+        ("start_datetime", pa.timestamp("us", tz="UTC")), ("end_datetime", pa.timestamp("us", tz="UTC")),
+        ("model", pa.string()), ("variant", pa.string()), ("weights_revision", pa.string()),
+        ("embedding", pa.list_(pa.float32(), dim)), ("valid_fraction", pa.float64()),
+        ("status", pa.string()), ("error", pa.string()),
+    ])
+    start = dt.datetime.combine(temporal.start, dt.time(), dt.timezone.utc)
+    end = dt.datetime.combine(temporal.end, dt.time(), dt.timezone.utc)
+    bbox = [180.0, 90.0, -180.0, -90.0]
+    rev = job.variant.weights.revision if job.variant.weights else None
+
+    def write(tmp: Path) -> None:
+        with pq.ParquetWriter(tmp, schema) as w:
+            for lo in range(0, len(spatials), 1024):  # row groups: memory flat in the number of ROIs
+                rows: dict[str, list] = {n: [] for n in schema.names}
+                for i in range(lo, min(lo + 1024, len(spatials))):
+                    wkb, b = _footprint_wkb(spatials[i], job.sensors[0].scale_m)
+                    bbox[:] = [min(bbox[0], b[0]), min(bbox[1], b[1]), max(bbox[2], b[2]), max(bbox[3], b[3])]
+                    e = part(i)
+                    if e is not None and e.data.shape != (dim,):
+                        raise SpecError(f"{r.model}: item {i} has a {e.data.shape} embedding, expected ({dim},)")
+                    for k, v in (("id", i), ("name", shown[i]), ("geometry", wkb), ("start_datetime", start),
+                                 ("end_datetime", end), ("model", job.card.id), ("variant", job.variant.name),
+                                 ("weights_revision", rev),
+                                 ("embedding", None if e is None else e.data.astype(np.float32)),
+                                 ("valid_fraction", None if e is None else e.meta.get("valid_fraction")),
+                                 ("status", "ok" if e is not None else "failed"), ("error", error(i))):
+                        rows[k].append(v)
+                table = pa.table(rows, schema=schema)
+                w.write_table(table)
+            geo = {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": {
+                "encoding": "WKB", "geometry_types": ["Polygon"], "bbox": bbox}}}
+            w.add_key_value_metadata({"geo": json.dumps(geo)})
+
+    atomic_write(dest, write)
+    return dest.name
+
+
+def _write_zarr(dest: Path, job: Job, spatials, shown, part, error) -> str:
+    import zarr
+
+    shapes = {}
+    for i in range(len(spatials)):
+        e = part(i)
+        if e is not None:
+            shapes[i] = e.data.shape
+    d = job.variant.grid_dim
+    hmax = max((s[1] for s in shapes.values()), default=1)
+    wmax = max((s[2] for s in shapes.values()), default=1)
+    items = []
+
+    def write(tmp: Path) -> None:
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        arr = group.create_array("embedding", shape=(len(spatials), d, hmax, wmax), chunks=(1, d, hmax, wmax),
+                                 dtype="float32", fill_value=float("nan"),
+                                 dimension_names=("item", "band", "y", "x"))
+        for i in range(len(spatials)):
+            e = part(i)
+            entry: dict[str, Any] = {"id": i, "name": shown[i], "status": "ok" if e is not None else "failed",
+                                     "error": error(i)}
+            if e is not None:
+                h, w = e.data.shape[1:]
+                arr[i, :, :h, :w] = e.data
+                entry.update(crs=e.grid.crs, transform=list(e.grid.transform), shape=[h, w])
+            items.append(entry)
+        arr.attrs.update({"dims": ["item", "band", "y", "x"], "items": items, "model": job.card.id,
+                          "variant": job.variant.name})
+
+    atomic_write(dest, write, durable=False)
+    return dest.name
+
+
+def _write_tiffs(root: Path, r: ModelRequest, spatials, stems, part) -> list[str]:
+    import rasterio
+
+    out = []
+    for i in range(len(spatials)):
+        e = part(i)
+        if e is None:
+            continue
+        dest = root / "items" / stems[i] / f"{r.key}.tif"
+        d, h, w = e.data.shape
+
+        def write(tmp: Path, e: Embedding = e) -> None:
+            with rasterio.open(tmp, "w", driver="GTiff", width=w, height=h, count=d, dtype="float32",
+                               crs=e.grid.crs, transform=e.grid.affine(), compress="deflate") as dst:
+                dst.write(e.data)
+                dst.update_tags(model=e.meta.get("model"), variant=e.meta.get("variant"))
+
+        atomic_write(dest, write)
+        out.append(str(dest.relative_to(root)))
+    return out
+
+
+def _write_npz(root: Path, r: ModelRequest, job: Job, spatials, shown, stems, part, error, layout) -> Any:
+    n = len(spatials)
+    embs = [part(i) for i in range(n)]
+    status = np.asarray(["ok" if e is not None else "failed" for e in embs])
+    errors = np.asarray([error(i) or "" for i in range(n)])
+    metas = np.asarray([json.dumps(e.meta, default=str) if e is not None else "" for e in embs])
+    ok = [e for e in embs if e is not None]
+    shape = ok[0].data.shape if ok else ((job.variant.pooled_dim,) if job.output.mode == "pooled" else (0,))
+
+    def filled(e: Embedding | None) -> np.ndarray:
+        if e is not None and e.data.shape == shape:
+            return e.data
+        return np.full(shape, np.nan, np.float32)
+
+    extra: dict[str, np.ndarray] = {}
+    if job.output.mode == "grid":
+        extra["crs"] = np.asarray([e.grid.crs if e is not None else "" for e in embs])
+        extra["transform"] = np.asarray([list(e.grid.transform) if e is not None else [np.nan] * 6 for e in embs])
+    if layout == "combined":
+        dest = root / f"{r.key}.npz"
+        atomic_write(dest, lambda p: np.savez(open(p, "wb"), embeddings=np.stack([filled(e) for e in embs]),
+                                              names=np.asarray(shown), status=status, error=errors, meta=metas, **extra))
+        return dest.name
+    out = []
+    for i, e in enumerate(embs):
+        dest = root / "items" / stems[i] / f"{r.key}.npz"
+        per = {k: v[i:i + 1] for k, v in extra.items()}
+        atomic_write(dest, lambda p, i=i, e=e, per=per: np.savez(
+            open(p, "wb"), embeddings=filled(e)[None], names=np.asarray([shown[i]]), status=status[i:i + 1],
+            error=errors[i:i + 1], meta=metas[i:i + 1], **per))
+        out.append(str(dest.relative_to(root)))
+    return out
+
+
+def _manifest(request, reqs, jobs, spatials, shown, final, files, stats, skipped, seconds, provider) -> dict[str, Any]:
+    from .runner import _versions
+
+    versions: dict[str, str] = {}
+    for job in jobs:
+        versions.update(_versions(job.cls, bool(job.cls.uses_torch)))
+    models = {}
+    for r, job in zip(reqs, jobs):
+        w = job.variant.weights
+        models[r.key] = {
+            "model": job.card.id, "variant": job.variant.name,
+            "dimensions": job.variant.pooled_dim if job.output.mode == "pooled" else job.variant.grid_dim,
+            "output": converter.unstructure(job.output),
+            "weights": None if w is None else {"repo_id": w.repo_id, "revision": w.revision,
+                                               "filename": w.filename, "sha256": w.sha256,
+                                               **({"path": w.path} if w.path else {})},
+            "preprocessing": [s.to_dict() for s in job.steps],
+            "sensors": [converter.unstructure(s) for s in job.sensors],
+            "file": files.get(r.key),
+        }
+    items = []
+    for i, s in enumerate(spatials):
+        status, errors = {}, {}
+        for r in reqs:
+            rec = final.get((i, r.key))
+            status[r.key] = "pending" if rec is None else rec["status"]
+            if rec is not None and rec["status"] != "ok":
+                errors[r.key] = rec.get("error")
+        items.append({"id": i, "name": shown[i], "spatial": converter.unstructure(s), "status": status,
+                      **({"errors": errors} if errors else {})})
+    ok = sum(1 for v in final.values() if v.get("status") == "ok")
+    return _jsonable({
+        "type": "rs-embed-export",
+        "rs_embed_version": __version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "complete": ok == len(spatials) * len(reqs),
+        "request": request,
+        "provider": getattr(provider, "name", type(provider).__name__),
+        "versions": versions,
+        "models": models,
+        "items": items,
+        "counts": {"items": len(spatials), "models": len(reqs), "ok": ok,
+                   "failed": sum(1 for v in final.values() if v.get("status") != "ok"),
+                   "skipped_done_earlier": skipped, "fetches_this_run": stats["fetches"]},
+        "timings": {"seconds_this_run": round(seconds, 3)},
+    })
+
+
+# ---------------------------------------------------------------- reading back
+
+
+@frozen(eq=False)
+class LoadedExport:
+    """An export read back: per-model arrays in input order (failed items are NaN, never dropped)."""
+
+    path: Path
+    manifest: dict[str, Any]
+    names: list[str]
+    embeddings: dict[str, np.ndarray]  # model key -> (N, D) pooled, or (N, D, h, w) grids (NaN-padded)
+    status: dict[str, np.ndarray]  # model key -> (N,) "ok" / "failed" / "pending"
+    grids: dict[str, list[GridSpec | None]]  # model key -> per item GridSpec of grid outputs
+
+    @property
+    def items(self) -> list[dict[str, Any]]:
+        return self.manifest["items"]
+
+
+def load_export(path: str | os.PathLike[str]) -> LoadedExport:
+    """Read an export folder (any layout, any format) into arrays in input order."""
+    root = Path(path).expanduser()
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+        raise SpecError(f"{root} holds no rs-embed export ({MANIFEST} not found)")
+    manifest = json.loads(mpath.read_text())
+    req = manifest["request"]
+    names = list(req["names"])
+    n = len(names)
+    stems = check_names(names, n)
+    embeddings, status, grids = {}, {}, {}
+    for key, info in manifest.get("models", {}).items():
+        st = np.asarray([it["status"].get(key, "pending") for it in manifest["items"]])
+        status[key] = st
+        mode = info["output"]["mode"]
+        if req["format"] == "npz":
+            arr, gl = _read_npz(root, key, stems, req["layout"], mode)
+        elif mode == "pooled":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(root / f"{key}.parquet", columns=["id", "embedding"])
+            arr = np.full((n, info["dimensions"]), np.nan, np.float32)
+            for i, v in zip(table.column("id").to_pylist(), table.column("embedding").to_pylist()):
+                if v is not None:
+                    arr[i] = v
+            gl = [None] * n
+        elif req["layout"] == "combined":
+            import zarr
+
+            z = zarr.open_group(str(root / f"{key}.zarr"), mode="r")["embedding"]
+            arr = np.asarray(z[:])
+            gl = [None if it.get("crs") is None else _grid_of(it["crs"], it["transform"], it["shape"])
+                  for it in z.attrs["items"]]
+        else:
+            arr, gl = _read_tiffs(root, key, stems, st)
+        embeddings[key], grids[key] = arr, gl
+    return LoadedExport(root, manifest, names, embeddings, status, grids)
+
+
+def _grid_of(crs: str, transform: Sequence[float], shape: Sequence[int]) -> GridSpec:
+    a, _, c, _, e, f = transform
+    return GridSpec(crs, c, f, a, int(shape[1]), int(shape[0]), None if abs(-e - a) < 1e-9 * abs(a) else -e)
+
+
+def _read_npz(root: Path, key: str, stems: list[str], layout: str, mode: str):
+    files = [root / f"{key}.npz"] if layout == "combined" else [root / "items" / s / f"{key}.npz" for s in stems]
+    arrs, grids = [], []
+    for f in files:
+        with np.load(f, allow_pickle=False) as z:
+            arrs.append(z["embeddings"])
+            if mode == "grid":
+                for crs, tr, e in zip(z["crs"], z["transform"], z["embeddings"]):
+                    grids.append(_grid_of(str(crs), tr, e.shape[1:]) if str(crs) else None)
+            else:
+                grids.extend([None] * len(z["embeddings"]))
+    return np.concatenate(arrs), grids
+
+
+def _read_tiffs(root: Path, key: str, stems: list[str], status: np.ndarray):
+    import rasterio
+
+    data, grids = [], []
+    for s, st in zip(stems, status):
+        f = root / "items" / s / f"{key}.tif"
+        if st != "ok" or not f.is_file():
+            data.append(None)
+            grids.append(None)
+            continue
+        with rasterio.open(f) as src:
+            data.append(src.read())
+            grids.append(_grid_of(src.crs.to_string(), list(src.transform)[:6], (src.height, src.width)))
+    shape = next((d.shape for d in data if d is not None), (0, 0, 0))
+    hmax = max((d.shape[1] for d in data if d is not None), default=0)
+    wmax = max((d.shape[2] for d in data if d is not None), default=0)
+    arr = np.full((len(stems), shape[0], hmax, wmax), np.nan, np.float32)
+    for i, d in enumerate(data):
+        if d is not None:
+            arr[i, :, :d.shape[1], :d.shape[2]] = d
+    return arr, grids
