@@ -53,6 +53,15 @@ class Embedder:
         self.variant = variant
         self.device = device
 
+    @classmethod
+    def default_chain(cls, sensor: SensorSpec) -> tuple[Any, ...]:
+        """The preprocessing chain for `sensor` when the user gives none: the card's chain.
+
+        A model that can take other sensors (other bands, another collection) overrides this to
+        adapt its chain (e.g. the baselines: any bands, DN scale from the band table).
+        """
+        return cls.card.preprocessing
+
     def load(self) -> None:
         """Build the network and load weights (strictly). Called once, lazily, before forward."""
 

@@ -171,6 +171,12 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        if path.is_file():  # a crash may have cut the last line: drop it, or the next record would join it
+            raw = path.read_bytes()
+            if raw and not raw.endswith(b"\n"):
+                with open(path, "r+b") as f:
+                    f.truncate(raw.rfind(b"\n") + 1)
+                    os.fsync(f.fileno())
 
     def read(self) -> dict[tuple[int, str], dict[str, Any]]:
         done: dict[tuple[int, str], dict[str, Any]] = {}
@@ -526,17 +532,23 @@ def _write_parquet(dest: Path, r: ModelRequest, job: Job, spatials, shown, tempo
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    dim = job.variant.pooled_dim if job.output.pooling == "model" else job.variant.grid_dim
+    first = next((e for e in map(part, range(len(spatials))) if e is not None), None)
+    dim = int(first.data.shape[0]) if first is not None else (
+        job.variant.pooled_dim if job.output.pooling == "model" else job.variant.grid_dim)
+    shapes = [_footprint_wkb(s, job.sensors[0].scale_m) for s in spatials]  # small: ~0.6 kB a ROI
+    bbox = [min(b[0] for _, b in shapes), min(b[1] for _, b in shapes),
+            max(b[2] for _, b in shapes), max(b[3] for _, b in shapes)]
+    geo = {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": {
+        "encoding": "WKB", "geometry_types": ["Polygon"], "bbox": bbox}}}
     schema = pa.schema([
         ("id", pa.int64()), ("name", pa.string()), ("geometry", pa.binary()),
         ("start_datetime", pa.timestamp("us", tz="UTC")), ("end_datetime", pa.timestamp("us", tz="UTC")),
         ("model", pa.string()), ("variant", pa.string()), ("weights_revision", pa.string()),
         ("embedding", pa.list_(pa.float32(), dim)), ("valid_fraction", pa.float64()),
         ("status", pa.string()), ("error", pa.string()),
-    ])
+    ], metadata={"geo": json.dumps(geo)})
     start = dt.datetime.combine(temporal.start, dt.time(), dt.timezone.utc)
     end = dt.datetime.combine(temporal.end, dt.time(), dt.timezone.utc)
-    bbox = [180.0, 90.0, -180.0, -90.0]
     rev = job.variant.weights.revision if job.variant.weights else None
 
     def write(tmp: Path) -> None:
@@ -544,23 +556,17 @@ def _write_parquet(dest: Path, r: ModelRequest, job: Job, spatials, shown, tempo
             for lo in range(0, len(spatials), 1024):  # row groups: memory flat in the number of ROIs
                 rows: dict[str, list] = {n: [] for n in schema.names}
                 for i in range(lo, min(lo + 1024, len(spatials))):
-                    wkb, b = _footprint_wkb(spatials[i], job.sensors[0].scale_m)
-                    bbox[:] = [min(bbox[0], b[0]), min(bbox[1], b[1]), max(bbox[2], b[2]), max(bbox[3], b[3])]
                     e = part(i)
                     if e is not None and e.data.shape != (dim,):
                         raise SpecError(f"{r.model}: item {i} has a {e.data.shape} embedding, expected ({dim},)")
-                    for k, v in (("id", i), ("name", shown[i]), ("geometry", wkb), ("start_datetime", start),
+                    for k, v in (("id", i), ("name", shown[i]), ("geometry", shapes[i][0]), ("start_datetime", start),
                                  ("end_datetime", end), ("model", job.card.id), ("variant", job.variant.name),
                                  ("weights_revision", rev),
                                  ("embedding", None if e is None else e.data.astype(np.float32)),
                                  ("valid_fraction", None if e is None else e.meta.get("valid_fraction")),
                                  ("status", "ok" if e is not None else "failed"), ("error", error(i))):
                         rows[k].append(v)
-                table = pa.table(rows, schema=schema)
-                w.write_table(table)
-            geo = {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": {
-                "encoding": "WKB", "geometry_types": ["Polygon"], "bbox": bbox}}}
-            w.add_key_value_metadata({"geo": json.dumps(geo)})
+                w.write_table(pa.table(rows, schema=schema))
 
     atomic_write(dest, write)
     return dest.name
@@ -745,7 +751,8 @@ def load_export(path: str | os.PathLike[str]) -> LoadedExport:
             import pyarrow.parquet as pq
 
             table = pq.read_table(root / f"{key}.parquet", columns=["id", "embedding"])
-            arr = np.full((n, info["dimensions"]), np.nan, np.float32)
+            dim = pq.read_schema(root / f"{key}.parquet").field("embedding").type.list_size
+            arr = np.full((n, dim), np.nan, np.float32)
             for i, v in zip(table.column("id").to_pylist(), table.column("embedding").to_pylist()):
                 if v is not None:
                     arr[i] = v

@@ -142,6 +142,22 @@ def normalize(raster: Raster, mean: Any, std: Any) -> Raster:
     return raster.replace(data=(raster.data - m.astype(np.float32)) / s.astype(np.float32))
 
 
+def standardize(raster: Raster) -> Raster:
+    """Per band: (x - mean) / std over the raster's valid pixels (all frames); std 0 -> 1.
+
+    For inputs of unknown radiometry (8-bit RGB, uncalibrated DN): scale-free, at the cost of
+    absolute brightness, which this removes.
+    """
+    valid = raster.valid[:, None].repeat(raster.shape[1], axis=1)
+    x = np.where(valid, raster.data, np.nan).astype(np.float64)
+    with warnings.catch_warnings():  # an all-invalid band is expected; it standardises to 0
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nan_to_num(np.nanmean(x, axis=(0, 2, 3), keepdims=True))
+        std = np.nan_to_num(np.nanstd(x, axis=(0, 2, 3), keepdims=True))
+    std[std == 0] = 1.0
+    return raster.replace(data=((raster.data - mean) / std).astype(np.float32))
+
+
 def fill_invalid(raster: Raster, value: float = 0.0) -> Raster:
     """Set invalid pixels to `value`; the mask is kept, so they still count as invalid."""
     v = np.float32(_number(value, "fill_invalid value"))
@@ -493,5 +509,5 @@ def chain_to_meta(steps: Iterable[Any]) -> list[dict[str, Any]]:
 @hookimpl
 def register_preprocessors(register: Callable[[str, Callable[..., Any]], None]) -> None:
     for fn in (select_bands, scale, clip, to_8bit, resize, center_crop, pad, normalize,
-               fill_invalid, temporal_bins):
+               standardize, fill_invalid, temporal_bins):
         register(fn.__name__, fn)

@@ -225,7 +225,7 @@ def prepare_job(
 
         var = attrs.evolve(var, weights=local_weights(weights, var))
     sensors = _sensors(sensor, card)
-    steps = card.preprocessing if preprocessing is None else tuple(Step.of(s) for s in preprocessing)
+    steps = tuple(Step.of(s) for s in (cls.default_chain(sensors[0]) if preprocessing is None else preprocessing))
     check_chain(steps)
     for s in sensors:
         provider.check(s)

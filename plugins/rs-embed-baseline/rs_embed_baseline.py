@@ -26,7 +26,8 @@ COLLECTION = "COPERNICUS/S2_SR_HARMONIZED"
 BANDS = ("B2", "B3", "B4", "B8", "B11", "B12")
 GRID_CELLS = 8  # grid outputs are GRID_CELLS x GRID_CELLS cells over the (preprocessed) ROI
 
-# Normalised differences (a - b) / (a + b), by band name.
+# Normalised differences (a - b) / (a + b), by band name (Sentinel-2; other sensors map onto these
+# names through the band table's descriptions, see `band_roles`).
 INDICES: tuple[tuple[str, str, str], ...] = (
     ("NDVI", "B8", "B4"),  # vegetation (Rouse et al. 1974)
     ("NDWI", "B3", "B8"),  # open water (McFeeters 1996)
@@ -34,6 +35,9 @@ INDICES: tuple[tuple[str, str, str], ...] = (
     ("MNDWI", "B3", "B11"),  # water vs built-up (Xu 2006)
     ("NBR", "B8", "B12"),  # burn severity (Key & Benson 2006)
 )
+# band-table description -> the Sentinel-2 name the indices use
+_ROLE = {"blue": "B2", "green": "B3", "red": "B4", "near infrared": "B8", "short-wave infrared 1": "B11",
+         "short-wave infrared 2": "B12"}
 STATS = ("mean", "std", "p10", "p50", "p90")
 CHANNELS = BANDS + tuple(name for name, _, _ in INDICES)
 FEATURE_NAMES: tuple[str, ...] = tuple(f"{c}_{s}" for c in CHANNELS for s in STATS)
@@ -61,16 +65,45 @@ def cell_edges(n: int, cells: int) -> tuple[np.ndarray, np.ndarray]:
     return starts, ends
 
 
+def band_roles(names: tuple[str, ...], collection: str | None) -> tuple[str, ...]:
+    """Each band as the Sentinel-2 name of its role (B2 blue ... B12 swir2) when the band table
+    says what it is (Landsat SR_B4 -> B4), else its own name."""
+    from rs_embed_core.collections import known_collection
+
+    coll = known_collection(collection) if collection else None
+    out = []
+    for n in names:
+        role = n
+        if coll is not None and n in coll.band_names:
+            role = _ROLE.get(coll.band(n).description, n)
+        out.append(role)
+    return tuple(out)
+
+
+def default_chain_for(sensor: Any, card_chain: tuple, standardize: bool) -> tuple:
+    """The card's chain for its own sensor; for any other: the sensor's bands, DN -> reflectance
+    when the band table knows the scale, then (MOSAIKS) per-ROI standardisation."""
+    from rs_embed_core.collections import known_collection
+
+    if sensor.collection == COLLECTION and tuple(sensor.bands) == BANDS:
+        return card_chain
+    steps = [Step("select_bands", {"bands": list(sensor.bands)})]
+    coll = known_collection(sensor.collection)
+    if coll is not None and (coll.reflectance_scale, coll.reflectance_offset) != (1.0, 0.0):
+        steps.append(Step("scale", {"factor": coll.reflectance_scale, "offset": coll.reflectance_offset}))
+    if standardize:
+        steps.append(Step("standardize"))
+    return tuple(steps)
+
+
 def _check_input(x: Any, ctx: BatchContext, model: str) -> tuple[np.ndarray, np.ndarray]:
     """x as float32 (B, T, C, H, W) with invalid pixels zeroed, and the effective valid mask."""
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 5:
         raise SpecError(f"{model}: expected input (B, T, C, H, W), got shape {x.shape}")
     names = tuple(getattr(ctx, "band_names", ()) or ())
-    if names and names != BANDS:
-        raise SpecError(f"{model}: needs bands {list(BANDS)} in this order after preprocessing, got {list(names)}")
-    if x.shape[2] != len(BANDS):
-        raise SpecError(f"{model}: needs {len(BANDS)} channels {list(BANDS)}, got {x.shape[2]}")
+    if names and x.shape[2] != len(names):
+        raise SpecError(f"{model}: {x.shape[2]} channels but {len(names)} band names {list(names)}")
     b, t, _, h, w = x.shape
     valid = getattr(ctx, "valid", None)
     if valid is None:
@@ -95,11 +128,21 @@ def normalized_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.clip(out, -1.0, 1.0)
 
 
-def spectral_channels(x: np.ndarray) -> np.ndarray:
-    """(..., 6 bands, H, W) reflectance -> (..., 11, H, W): the bands, then the INDICES."""
-    idx = {name: i for i, name in enumerate(BANDS)}
-    nd = [normalized_difference(x[..., idx[a], :, :], x[..., idx[b], :, :]) for _, a, b in INDICES]
-    return np.concatenate([x, np.stack(nd, axis=-3)], axis=-3)
+def available_indices(roles: tuple[str, ...]) -> tuple[tuple[str, str, str], ...]:
+    return tuple(ix for ix in INDICES if ix[1] in roles and ix[2] in roles)
+
+
+def feature_names(names: tuple[str, ...], roles: tuple[str, ...]) -> tuple[str, ...]:
+    """Feature names for these bands: per channel (bands, then the indices they allow), 5 statistics."""
+    channels = names + tuple(n for n, _, _ in available_indices(roles))
+    return tuple(f"{c}_{s}" for c in channels for s in STATS)
+
+
+def spectral_channels(x: np.ndarray, roles: tuple[str, ...] = BANDS) -> np.ndarray:
+    """(..., C bands, H, W) reflectance -> (..., C + k, H, W): the bands, then the INDICES their roles allow."""
+    idx = {name: i for i, name in enumerate(roles)}
+    nd = [normalized_difference(x[..., idx[a], :, :], x[..., idx[b], :, :]) for _, a, b in available_indices(roles)]
+    return np.concatenate([x, np.stack(nd, axis=-3)], axis=-3) if nd else x
 
 
 def channel_stats(samples: np.ndarray) -> np.ndarray:
@@ -118,16 +161,17 @@ def channel_stats(samples: np.ndarray) -> np.ndarray:
     return np.stack([mean, std, p10, p50, p90], axis=1).reshape(-1).astype(np.float32)
 
 
-def _stats_item(x: np.ndarray, valid: np.ndarray, cells: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+def _stats_item(x: np.ndarray, valid: np.ndarray, cells: int | None,
+                roles: tuple[str, ...] = BANDS) -> tuple[np.ndarray, np.ndarray | None]:
     """One item: x (T, C, H, W), valid (T, H, W) -> pooled (D,), and (D, cells, cells) if cells."""
-    samples = np.moveaxis(spectral_channels(x.astype(np.float64)), 1, 0)  # (11, T, H, W)
+    samples = np.moveaxis(spectral_channels(x.astype(np.float64), roles), 1, 0)  # (C + k, T, H, W)
     pooled = channel_stats(samples[:, valid])
     if cells is None:
         return pooled, None
     _, h, w = valid.shape
     rs, re = cell_edges(h, cells)
     cs, ce = cell_edges(w, cells)
-    grid = np.zeros((len(FEATURE_NAMES), cells, cells), dtype=np.float32)
+    grid = np.zeros((samples.shape[0] * len(STATS), cells, cells), dtype=np.float32)
     for i in range(cells):
         for j in range(cells):
             block = samples[:, :, rs[i]:re[i], cs[j]:ce[j]]
@@ -172,14 +216,24 @@ class SpectralStats(Embedder):
         ),
         notes=(
             "B11 and B12 are 20 m bands resampled onto the 10 m grid by the provider. Pixels that are "
-            "invalid in the mask or not finite in any band are excluded from every statistic."
+            "invalid in the mask or not finite in any band are excluded from every statistic. "
+            "Any other sensor works too (sensor=...): statistics of whatever bands it delivers, converted "
+            "to reflectance with the band table's scale/offset when the collection is known (Landsat C2 L2: "
+            "DN x 2.75e-5 - 0.2), plus the indices whose bands are present (roles read from the band "
+            "table: Landsat SR_B4 is red); D = 5 x (bands + indices), names from feature_names()."
         ),
     )
 
+    @classmethod
+    def default_chain(cls, sensor: Any) -> tuple:
+        return default_chain_for(sensor, cls.card.preprocessing, standardize=False)
+
     def forward(self, x: Any, ctx: BatchContext) -> EmbedOutput:
         xs, valid = _check_input(x, ctx, self.card.id)
+        names = tuple(ctx.band_names) or BANDS[: xs.shape[2]]
+        roles = band_roles(names, getattr(getattr(ctx, "sensor", None), "collection", None))
         cells = int(self.variant.params.get("grid_cells", GRID_CELLS)) if ctx.want == "grid" else None
-        items = [_stats_item(xs[b], valid[b], cells) for b in range(xs.shape[0])]
+        items = [_stats_item(xs[b], valid[b], cells, roles) for b in range(xs.shape[0])]
         grid = np.stack([g for _, g in items]) if cells is not None else None
         return EmbedOutput(pooled=np.stack([p for p, _ in items]), grid=grid)
 
@@ -341,31 +395,48 @@ class Mosaiks(Embedder):
             "6-band 10 m Sentinel-2 L2A standardised per band with fixed constants (approximate global L2A "
             "statistics, Clay v1 metadata) instead of 3-band RGB imagery scaled to [0, 1]; no resize "
             "(native 10 m, so texture keeps its ground scale), zero-padded 'same' convolution, and windows "
-            "touching an invalid pixel are excluded. Paper: K = 4096 filters (8192 features), bias 0."
+            "touching an invalid pixel are excluded. Paper: K = 4096 filters (8192 features), bias 0. "
+            "Any other sensor works too (sensor=...): C channels give C-channel filters from the same seed, "
+            "and the input is converted to reflectance when the band table knows the collection, then "
+            "standardised per ROI and band over its valid pixels (the 'standardize' step), since fixed "
+            "constants exist only for the six Sentinel-2 bands."
         ),
     )
+
+    @classmethod
+    def default_chain(cls, sensor: Any) -> tuple:
+        return default_chain_for(sensor, cls.card.preprocessing, standardize=True)
 
     def load(self) -> None:
         p = self.variant.params
         self.bias = float(p.get("bias", 0.0))
         self.cells = int(p.get("grid_cells", GRID_CELLS))
-        self.filters = mosaiks_filters(int(p["num_filters"]), len(BANDS), int(p.get("kernel_size", 3)),
-                                       int(p.get("seed", 20210712)))
+        self._filters: dict[int, np.ndarray] = {}
+        self.filters = self.filters_for(len(BANDS))
+
+    def filters_for(self, channels: int) -> np.ndarray:
+        """The seeded filters for `channels` input channels (the six-band ones are the card's)."""
+        if channels not in self._filters:
+            p = self.variant.params
+            self._filters[channels] = mosaiks_filters(int(p["num_filters"]), channels, int(p.get("kernel_size", 3)),
+                                                      int(p.get("seed", 20210712)))
+        return self._filters[channels]
 
     def forward(self, x: Any, ctx: BatchContext) -> EmbedOutput:
-        if not hasattr(self, "filters"):
+        if not hasattr(self, "_filters"):
             self.load()
         xs, valid = _check_input(x, ctx, self.card.id)
+        filters = self.filters_for(xs.shape[2])
         h, w = xs.shape[-2:]
         pooled, grid = [], []
         for b in range(xs.shape[0]):
             if ctx.want == "grid":
-                sums, counts = _mosaiks_sums(xs[b], valid[b], self.filters, self.bias, self.cells)
+                sums, counts = _mosaiks_sums(xs[b], valid[b], filters, self.bias, self.cells)
                 grid.append(np.moveaxis(_safe_mean(sums, counts), -1, 0))
                 if h >= self.cells and w >= self.cells:  # cells partition the image: reuse their sums
                     pooled.append(_safe_mean(sums.sum(axis=(0, 1)), counts.sum()))
                     continue
-            sums, counts = _mosaiks_sums(xs[b], valid[b], self.filters, self.bias, 1)
+            sums, counts = _mosaiks_sums(xs[b], valid[b], filters, self.bias, 1)
             pooled.append(_safe_mean(sums[0, 0], counts[0, 0]))
         return EmbedOutput(pooled=np.stack(pooled), grid=np.stack(grid) if grid else None)
 

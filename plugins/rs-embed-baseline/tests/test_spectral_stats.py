@@ -136,12 +136,40 @@ def test_normalized_difference_edges():
     assert np.isfinite(nd).all()
 
 
-def test_wrong_bands_or_mask_are_typed_errors(make_ctx):
+def test_wrong_mask_or_channel_count_are_typed_errors(make_ctx):
     x, valid = _raster()
     e = _embedder()
-    with pytest.raises(SpecError, match="in this order"):
-        e.forward(x, make_ctx(valid, band_names=("B4", "B3", "B2", "B8", "B11", "B12")))
-    with pytest.raises(SpecError, match="6 channels"):
-        e.forward(x[:, :, :3], make_ctx(valid, band_names=()))
+    with pytest.raises(SpecError, match="3 channels but 6 band names"):
+        e.forward(x[:, :, :3], make_ctx(valid))
     with pytest.raises(SpecError, match="valid mask shape"):
         e.forward(x, make_ctx(valid[:, :, :-1]))
+
+
+def test_band_order_follows_the_names_and_indices_follow_the_roles(make_ctx):
+    x, valid = _raster()
+    e = _embedder()
+    ref = e.forward(x, make_ctx(valid)).pooled[0]
+    order = [2, 1, 0, 3, 4, 5]  # B4, B3, B2, ...
+    swapped = e.forward(x[:, :, order], make_ctx(valid, band_names=tuple(BANDS[i] for i in order))).pooled[0]
+    ndvi = FEATURE_NAMES.index("NDVI_mean")
+    assert swapped[ndvi] == ref[ndvi] and swapped[0] == ref[2 * 5]  # B4 stats now come first
+
+
+def test_any_sensor_landsat_names_and_rgb(make_ctx):
+    from rs_embed_baseline import band_roles, feature_names
+
+    x, valid = _raster()
+    landsat = ("SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7")
+    roles = band_roles(landsat, "LANDSAT/LC08/C02/T1_L2")
+    assert roles == BANDS  # the band table says SR_B5 is near infrared, i.e. the indices' B8
+    ctx = make_ctx(valid, band_names=landsat)
+    import attrs
+
+    from rs_embed_core.specs import SensorSpec
+
+    ctx = attrs.evolve(ctx, sensor=SensorSpec("LANDSAT/LC08/C02/T1_L2", landsat, 30))
+    out = _embedder().forward(x, ctx).pooled[0]
+    assert np.array_equal(out, _embedder().forward(x, make_ctx(valid)).pooled[0])  # same data, same features
+    rgb = ("red", "green", "blue")
+    got = _embedder().forward(x[:, :, :3], make_ctx(valid, band_names=rgb)).pooled
+    assert got.shape == (1, 15) and feature_names(rgb, band_roles(rgb, None))[0] == "red_mean"
