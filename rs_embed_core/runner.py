@@ -358,7 +358,29 @@ def _to_numpy(a: Any) -> np.ndarray | None:
     return np.asarray(a, dtype=np.float32)
 
 
-def _forward(embedder: Embedder, x: np.ndarray, ctx: BatchContext) -> tuple[np.ndarray | None, np.ndarray | None]:
+_EXTRA_MAX = 256  # per-item extra values larger than this stay out of meta (e.g. per-frame grids)
+
+
+def _item_extras(extra: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """EmbedOutput.extra entries that hold one small value per batch item, split per item for meta."""
+    out: list[dict[str, Any]] = [{} for _ in range(n)]
+    for k, v in extra.items():
+        if hasattr(v, "detach"):
+            v = v.detach().cpu().numpy()
+        try:
+            if len(v) != n:
+                continue
+        except TypeError:
+            continue
+        for b in range(n):
+            item = v[b]
+            item = item.tolist() if hasattr(item, "tolist") else item
+            if len(json.dumps(item, default=str)) <= 8 * _EXTRA_MAX:
+                out[b][k] = item
+    return out
+
+
+def _forward(embedder: Embedder, x: np.ndarray, ctx: BatchContext) -> tuple[Any, Any, list[dict[str, Any]] | None]:
     if embedder.uses_torch:
         import torch
 
@@ -368,7 +390,8 @@ def _forward(embedder: Embedder, x: np.ndarray, ctx: BatchContext) -> tuple[np.n
         out = embedder.forward(x, ctx)
     if not isinstance(out, EmbedOutput):
         raise TypeError(f"{type(embedder).__name__}.forward must return EmbedOutput, got {type(out).__name__}")
-    return _to_numpy(out.pooled), _to_numpy(out.grid)
+    extras = _item_extras(out.extra, x.shape[0]) if out.extra else None
+    return _to_numpy(out.pooled), _to_numpy(out.grid), extras
 
 
 # ---------------------------------------------------------------- the stream
@@ -500,7 +523,7 @@ def run(
             valid=np.stack([p.prepped.valid for p in group]),
         )
         try:
-            pooled, grid = _forward(embedders[j], x, ctx)
+            pooled, grid, extras = _forward(embedders[j], x, ctx)
             for arr in (pooled, grid):
                 if arr is not None and not np.isfinite(arr).all():
                     bad = [k for k in range(len(group)) if not np.isfinite(arr[k]).all()]
@@ -532,6 +555,8 @@ def run(
                 try:
                     emb = embedding(p.item, j, None if pooled is None else pooled[b], None if grid is None else grid[b],
                                     p.prepped, fetched_of[key], None)
+                    if extras and extras[b]:
+                        emb.meta["model_extra"] = extras[b]
                 except RsEmbedError as exc:
                     yield finish(p.item, j, item_error(p.item, j, "model", exc))
                     continue
