@@ -635,12 +635,15 @@ def _write_npz(root: Path, r: ModelRequest, job: Job, spatials, shown, stems, pa
     errors = np.asarray([error(i) or "" for i in range(n)])
     metas = np.asarray([json.dumps(e.meta, default=str) if e is not None else "" for e in embs])
     ok = [e for e in embs if e is not None]
-    shape = ok[0].data.shape if ok else ((job.variant.pooled_dim,) if job.output.mode == "pooled" else (0,))
+    # grids of different ROI sizes share one array, NaN-padded to the largest (like the Zarr output)
+    shape = tuple(int(v) for v in np.max([e.data.shape for e in ok], axis=0)) if ok else (
+        (job.variant.pooled_dim,) if job.output.mode == "pooled" else (0,))
 
     def filled(e: Embedding | None) -> np.ndarray:
-        if e is not None and e.data.shape == shape:
-            return e.data
-        return np.full(shape, np.nan, np.float32)
+        out = np.full(shape, np.nan, np.float32)
+        if e is not None:
+            out[tuple(slice(0, n) for n in e.data.shape)] = e.data
+        return out
 
     extra: dict[str, np.ndarray] = {}
     if job.output.mode == "grid":
