@@ -649,6 +649,7 @@ def _write_npz(root: Path, r: ModelRequest, job: Job, spatials, shown, stems, pa
     if job.output.mode == "grid":
         extra["crs"] = np.asarray([e.grid.crs if e is not None else "" for e in embs])
         extra["transform"] = np.asarray([list(e.grid.transform) if e is not None else [np.nan] * 6 for e in embs])
+        extra["grid_shape"] = np.asarray([list(e.data.shape[1:]) if e is not None else [0, 0] for e in embs])
     if layout == "combined":
         dest = root / f"{r.key}.npz"
         atomic_write(dest, lambda p: np.savez(open(p, "wb"), embeddings=np.stack([filled(e) for e in embs]),
@@ -785,8 +786,8 @@ def _read_npz(root: Path, key: str, stems: list[str], layout: str, mode: str):
         with np.load(f, allow_pickle=False) as z:
             arrs.append(z["embeddings"])
             if mode == "grid":
-                for crs, tr, e in zip(z["crs"], z["transform"], z["embeddings"]):
-                    grids.append(_grid_of(str(crs), tr, e.shape[1:]) if str(crs) else None)
+                for crs, tr, hw in zip(z["crs"], z["transform"], z["grid_shape"]):
+                    grids.append(_grid_of(str(crs), tr, hw) if str(crs) else None)
             else:
                 grids.extend([None] * len(z["embeddings"]))
     return np.concatenate(arrs), grids

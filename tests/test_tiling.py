@@ -153,3 +153,5 @@ def test_export_accepts_the_same_option(tmp_path):
     assert got.shape == (2, 8, 12, 12)
     np.testing.assert_array_equal(got[0], ref[0].data)
     np.testing.assert_array_equal(got[1][:, :8, :8], ref[1].data)
+    assert np.isnan(got[1][:, 8:]).all()
+    assert load_export(tmp_path / "out").grids["tiny_test_model"][1] == ref[1].grid
