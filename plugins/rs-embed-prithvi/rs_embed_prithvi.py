@@ -189,6 +189,13 @@ class Prithvi(Embedder):
     )
     uses_torch = True
 
+    @classmethod
+    def default_chain(cls, sensor: SensorSpec) -> tuple[Step, ...]:
+        """`sensor=` alone is enough for the HLS-compatible collections: their chain converts to HLS DN."""
+        if sensor.collection in _SOURCES and tuple(sensor.bands) == tuple(_SOURCES[sensor.collection]):
+            return _chain(sensor.collection)
+        return cls.card.preprocessing
+
     def __init__(self, variant: Variant, device: str = "cpu") -> None:
         super().__init__(variant, device)
         self.net: PrithviViT | None = None

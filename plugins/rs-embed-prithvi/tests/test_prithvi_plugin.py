@@ -136,3 +136,12 @@ def test_listing_models_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("collection", ["LANDSAT/LC08/C02/T1_L2", "NASA/HLS/HLSL30/v002"])
+def test_sensor_alone_selects_the_collections_chain(collection):
+    kw = rp.inputs_for(collection)
+    assert rp.Prithvi.default_chain(kw["sensor"]) == tuple(kw["preprocessing"])
+    from rs_embed_core.runner import default_sensor
+
+    assert rp.Prithvi.default_chain(default_sensor(rp.Prithvi.card)) == rp.Prithvi.card.preprocessing
