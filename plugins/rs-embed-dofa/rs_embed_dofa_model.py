@@ -10,8 +10,7 @@ Imported only when a model is loaded (keeps `rs-embed models` torch-free). Layou
   The convolution has stride 16 and padding 1 (the original code's choice; a 224 input still gives
   14 x 14 tokens, each offset by one pixel up-left).
 - a class token and a fixed sin-cos position table (`pos_embed`, stored in the checkpoint), then
-  timm-style pre-norm ViT blocks (`blocks.{i}.norm1/attn.qkv/attn.proj/norm2/mlp.fc1/mlp.fc2`,
-  LayerNorm eps 1e-6).
+  timm-named pre-norm ViT blocks (rs_embed_core.nn.TimmBlock, LayerNorm eps 1e-6).
 - No trained final norm: the released encoder was cut from the MAE checkpoint without its `norm`
   (torchgeo's extract.py deletes it). torchgeo's pooled feature is `fc_norm(mean of patch tokens)`
   with `fc_norm` left at its initial identity affine; here that is a LayerNorm without parameters.
@@ -27,7 +26,7 @@ from torch import nn
 
 from rs_embed_core.card import Variant
 from rs_embed_core.errors import SpecError, WeightsError
-from rs_embed_core.nn import Attention, tokens_to_grid
+from rs_embed_core.nn import Attention, TimmBlock, tokens_to_grid
 from rs_embed_core.weights import load_state_dict, strict_load
 
 WAVE_DIM = 128  # width of the wavelength code and of the weight generator (fixed in DOFA)
@@ -127,49 +126,6 @@ class DynamicPatchEmbed(nn.Module):
         return y.flatten(2).transpose(1, 2), (y.shape[-2], y.shape[-1])
 
 
-class TimmAttention(nn.Module):
-    """Self-attention with timm's packed `qkv` and `proj` linears (delegates to the toolkit's kernel)."""
-
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        if dim % heads:
-            raise SpecError(f"width {dim} is not divisible by {heads} heads")
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(y.transpose(1, 2).reshape(b, n, d))
-
-
-class TimmMlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class TimmBlock(nn.Module):
-    """Pre-norm block with timm's names: x + attn(norm1(x)), then x + mlp(norm2(x))."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = TimmAttention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = TimmMlp(dim, int(dim * mlp_ratio))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
 class DOFA(nn.Module):
     """DOFA encoder: keys equal the torchgeo checkpoint's (patch_embed.*, cls_token, pos_embed, blocks.*)."""
 
@@ -182,7 +138,8 @@ class DOFA(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, n * n + 1, dim), requires_grad=False)
         self.blocks = nn.ModuleList(
-            TimmBlock(dim, int(cfg["heads"]), float(cfg.get("mlp_ratio", 4.0)), self.eps) for _ in range(int(cfg["depth"]))
+            TimmBlock(dim, int(cfg["heads"]), float(cfg.get("mlp_ratio", 4.0)), norm_eps=self.eps)
+            for _ in range(int(cfg["depth"]))
         )
 
     def tokens(self, x: torch.Tensor, wavelengths_um: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
