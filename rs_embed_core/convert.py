@@ -18,8 +18,11 @@ _SPATIAL_TAGS: dict[str, type] = {"point_buffer": PointBuffer, "bbox": BBox}
 _TAG_OF = {cls: tag for tag, cls in _SPATIAL_TAGS.items()}
 
 
+_plain = cattrs.Converter()  # the attrs fields as they are, for the tagged spatial hooks
+
+
 def _unstructure_spatial(obj: Any) -> dict[str, Any]:
-    return {"type": _TAG_OF[type(obj)], **cattrs.Converter().unstructure(obj)}
+    return {"type": _TAG_OF[type(obj)], **_plain.unstructure(obj)}
 
 
 def _structure_spatial(value: Any, _: Any) -> Spatial:

@@ -446,6 +446,14 @@ def _with_step(exc: SpecError, msg: str) -> SpecError:
         return SpecError(msg)
 
 
+@lru_cache(maxsize=256)
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):  # some callables have no signature; they check their own
+        return None
+
+
 def check_chain(steps: Iterable[Any]) -> list[tuple[int, Step, Callable[..., Any]]]:
     """Resolve every step and bind its parameters to the step's signature, without any pixels.
 
@@ -458,10 +466,7 @@ def check_chain(steps: Iterable[Any]) -> list[tuple[int, Step, Callable[..., Any
     for i, value in enumerate(steps):
         step = Step.of(value)
         fn = preprocessor(step.name)
-        try:
-            sig = inspect.signature(fn)
-        except (TypeError, ValueError):  # some callables have no signature; they check their own
-            sig = None
+        sig = _signature(fn)
         if sig is not None:
             try:
                 sig.bind(None, **step.params)

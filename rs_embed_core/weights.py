@@ -433,6 +433,7 @@ def strict_load(
     *,
     drop: Iterable[str] = (),
     strip_prefix: str | None = None,
+    assign: bool = False,
 ) -> None:
     """Load `state_dict` into `module` with strict=True, after explicit, visible clean-up.
 
@@ -442,6 +443,10 @@ def strict_load(
     in the plugin, not silently ignored. Any remaining mismatch raises WeightsError listing
     missing and unexpected keys and shape mismatches; the full lists are on the error as
     `.missing`, `.unexpected`, `.mismatched` and the module's `.expected` {key: (shape, dtype)}.
+
+    `assign=True` makes the file's (memory-mapped) tensors the module's parameters instead of
+    copying them: build the module on the meta device first and the weights are never held twice.
+    Floating tensors are then cast to the module's dtype (a half-precision file still runs in fp32).
     """
     drop = tuple(drop)
     sd: dict[str, Any] = {}
@@ -474,7 +479,9 @@ def strict_load(
         err.missing, err.unexpected, err.mismatched = missing, unexpected, mismatched  # type: ignore[attr-defined]
         err.expected = {k: (tuple(v.shape), str(v.dtype)) for k, v in own.items()}  # type: ignore[attr-defined]
         raise err
+    if assign:
+        sd = {k: v.to(own[k].dtype) if v.is_floating_point() and v.dtype != own[k].dtype else v for k, v in sd.items()}
     try:
-        module.load_state_dict(sd, strict=True)
+        module.load_state_dict(sd, strict=True, assign=assign)
     except RuntimeError as exc:  # e.g. a dtype that cannot be copied
         raise WeightsError(f"loading weights into {type(module).__name__} failed: {_short(exc)}") from None

@@ -68,8 +68,6 @@ class CLIP(nn.Module):
             self.ln_final = nn.LayerNorm(width)
             self.text_projection = nn.Parameter(width ** -0.5 * torch.randn(width, int(cfg["embed_dim"])))
             self.logit_scale = nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
-            causal = torch.full((n, n), float("-inf")).triu(1)  # token i attends to tokens 0..i
-            self.register_buffer("attn_mask", causal, persistent=False)
 
     @property
     def drop_keys(self) -> tuple[str, ...]:
@@ -81,7 +79,9 @@ class CLIP(nn.Module):
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, context_length) token ids -> (B, embed_dim), read at each sequence's end token."""
         h = self.token_embedding(ids) + self.positional_embedding
-        h = self.ln_final(self.transformer(h, self.attn_mask))
+        n = h.shape[1]
+        causal = torch.full((n, n), float("-inf"), device=h.device, dtype=h.dtype).triu(1)  # i sees 0..i
+        h = self.ln_final(self.transformer(h, causal))
         eot = h[torch.arange(h.shape[0], device=h.device), ids.argmax(dim=-1)]  # end token has the largest id
         return eot @ self.text_projection
 
@@ -91,6 +91,7 @@ def build(variant: Variant, device: str = "cpu", *, vision: bool = True, text: b
     if variant.weights is None:
         raise WeightsError(f"RemoteCLIP variant {variant.name!r} has no weights spec")
     sd = load_state_dict(variant.weights)  # errors about missing files come before any model work
-    model = CLIP(variant.params, vision=vision, text=text)
-    strict_load(model, sd, drop=model.drop_keys)
+    with torch.device("meta"):  # no random init: the (memory-mapped) file tensors become the parameters
+        model = CLIP(variant.params, vision=vision, text=text)
+    strict_load(model, sd, drop=model.drop_keys, assign=True)
     return model.to(device).eval()
