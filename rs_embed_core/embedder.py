@@ -62,6 +62,14 @@ class Embedder:
         """
         return cls.card.preprocessing
 
+    @classmethod
+    def check_request(cls, variant: Variant, sensors: tuple[SensorSpec, ...], steps: tuple[Any, ...]) -> None:
+        """Refuse, before any fetch or weights work, a request this model cannot serve (raise SpecError).
+
+        The default accepts everything; a model with side inputs (wavelengths, dates, a frame count)
+        checks here that the sensors can give them.
+        """
+
     def load(self) -> None:
         """Build the network and load weights (strictly). Called once, lazily, before forward."""
 

@@ -227,6 +227,7 @@ def prepare_job(
     sensors = _sensors(sensor, card)
     steps = tuple(Step.of(s) for s in (cls.default_chain(sensors[0]) if preprocessing is None else preprocessing))
     check_chain(steps)
+    cls.check_request(var, sensors, steps)
     for s in sensors:
         provider.check(s)
     dev = resolve_device(device, cls.uses_torch)

@@ -157,7 +157,7 @@ def test_entry_points_loaded_and_failures_recorded(tmp_path):
 def test_allow_list_env(tmp_path):
     site = _fake_site(tmp_path)
     code = "import json; from rs_embed_core.plugins import plugin_info; print(json.dumps(plugin_info()))"
-    only_bad = {p["name"]: p["status"] for p in json.loads(_run(code, site, RS_EMBED_PLUGINS="bad"))}
+    only_bad = {p["name"]: p["status"] for p in json.loads(_run(code, site, RS_EMBED_PLUGINS="fake-plugs:bad"))}
     assert only_bad.get("bad") == "failed" and "good" not in only_bad
     none = {p["name"] for p in json.loads(_run(code, site, RS_EMBED_PLUGINS=""))}
     assert none == {"rs_embed_core.providers.local", "rs_embed_core.preprocess"}

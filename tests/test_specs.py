@@ -26,7 +26,7 @@ def test_point_positional_like_the_docs():
     assert (p.lon, p.lat, p.buffer_m) == (121.5, 31.2, 2048.0)
 
 
-@pytest.mark.parametrize("box", [(1, 0, 1, 1), (2, 0, 1, 1), (0, 1, 1, 1), (0, 2, 1, 1), (0, 0, 200, 1)])
+@pytest.mark.parametrize("box", [(1, 0, 1, 1), (0, 1, 1, 1), (0, 2, 1, 1), (0, 0, 200, 1)])
 def test_bbox_rejects_min_ge_max_and_range(box):
     with pytest.raises(SpecError):
         BBox(*box)
