@@ -94,6 +94,23 @@ def test_chain_matches_open_clips_pil_transform(hw):
     assert grey_levels.max() <= 1.5 and grey_levels.mean() <= 0.5
 
 
+def test_on_noise_the_unclipped_overshoot_is_as_documented():
+    """The card's note: on white noise, bicubic overshoot (kept, not clipped) reaches tens of grey levels."""
+    pytest.importorskip("open_clip")
+    from open_clip.transform import image_transform
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 256, (300, 260, 3), dtype=np.uint8)
+    dn = u8.transpose(2, 0, 1)[[2, 1, 0]].astype(np.float32) * (rc.RGB_HIGH_DN / 255.0)  # B2, B3, B4 order
+    grid = GridSpec("EPSG:32651", 350000.0, 3450000.0, 10.0, 260, 300)
+    raster = Raster(dn[None], ("B2", "B3", "B4"), grid, (None,), np.ones((1, 300, 260), bool))
+    ours = apply_chain(raster, rc.RemoteCLIP.card.preprocessing).data[0]
+    ref = image_transform(224, is_train=False, mean=rc.CLIP_MEAN, std=rc.CLIP_STD)(Image.fromarray(u8)).numpy()
+    grey_levels = np.abs(ours - ref) * np.array(rc.CLIP_STD, np.float32)[:, None, None] * 255
+    assert 10 < grey_levels.max() < 80 and grey_levels.mean() < 5
+
+
 # --------------------------------------------------------------------------- loading and contract
 
 TINY = attrs.evolve(
