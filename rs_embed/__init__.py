@@ -35,13 +35,13 @@ from rs_embed_core.card import WeightsSpec
 from rs_embed_core.export import ExportResult, LoadedExport, ModelRequest, export_batch, export_npz, load_export
 from rs_embed_core.grid import GridSpec
 from rs_embed_core.retry import RetryPolicy
-from rs_embed_core.runner import LowValidDataWarning
+from rs_embed_core.runner import LowValidDataWarning, SaturatedInputWarning
 from rs_embed_core.tiling import TileSpec
 from rs_embed_core.providers.local import LocalProvider
 from rs_embed_core.specs import BBox, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
 
 __all__ = [
-    "BatchError", "FetchTimeoutError", "ItemError", "ItemFailedError", "LowValidDataError", "LowValidDataWarning",
+    "BatchError", "FetchTimeoutError", "ItemError", "ItemFailedError", "LowValidDataError", "LowValidDataWarning", "SaturatedInputWarning",
     "ExportResult", "LoadedExport", "ModelRequest", "export_batch", "export_npz", "load_export",
     "RetryPolicy", "TileSpec", "TransientProviderError", "UnknownProviderError", "WeightsSpec",
     "BBox", "DataNotFoundError", "Embedding", "GridSpec", "LocalProvider", "OutputSpec", "PluginError", "PointBuffer",

@@ -112,7 +112,17 @@ def clip(raster: Raster, min: float | None = None, max: float | None = None) -> 
         raise SpecError(f"clip: min {lo} is greater than max {hi}")
     if lo is None and hi is None:
         return raster
-    return raster.replace(data=np.clip(raster.data, lo, hi))
+    out = np.clip(raster.data, lo, hi)
+    return raster.replace(data=out, meta=_saturation(raster, out != raster.data, "clip"))
+
+
+def _saturation(raster: Raster, clipped: np.ndarray, step: str) -> dict[str, Any]:
+    """meta recording the share of valid input values a step clipped (the runner warns when it is large)."""
+    valid = np.broadcast_to(raster.valid[:, None], clipped.shape)
+    n = int(valid.sum())
+    frac = float((clipped & valid).sum()) / n if n else 0.0
+    prev = raster.meta.get("saturated", {})
+    return {"saturated": {**prev, step: max(frac, prev.get(step, 0.0))}}
 
 
 def to_8bit(raster: Raster, low: Any, high: Any, round: bool = True) -> Raster:  # noqa: A002
@@ -127,10 +137,11 @@ def to_8bit(raster: Raster, low: Any, high: Any, round: bool = True) -> Raster: 
     hi = _per_channel(high, raster, "to_8bit high")
     if np.any(hi <= lo):
         raise SpecError(f"to_8bit: high must be > low, got low={low!r}, high={high!r}")
-    y = np.clip((raster.data.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0) * 255.0
+    z = (raster.data.astype(np.float64) - lo) / (hi - lo)
+    y = np.clip(z, 0.0, 1.0) * 255.0
     if round_:
         y = np.rint(y)
-    return raster.replace(data=y.astype(np.float32))
+    return raster.replace(data=y.astype(np.float32), meta=_saturation(raster, (z < 0) | (z > 1), "to_8bit"))
 
 
 def normalize(raster: Raster, mean: Any, std: Any) -> Raster:

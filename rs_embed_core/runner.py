@@ -46,6 +46,13 @@ DEFAULT_MIN_VALID_FRACTION = 0.2
 ON_LOW_VALID = ("warn", "error", "allow")
 
 
+SATURATION_WARN = 0.5  # warn when a step clipped more than this share of an input's valid values
+
+
+class SaturatedInputWarning(UserWarning):
+    """A large share of some model inputs was clipped by the chain: the data's range does not fit the card's."""
+
+
 class LowValidDataWarning(UserWarning):
     """Some inputs had less valid data than `min_valid_fraction`: their embeddings describe fill values."""
 
@@ -467,6 +474,7 @@ def run(
     fetched_of: dict[tuple[int, int], Raster] = {}
     failed: set[tuple[int, int]] = set()
     low_valid: list[int] = []
+    saturated: dict[str, list[int]] = {}
 
     def item_error(i: int, j: int, stage: str, exc: BaseException, attempts: int = 1) -> ItemError:
         failed.add((i, j))
@@ -624,6 +632,9 @@ def run(
         except RsEmbedError as exc:
             yield finish(i, j, item_error(i, j, "preprocess", exc))
             return
+        for step, frac in pieces[0].prepped.meta.get("saturated", {}).items():
+            if frac > SATURATION_WARN:
+                saturated.setdefault(f"{job.card.id}:{step}", []).append(i)
         for p in pieces:
             pending[j].append(p)
             if len(pending[j]) >= batch_size:
@@ -649,6 +660,15 @@ def run(
                 yield from flush(j)
     finally:
         bar.close()
+    for where, items in saturated.items():
+        model, step = where.split(":", 1)
+        warnings.warn(
+            f"{len(set(items))} of {len(spatials)} ROI(s): step {step!r} of {model}'s chain clipped more than "
+            f"{SATURATION_WARN:.0%} of the input (items {sorted(set(items))[:10]}): the data's value range does not fit "
+            "what the model expects (e.g. Landsat or 8-bit RGB fed through a Sentinel-2 chain). Pass the right "
+            "sensor= (its band table gives the DN scale) or override preprocessing=.",
+            SaturatedInputWarning, stacklevel=3,
+        )
     if low_valid:
         k = len(set(low_valid))
         warnings.warn(

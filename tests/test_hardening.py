@@ -426,3 +426,24 @@ def test_item_errors_render_and_export_is_reexported():
     assert rec.describe() == ("item 3 (farm) PointBuffer(lon=1, lat=2, buffer_m=3), model m: fetch failed "
                               "after 2 attempts: ProviderError: no")
     assert isinstance(rec.to_exception(), rs_embed.RsEmbedError)
+
+
+# ---------------------------------------------------------------- sensor fit (issue: your own scenes)
+
+
+def test_saturating_chains_warn_once_with_the_step_named():
+    from rs_embed_core.runner import SaturatedInputWarning
+
+    class Bright(WorldProvider):  # 8-bit-like values far above the chain's expected 0..3000 DN
+        def fetch(self, req):
+            r = super().fetch(req)
+            return r.replace(data=np.full_like(r.data, 9000.0))
+
+    chain = [("select_bands", {"bands": list(BANDS)}), ("to_8bit", {"low": 0, "high": 3000}),
+             ("resize", {"size": 32})]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        get_embeddings_batch("tiny_test_model", pts(3), WINDOW, backend=Bright(), preprocessing=chain)
+        get_embeddings_batch("tiny_test_model", pts(3), WINDOW, backend=WorldProvider(), preprocessing=chain)
+    sat = [w for w in caught if issubclass(w.category, SaturatedInputWarning)]
+    assert len(sat) == 1 and "'to_8bit'" in str(sat[0].message) and "3 of 3" in str(sat[0].message)
