@@ -184,13 +184,15 @@ def fetch_one(provider: Provider, req: FetchRequest, policy: RetryPolicy = DEFAU
 
 
 class _Slot:
-    __slots__ = ("done", "raster", "error", "attempts")
+    __slots__ = ("done", "raster", "error", "attempts", "owner", "then")
 
-    def __init__(self) -> None:
+    def __init__(self, owner: int) -> None:
         self.done = threading.Event()
         self.raster: Raster | None = None
         self.error: BaseException | None = None
         self.attempts = 0
+        self.owner = owner  # the request index `then` ran for
+        self.then: Any = None
 
 
 def fetch_stream(
@@ -199,12 +201,15 @@ def fetch_stream(
     *,
     policy: RetryPolicy = DEFAULT_RETRY,
     window: int | None = None,
-) -> Iterator[tuple[int, Raster | BaseException, int]]:
-    """Yield (index, raster or error, attempts) in request order, fetching ahead concurrently.
+    then: Callable[[int, Raster], Any] | None = None,
+) -> Iterator[tuple[int, Raster | BaseException, int, Any]]:
+    """Yield (index, raster or error, attempts, then-result) in request order, fetching ahead concurrently.
 
     Distinct keys are fetched once; at most `window` distinct requests are in flight or waiting
     to be consumed, so memory stays bounded whatever the number of requests. Errors are yielded,
-    not raised: the consumer decides what a failed item means.
+    not raised: the consumer decides what a failed item means. `then(index, raster)` runs on the
+    fetch thread right after a successful fetch (per-item work such as preprocessing, so it
+    overlaps inference); its result comes with the raster (None when it did not run for that index).
     """
     n = len(requests)
     timeout_s = fetch_timeout(provider)
@@ -212,9 +217,10 @@ def fetch_stream(
     if n == 1:  # the interactive single call: no pool at all
         try:
             raster, attempts = fetch_one(provider, requests[0], policy, timeout_s)
-            yield 0, raster, attempts
         except RsEmbedError as exc:
-            yield 0, exc, getattr(exc, "attempts", 1)
+            yield 0, exc, getattr(exc, "attempts", 1), None
+            return
+        yield 0, raster, attempts, None
         return
     window = window or 2 * workers
     remaining: dict[str, int] = {}
@@ -232,6 +238,8 @@ def fetch_stream(
             if not cancelled.is_set():
                 try:
                     slot.raster, slot.attempts = fetch_one(provider, req, policy, timeout_s)
+                    if then is not None:
+                        slot.then = then(slot.owner, slot.raster)
                 except RsEmbedError as exc:
                     slot.error, slot.attempts = exc, getattr(exc, "attempts", 1)
                 except BaseException as exc:  # never let a worker die silently
@@ -248,18 +256,19 @@ def fetch_stream(
             while ahead < n and len(slots) < window:
                 nxt = requests[ahead]
                 if nxt.key not in slots:
-                    slots[nxt.key] = _Slot()
+                    slots[nxt.key] = _Slot(ahead)
                     tasks.put((nxt, slots[nxt.key]))
                 ahead += 1
             if req.key not in slots:  # its last use was consumed already: fetch again (cache hit)
-                slots[req.key] = _Slot()
+                slots[req.key] = _Slot(i)
                 tasks.put((req, slots[req.key]))
             slot = slots[req.key]
             slot.done.wait()  # interruptible: Ctrl-C lands here
             remaining[req.key] -= 1
             if remaining[req.key] == 0:
                 del slots[req.key]
-            yield i, (slot.error if slot.error is not None else slot.raster), slot.attempts  # type: ignore[misc]
+            pre = slot.then if slot.owner == i else None
+            yield i, (slot.error if slot.error is not None else slot.raster), slot.attempts, pre  # type: ignore[misc]
     finally:
         cancelled.set()  # queued work is skipped; running calls finish (or hang) on daemon threads
         for _ in threads:

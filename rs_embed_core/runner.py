@@ -414,6 +414,16 @@ class _Piece:
     prepped: Raster
 
 
+@frozen(eq=False)
+class _Prepared:
+    """An (item, job)'s input after merge, tiling and the chain; or the stage and error that stopped it."""
+
+    fetched: Raster | None
+    plan: TilePlan | None
+    prepped: tuple[Raster, ...]
+    error: tuple[str, BaseException] | None
+
+
 @attrs.define(eq=False)
 class _Partial:
     """A tiled (item, job) waiting for its tiles."""
@@ -598,21 +608,45 @@ def run(
         except RsEmbedError as exc:
             return item_error(i, j, "model", exc)
 
-    def consume(i: int, j: int) -> Iterator[tuple[int, int, Embedding | ItemError]]:
-        """Every input of (item i, job j) has arrived: merge, check, tile, preprocess, queue."""
+    def prepare(j: int, rasters: list[Raster]) -> _Prepared:
+        """Merge, plan tiles and run the chain: pure per-item work, done on the fetch threads when it can."""
         job = jobs[j]
-        rasters = []
-        for need in needs[i][j]:
-            r = got[need.request]
-            if isinstance(r, BaseException):
-                yield finish(i, j, item_error(i, j, "fetch", r, attempts_of.get(need.request, 1)))
-                return
-            rasters.append(_slice(r, need.bands))
         try:
             fetched = _merge(rasters)
         except RsEmbedError as exc:
-            yield finish(i, j, item_error(i, j, "fetch", exc))
+            return _Prepared(None, None, (), ("fetch", exc))
+        if fetched.valid_fraction < min_valid_fraction and on_low_valid == "error":
+            return _Prepared(fetched, None, (), None)  # refused in consume; no chain work
+        try:
+            plan = plan_tiles(job.input_prep, fetched.grid.shape, job.card.input.image_size)
+            if plan is None:
+                return _Prepared(fetched, None, (apply_chain(fetched, job.steps),), None)
+            tiles = cut(fetched, plan, job.sensors[0].fill_value)
+            return _Prepared(fetched, plan, tuple(apply_chain(t, job.steps) for t in tiles), None)
+        except RsEmbedError as exc:
+            return _Prepared(fetched, None, (), ("preprocess", exc))
+
+    def ahead(r: int, raster: Raster) -> dict[tuple[int, int], _Prepared]:
+        """On a fetch thread: prepare every (item, job) that needs only this raster."""
+        return {(i, j): prepare(j, [_slice(raster, needs[i][j][0].bands)])
+                for i, j in users.get(r, []) if len(needs[i][j]) == 1}
+
+    def consume(i: int, j: int, ready: _Prepared | None) -> Iterator[tuple[int, int, Embedding | ItemError]]:
+        """Every input of (item i, job j) has arrived: check, queue its pieces for the model."""
+        job = jobs[j]
+        if ready is None:
+            rasters = []
+            for need in needs[i][j]:
+                r = got[need.request]
+                if isinstance(r, BaseException):
+                    yield finish(i, j, item_error(i, j, "fetch", r, attempts_of.get(need.request, 1)))
+                    return
+                rasters.append(_slice(r, need.bands))
+            ready = prepare(j, rasters)
+        if ready.error is not None:
+            yield finish(i, j, item_error(i, j, *ready.error))
             return
+        fetched = ready.fetched
         if fetched.valid_fraction < min_valid_fraction and on_low_valid != "allow":
             if on_low_valid == "error":
                 yield finish(i, j, item_error(i, j, "fetch", LowValidDataError(
@@ -621,27 +655,18 @@ def run(
                 return
             low_valid.append(i)
         fetched_of[(i, j)] = fetched
-        try:
-            plan = plan_tiles(job.input_prep, fetched.grid.shape, job.card.input.image_size)
-            if plan is None:
-                pieces = [_Piece(i, 0, apply_chain(fetched, job.steps))]
-            else:
-                partial[(i, j)] = _Partial(plan, fetched)
-                fill = job.sensors[0].fill_value
-                pieces = [_Piece(i, k, apply_chain(t, job.steps)) for k, t in enumerate(cut(fetched, plan, fill))]
-        except RsEmbedError as exc:
-            yield finish(i, j, item_error(i, j, "preprocess", exc))
-            return
-        for step, frac in pieces[0].prepped.meta.get("saturated", {}).items():
+        if ready.plan is not None:
+            partial[(i, j)] = _Partial(ready.plan, fetched)
+        for step, frac in ready.prepped[0].meta.get("saturated", {}).items():
             if frac > SATURATION_WARN:
                 saturated.setdefault(f"{job.card.id}:{step}", []).append(i)
-        for p in pieces:
-            pending[j].append(p)
+        for k, prepped in enumerate(ready.prepped):
+            pending[j].append(_Piece(i, k, prepped))
             if len(pending[j]) >= batch_size:
                 yield from flush(j)
 
     try:
-        for r, result, attempts in fetch_stream(provider, requests, policy=retry):
+        for r, result, attempts, pre in fetch_stream(provider, requests, policy=retry, then=ahead):
             got[r] = result
             attempts_of[r] = attempts
             if on_input is not None and isinstance(result, Raster):
@@ -650,7 +675,7 @@ def run(
                 if all(n.request in got for n in needs[i][j]):
                     for n in needs[i][j]:
                         item_attempts[i] = max(item_attempts.get(i, 1), attempts_of[n.request])
-                    yield from consume(i, j)
+                    yield from consume(i, j, None if pre is None else pre.get((i, j)))
                     for n in needs[i][j]:
                         taken[n.request] = taken.get(n.request, 0) + 1
                         if taken[n.request] == len(users[n.request]):
