@@ -1,0 +1,1 @@
+"""rs-embed STAC provider (placeholder while the provider is built)."""
