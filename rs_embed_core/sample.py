@@ -1,7 +1,8 @@
 """A synthetic Sentinel-2 L2A-like scene, so the offline demo needs no download.
 
 Two 12 km x 12 km sites (UTM 51N, 10 m pixels) centred on the seed doc's example points, three
-summer dates, bands B2 B3 B4 B8 B11 B12 as reflectance x 10000 (like COPERNICUS/S2_SR_HARMONIZED).
+summer dates, the twelve Sentinel-2 L2A bands (B1..B12 with B8A, no B10) as reflectance x 10000
+(like COPERNICUS/S2_SR_HARMONIZED), so every Sentinel-2 model runs on it.
 The landscape is drawn from a seed with numpy only: a rotated grid of crop fields whose crops
 green up at different rates (rice flooded in June, maize peaking in July, harvested fallow...),
 a river, a lake and fish ponds, urban blocks with streets and roof materials, highways, forested
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from attrs import frozen
 
-BANDS = ("B2", "B3", "B4", "B8", "B11", "B12")
+BANDS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B11", "B12")
 COLLECTION = "COPERNICUS/S2_SR_HARMONIZED"
 DATES = (dt.date(2022, 6, 15), dt.date(2022, 7, 20), dt.date(2022, 8, 25))
 CLOUDY_DATE = DATES[1]
@@ -64,7 +65,19 @@ _SPECTRA = {
 }
 _MATERIALS = tuple(_SPECTRA)
 _M = {name: i for i, name in enumerate(_MATERIALS)}
-_TABLE = np.array([_SPECTRA[m] for m in _MATERIALS], np.float32)  # (materials, bands)
+_PAINTED_NM = (490.0, 560.0, 665.0, 842.0, 1610.0, 2190.0)  # the bands _SPECTRA gives
+_CENTRE_NM = (443.0, 490.0, 560.0, 665.0, 705.0, 740.0, 783.0, 842.0, 865.0, 945.0, 1610.0, 2190.0)  # BANDS
+
+
+def _all_bands(six: tuple[float, ...]) -> list[float]:
+    """A material's reflectance in every band of BANDS, interpolated over wavelength from the six
+    painted ones (flat below 490 nm; B9 sits in a water-vapour absorption band: 0.8x)."""
+    out = np.interp(_CENTRE_NM, _PAINTED_NM, six)
+    out[BANDS.index("B9")] *= 0.8
+    return [float(v) for v in out]
+
+
+_TABLE = np.array([_all_bands(_SPECTRA[m]) for m in _MATERIALS], np.float32)  # (materials, bands)
 
 # crop -> (canopy cover on each date, soil/water under the canopy on each date)
 _CROPS = {
@@ -261,11 +274,12 @@ def _layout(site: Site, x0: float, y0: float, rng: np.random.Generator) -> _Layo
 def _render(layout: _Layout, d: int, rng: np.random.Generator, *, cloudy: bool) -> np.ndarray:
     """DN (bands, H, W) uint16 for date index `d`; cloud pixels are NODATA on the cloudy date."""
     n = SIZE
-    refl = _TABLE[layout.material].transpose(2, 0, 1).copy()  # (6, H, W)
+    refl = _TABLE[layout.material].transpose(2, 0, 1).copy()  # (bands, H, W)
 
     # seasonal change of natural vegetation (slightly greener through the summer)
     veg = np.isin(layout.material, (_M["grass"], _M["forest"])) & (layout.layer == _STATIC)
-    refl[3][veg] *= 1.0 + 0.04 * d
+    for nir in ("B8", "B8A"):
+        refl[BANDS.index(nir)][veg] *= 1.0 + 0.04 * d
 
     # crops: canopy cover on this date mixed over its soil or water background
     fields = layout.layer == _FIELD
@@ -279,11 +293,11 @@ def _render(layout: _Layout, d: int, rng: np.random.Generator, *, cloudy: bool) 
 
     # texture and a per-date atmosphere gain per band
     refl *= 1.0 + _TEXTURE * layout.texture[None]
-    refl *= (1.0 + rng.normal(0.0, 0.012, size=(6, 1, 1))).astype(np.float32)
+    refl *= (1.0 + rng.normal(0.0, 0.012, size=(len(BANDS), 1, 1))).astype(np.float32)
 
     if cloudy:  # a bright haze rim around the clouds, which themselves become nodata
         haze = np.clip((layout.cloud + 0.35) / 0.35, 0.0, 1.0)
-        refl += haze[None] * np.array([0.10, 0.09, 0.08, 0.06, 0.04, 0.03], np.float32)[:, None, None]
+        refl += haze[None] * np.array(_all_bands((0.10, 0.09, 0.08, 0.06, 0.04, 0.03)), np.float32)[:, None, None]
 
     # B11 and B12 are 20 m bands: average 2 x 2 blocks, as an upsampled 20 m product would look
     for b in (4, 5):
