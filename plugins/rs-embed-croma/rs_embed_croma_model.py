@@ -141,7 +141,8 @@ class CrossTransformer(nn.Module):
     def __init__(self, dim: int, depth: int, heads: int) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            nn.ModuleList([SelfAttention(dim, heads), CrossAttention(dim, heads), FeedForward(dim)]) for _ in range(depth)
+            nn.ModuleList([SelfAttention(dim, heads), CrossAttention(dim, heads), FeedForward(dim)])
+            for _ in range(depth)
         )
         self.norm_out = nn.LayerNorm(dim)
 

@@ -4,6 +4,7 @@ Parameter names follow open_clip's checkpoints (`ln_1`, `attn.in_proj_weight`, `
 model built from these parts loads an open_clip-format state dict strictly, key for key.
 """
 
+from .layer_scale import LayerScale, LayerScaleBlock
 from .patch_embed import PatchEmbed
 from .patch_embed_3d import PatchEmbed3D
 from .pos_embed import sincos_1d, sincos_2d, sincos_3d
@@ -15,6 +16,8 @@ __all__ = [
     "ACTIVATIONS",
     "Attention",
     "Block",
+    "LayerScale",
+    "LayerScaleBlock",
     "Mlp",
     "PatchEmbed",
     "PatchEmbed3D",

@@ -27,7 +27,6 @@ from rs_embed_core.testing import (
     check_strict_loading,
     offline_hub,
     random_weights,
-    random_weights_file,
     weights_spec_for,
 )
 from rs_embed_core.weights import CACHE_ENV
@@ -87,7 +86,8 @@ def tiny_registered():
 def test_card_describes_variants_chain_modes_and_gsd():
     card: ModelCard = rc.CROMA.card
     json.dumps(card.describe())
-    assert card.id == "croma" and [v.name for v in card.variants] == ["base", "large"] and card.default_variant == "base"
+    assert card.id == "croma" and card.default_variant == "base"
+    assert [v.name for v in card.variants] == ["base", "large"]
     for v in card.variants:
         assert v.weights.repo_id == "torchgeo/croma" and len(v.weights.revision) == 40
         assert v.weights.sha256.startswith(v.weights.filename.rsplit("-", 1)[1].removesuffix(".pt"))
@@ -112,7 +112,8 @@ def test_module_hooks_register_the_embedder_and_steps():
 
 def _raster(values: dict[str, float], size: int = 8) -> Raster:
     bands = tuple(values)
-    data = np.broadcast_to(np.array(list(values.values()), np.float32)[None, :, None, None], (1, len(bands), size, size))
+    dn = np.array(list(values.values()), np.float32)
+    data = np.broadcast_to(dn[None, :, None, None], (1, len(bands), size, size))
     grid = GridSpec("EPSG:32651", 350000.0, 3450000.0, 10.0, size, size)
     return Raster(data, bands, grid, (None,), np.ones((1, size, size), bool))
 
@@ -232,7 +233,8 @@ def _expected(net: rcm.CROMA, provider: FakeProvider, sensors: tuple[SensorSpec,
     return pooled[0].numpy(), mode
 
 
-@pytest.mark.parametrize("sensors", [(S2,), (S1,), (S2, S1), (S1, S2)], ids=["optical", "sar", "joint", "joint-sar-first"])
+@pytest.mark.parametrize("sensors", [(S2,), (S1,), (S2, S1), (S1, S2)],
+                         ids=["optical", "sar", "joint", "joint-sar-first"])
 def test_the_request_sensors_choose_the_encoder(tiny_registered, tmp_path, sensors):
     """Through get_embedding: S2 -> optical, S1 -> SAR, a multi-sensor request (either order) -> joint,
     each equal to that encoder run on the same preprocessed pixels."""
