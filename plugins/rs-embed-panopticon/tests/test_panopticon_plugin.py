@@ -210,3 +210,19 @@ def test_listing_models_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_multi_sensor_with_sentinel2_l1c_first_needs_a_chain(tiny_registered, tmp_path):
+    """The core picks the default chain from the first sensor: L1C statistics cannot cover the merged
+    raster, which is refused by name; the documented chain (or SAR first) runs."""
+    from rs_embed import get_embedding
+
+    s2 = SensorSpec(rp.S2_COLLECTION, ("B4", "B8"), 10)
+    provider = FakeProvider(bands=known_collection(rp.S2_COLLECTION).band_names + ("VV", "VH"))
+    roi = PointBuffer(121.5, 31.2, 1120)
+    with random_weights("panopticon_tiny_test", "tiny", tmp_path):
+        with pytest.raises(SpecError, match="normalize mean has 2 value"):
+            get_embedding("panopticon_tiny_test", roi, WHEN, backend=provider, device="cpu", sensor=(s2, S1))
+        emb = get_embedding("panopticon_tiny_test", roi, WHEN, backend=provider, device="cpu", sensor=(s2, S1),
+                            preprocessing=[("resize", {"size": 224}), ("standardize", {})])
+    assert emb.data.shape == (32,) and np.isfinite(emb.data).all()
