@@ -251,11 +251,18 @@ def stac_plugin():
         pm.unregister(rs_embed_stac)
 
 
+def publish(files: FileServer, name: str, data: np.ndarray, **cog: Any) -> str:
+    """Write a COG under the file server's root; its http href."""
+    write_cog(files.root / name, data, **cog)
+    return f"{files.url}/{name}"
+
+
 @pytest.fixture
 def kit() -> SimpleNamespace:
     """The builders and constants above, for test modules (importlib mode cannot import conftest)."""
     return SimpleNamespace(CRS=CRS, X0=X0, Y0=Y0, SCENE_PX=SCENE_PX, GRID=GRID, write_cog=write_cog,
-                           scene_bbox=scene_bbox, make_item=make_item, asset=asset)
+                           scene_bbox=scene_bbox, make_item=make_item, asset=asset,
+                           publish=publish)
 
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")

@@ -1,0 +1,94 @@
+"""Per-pixel cloud masks and the DN convention, from what each item says about itself.
+
+Masks (True = clear):
+- "scl": Sentinel-2 L2A scene classification; not clear: 0 no data, 1 saturated/defective,
+  3 cloud shadow, 8 cloud medium probability, 9 cloud high probability, 10 thin cirrus
+  (ESA L2A product specification class table). Snow (11) and water (6) stay clear.
+- "qa_pixel": Landsat collection 2 QA_PIXEL bits; not clear where bit 0 fill, 1 dilated cloud,
+  2 cirrus, 3 cloud or 4 cloud shadow is set (USGS Landsat 8-9 C2 L2 product guide).
+Neither has a threshold: SensorSpec.cloud_threshold is refused for them.
+
+DN convention: pixels are delivered in the core collection's convention
+(`rs_embed_core.collections`: physical = DN * reflectance_scale + reflectance_offset), so one
+place gives the same numbers from Earth Engine, STAC and local files:
+- Sentinel-2 (harmonized ids): processing baseline >= 04.00 adds BOA_ADD_OFFSET (-1000 DN,
+  ESA). The shift applied is 0 when the item says the catalog already removed it
+  (`earthsearch:boa_offset_applied: true`; Earth Search's maintainers call that flag the truth
+  when raster:bands still lists -0.1), 0 when the baseline is below 04.00, else the item's
+  raster:bands offset / scale, else -1000 for a baseline >= 04.00 (Planetary Computer items
+  carry no raster:bands offset).
+- Other optical collections: when the asset's raster:bands scale equals the core scale, DN
+  shifts by (offset - core offset) / scale (Landsat C2 L2: 2.75e-5 / -0.2 on both sides, so 0).
+  Otherwise (thermal bands, a different scale) DN are kept as read.
+- QA / class bands (no centre wavelength) are never shifted.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from rs_embed_core.collections import known_collection
+
+from .search import AssetRef, Scene
+
+SCL_NOT_CLEAR = (0, 1, 3, 8, 9, 10)
+QA_PIXEL_NOT_CLEAR_BITS = (0, 1, 2, 3, 4)
+S2_HARMONIZED = ("COPERNICUS/S2_SR_HARMONIZED", "COPERNICUS/S2_HARMONIZED")
+BOA_ADD_OFFSET_DN = -1000.0  # ESA, processing baseline 04.00 onwards, every band
+
+
+def clear_mask(method: str, qa: np.ndarray) -> np.ndarray:
+    """True where the QA layer (read with nearest resampling) says the pixel is clear."""
+    q = np.nan_to_num(qa, nan=0.0).astype(np.int64)
+    if method == "scl":
+        return ~np.isin(q, SCL_NOT_CLEAR)
+    if method == "qa_pixel":
+        bits = sum(1 << b for b in QA_PIXEL_NOT_CLEAR_BITS)
+        return (q & bits) == 0
+    raise ValueError(f"unknown cloud mask {method!r}")
+
+
+def _baseline_at_least(baseline: str | None, major: int) -> bool | None:
+    if baseline is None:
+        return None
+    try:
+        return float(baseline) >= major
+    except ValueError:
+        return None
+
+
+def dn_shift(scene: Scene, band: str, ref: AssetRef, collection: str) -> tuple[float, str]:
+    """(DN to add, why) to bring this band of this scene into the core collection's convention."""
+    coll = known_collection(collection)
+    if coll is None:
+        return 0.0, "collection not in the band table: DN as read"
+    try:
+        info = coll.band(band)
+    except KeyError:
+        return 0.0, "band not in the band table: DN as read"
+    if info.center_nm is None or coll.kind != "optical":
+        return 0.0, "QA/class or SAR band"
+    if collection in S2_HARMONIZED:
+        if scene.boa_offset_applied is True:
+            return 0.0, "catalog already removed the offset (boa_offset_applied)"
+        newer = _baseline_at_least(scene.processing_baseline, 4)
+        if newer is False:
+            return 0.0, f"processing baseline {scene.processing_baseline} < 04.00"
+        if ref.offset is not None and ref.scale:
+            return ref.offset / ref.scale - coll.reflectance_offset / coll.reflectance_scale, "raster:bands offset"
+        if newer:
+            return BOA_ADD_OFFSET_DN, f"processing baseline {scene.processing_baseline} >= 04.00"
+        return 0.0, "no processing baseline and no raster:bands offset: DN as read"
+    if ref.scale and ref.offset is not None and math.isclose(ref.scale, coll.reflectance_scale, rel_tol=1e-6):
+        return (ref.offset - coll.reflectance_offset) / coll.reflectance_scale, "raster:bands offset"
+    return 0.0, "DN as read"
+
+
+def to_db(data: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Linear power -> decibels; zero or negative power is invalid."""
+    ok = valid & (data > 0)
+    out = np.zeros_like(data, dtype=np.float32)
+    np.log10(data, out=out, where=ok)
+    return (10.0 * out).astype(np.float32), ok
