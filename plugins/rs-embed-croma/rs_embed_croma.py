@@ -144,8 +144,19 @@ def croma_scale(raster: Raster, mean: Mapping[str, float], std: Mapping[str, flo
         raise SpecError(f"croma_scale: every std must be > 0, got {s}")
     lo = np.array([m[b] - sigmas * s[b] for b in raster.bands]).reshape(1, -1, 1, 1)
     span = np.array([2.0 * sigmas * s[b] for b in raster.bands]).reshape(1, -1, 1, 1)
-    y = np.clip((raster.data.astype(np.float64) - lo) / span, 0.0, 1.0)
-    return raster.replace(data=y.astype(np.float32))
+    z = (raster.data.astype(np.float64) - lo) / span
+    return raster.replace(data=np.clip(z, 0.0, 1.0).astype(np.float32),
+                          meta=_saturation(raster, (z < 0.0) | (z > 1.0)))
+
+
+def _saturation(raster: Raster, clipped: np.ndarray) -> dict[str, Any]:
+    """The share of valid values croma_scale clipped, in the meta key the core's clipping steps use
+    ("saturated"), so the runner warns when data in other units (reflectance, linear SAR) floods the window."""
+    valid = np.broadcast_to(raster.valid[:, None], clipped.shape)
+    n = int(valid.sum())
+    frac = float((clipped & valid).sum()) / n if n else 0.0
+    prev = raster.meta.get("saturated", {})
+    return {"saturated": {**prev, "croma_scale": max(frac, prev.get("croma_scale", 0.0))}}
 
 
 # ---------------------------------------------------------------- the embedder
@@ -176,7 +187,8 @@ Sentinel-2 that CROMA was pre-trained on: rslearn's CROMA wrapper states "traine
 removed"; the paper's pre-training data section could not be read here) and Sentinel-1 GRD backscatter \
 in dB (SSL4EO-S12's Sentinel-1 comes from Earth Engine's COPERNICUS/S1_GRD in dB).
 Chain: select CROMA's bands (croma_select), resize to {IMAGE_SIZE} (bilinear, antialiased), then CROMA's \
-normalisation per band: clip((x - (mean - 2 std)) / (4 std), 0, 1) (croma_scale). Deviations: the \
+normalisation per band: clip((x - (mean - 2 std)) / (4 std), 0, 1) (croma_scale, which records the \
+share it clipped so data in other units warns). Deviations: the \
 authors compute mean and std over the images being embedded (their README normalises the whole array it \
 is given); here they are SSL4EO-S12's published statistics (Sentinel-2 L1C DN, Sentinel-1 dB), fixed so \
 that an embedding does not depend on the other items of a batch. The README's optional 8-bit rounding \

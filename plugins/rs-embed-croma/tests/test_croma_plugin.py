@@ -150,6 +150,25 @@ def test_scale_is_cromas_two_sigma_window_clipped():
         rc.croma_scale(_raster({"B4": 1.0}), mean=m, std={**s, "B4": 0.0})
 
 
+def test_scale_records_how_much_it_clipped():
+    """Values in other units (here linear backscatter instead of dB) fall outside the window: recorded in
+    meta["saturated"], which the runner turns into a SaturatedInputWarning above one half."""
+    m, s = rc.SSL4EO_MEAN, rc.SSL4EO_STD
+    assert rc.croma_scale(_raster({"B4": m["B4"], "B8": m["B8"]}), mean=m, std=s).meta["saturated"] == {
+        "croma_scale": 0.0}
+    out = rc.croma_scale(_raster({"VV": 0.1, "VH": -20.0}), mean=m, std=s)  # VV 0.1 is above its dB window
+    assert out.meta["saturated"]["croma_scale"] == pytest.approx(0.5)
+
+
+def test_sar_in_linear_units_warns_through_the_api(tiny_registered, tmp_path):
+    from rs_embed import get_embedding
+    from rs_embed_core.runner import SaturatedInputWarning
+
+    with random_weights("croma_tiny_test", "tiny", tmp_path), pytest.warns(SaturatedInputWarning, match="croma_scale"):
+        get_embedding("croma_tiny_test", ROI, WHEN, backend=FakeProvider(bands=PROVIDER_BANDS), device="cpu",
+                      sensor=S1)  # FakeProvider's 0..10000 are far above any dB window
+
+
 def test_card_chain_runs_on_a_fetched_optical_raster():
     provider = FakeProvider(bands=PROVIDER_BANDS)
     raster = provider.fetch(FetchRequest(grid_for(PointBuffer(121.5, 31.2, 800), 10), WHEN, S2))
