@@ -185,7 +185,7 @@ request, sensor=(SensorSpec("{OPTICAL_COLLECTION}", ...12 bands..., 10), SensorS
 {GSD_M:g} m GSD (1.2 km), one median composite; Sentinel-2 level-1C (top-of-atmosphere, as SSL4EO-S12's \
 Sentinel-2 that CROMA was pre-trained on: rslearn's CROMA wrapper states "trained on L1C images with B10 \
 removed"; the paper's pre-training data section could not be read here) and Sentinel-1 GRD backscatter \
-in dB (SSL4EO-S12's Sentinel-1 comes from Earth Engine's COPERNICUS/S1_GRD in dB).
+in dB (SSL4EO-S12's Sentinel-1 statistics are in dB: mean -12.5 VV, -20.2 VH).
 Chain: select CROMA's bands (croma_select), resize to {IMAGE_SIZE} (bilinear, antialiased), then CROMA's \
 normalisation per band: clip((x - (mean - 2 std)) / (4 std), 0, 1) (croma_scale, which records the \
 share it clipped so data in other units warns). Deviations: the \
