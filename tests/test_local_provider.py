@@ -498,3 +498,44 @@ def test_landsat_point_matches_direct_read():
     assert smooth.valid[0][clear].all()
     diff = np.abs(smooth.data[0, 0] - expected)[clear]
     assert diff.max() < 1e-3
+
+
+# ---------------------------------------------------------------- per-band validity, nodata=, fresh pixels
+
+
+def test_per_band_fill_collars_and_nodata_override(tmp_path):
+    """L1-style files: no nodata tag, fill 0 in collars of different widths per band."""
+    grid = roi_grid()
+    t, (h, w) = aligned(grid)
+    data = np.random.default_rng(5).integers(100, 1000, size=(2, h, w)).astype(np.uint16)
+    data[0, :, :14] = 0  # band 1 collar: 4 grid columns inside the ROI
+    data[1, :, :16] = 0  # band 2 collar: six grid columns inside the ROI
+    path = write_tif(tmp_path / "l1.tif", data, transform=t)  # no nodata tag
+    untagged = LocalProvider(path).fetch(request(grid, ("1", "2")))
+    assert untagged.valid.all()  # without help, fill counts as valid (the file says nothing)
+    fixed = LocalProvider(path, nodata=0).fetch(request(grid, ("1", "2")))
+    assert not fixed.valid[0, :, :6].any() and fixed.valid[0, :, 6:].all()  # the wider collar wins
+    only_first = LocalProvider(path, nodata={"1": 0}).fetch(request(grid, ("1",)))
+    assert not only_first.valid[0, :, :4].any() and only_first.valid[0, :, 4:].all()
+    with pytest.raises(SpecError):
+        LocalProvider(path, nodata="zero")
+
+
+def test_source_token_changes_when_a_file_is_rewritten(tmp_path):
+    grid = roi_grid()
+    t, (h, w) = aligned(grid)
+    path = write_tif(tmp_path / "s.tif", np.ones((1, h, w), np.uint16), transform=t)
+    prov = LocalProvider(path)
+    req = request(grid, ("1",))
+    before = prov.source_token(req)
+    assert prov.source_token(req) == before
+    write_tif(path, np.full((1, h, w), 2, np.uint16), transform=t)
+    assert prov.source_token(req) != before
+    from rs_embed_core.fetching import fetch_one, raster_cache
+
+    raster_cache.clear()
+    write_tif(path, np.full((1, h, w), 3, np.uint16), transform=t)
+    first, _ = fetch_one(prov, req)
+    write_tif(path, np.full((1, h, w), 4, np.uint16), transform=t)
+    second, _ = fetch_one(prov, req)
+    assert first.data.max() == 3 and second.data.max() == 4  # never the stale pixels

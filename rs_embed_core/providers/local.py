@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import glob
+import hashlib
 import numbers
 import os
 import re
@@ -29,6 +30,8 @@ from ..hookspecs import hookimpl
 from ..raster import Raster
 from ..specs import SensorSpec
 from . import FetchRequest
+from .composite import composite_scenes
+from .reading import read_warped
 
 ENV_VAR = "RS_EMBED_LOCAL_PATH"
 COLLECTION_TAG = "RS_EMBED_COLLECTION"
@@ -158,6 +161,10 @@ class LocalProvider:
     band_map: {name: 1-based index or band description}; when given, these are the only band
     names offered. Otherwise bands are named by their descriptions, or "1", "2", ... by position.
     dates: {path or file name: date}, overriding the date in the file name and the date tags.
+    nodata: a value that marks missing pixels in every band (files without a nodata tag, e.g.
+    Landsat L1 fill 0), or {band name: value}; it replaces the file's own nodata and masks for
+    those bands. A pixel is valid only where every asked band is valid (per-band masks, so bands
+    whose fill collars differ do not pass fill values to a model).
     """
 
     name = "local"
@@ -170,6 +177,7 @@ class LocalProvider:
         band_map: Mapping[str, int | str] | None = None,
         dates: Mapping[str, Any] | None = None,
         resampling: str = "bilinear",
+        nodata: float | Mapping[str, float] | None = None,
         max_concurrency: int = 4,
     ) -> None:
         if paths is None or (isinstance(paths, str) and not paths.strip()):
@@ -191,6 +199,13 @@ class LocalProvider:
         if resampling not in RESAMPLING:
             raise SpecError(f"resampling must be one of {RESAMPLING}, got {resampling!r}")
         self.resampling = resampling
+        if nodata is not None and not isinstance(nodata, Mapping):
+            if isinstance(nodata, bool) or not isinstance(nodata, numbers.Real):
+                raise SpecError(f"nodata must be a number or {{band: number}}, got {nodata!r}")
+        elif isinstance(nodata, Mapping) and not all(
+                isinstance(v, numbers.Real) and not isinstance(v, bool) for v in nodata.values()):
+            raise SpecError(f"nodata values must be numbers, got {dict(nodata)!r}")
+        self.nodata = nodata
         if int(max_concurrency) < 1:
             raise SpecError(f"max_concurrency must be >= 1, got {max_concurrency!r}")
         self.max_concurrency = int(max_concurrency)
@@ -405,24 +420,20 @@ class LocalProvider:
         stack = np.empty((len(chosen), len(sensor.bands), grid.height, grid.width), np.float32)
         valid = np.empty((len(chosen), grid.height, grid.width), bool)
         for k, info in enumerate(chosen):
-            stack[k], valid[k] = self._read(info, grid, sensor.bands)
+            data, band_valid = read_warped(info.path, grid, [info.bands[b] for b in sensor.bands],
+                                           resampling=self.resampling, nodata=self._nodata_for(sensor.bands))
+            stack[k] = data
+            valid[k] = band_valid.all(axis=0)  # a pixel is valid only where every asked band is
 
-        used = valid.reshape(len(chosen), -1).any(axis=1)
         scenes = [
             {"path": i.path, "date": _fmt_date(i.date), "date_source": i.date_source, "undated": i.date is None,
              "valid_fraction": float(valid[k].mean())}
             for k, i in enumerate(chosen)
         ]
-        if sensor.composite == "none":
-            data, ok, times = _frames(stack, valid, [i.date for i in chosen], used)
-        else:
-            data, ok = (_median if sensor.composite == "median" else _mosaic)(stack, valid)
-            contributing = [i.date for k, i in enumerate(chosen) if used[k] and i.date is not None]
-            times = (_middle(contributing),)
-        data[~np.broadcast_to(ok[:, None], data.shape)] = sensor.fill_value
+        data, ok, times, comp = composite_scenes(stack, valid, [i.date for i in chosen], sensor, window)
         meta = {
             "provider": self.name,
-            "composite": sensor.composite,
+            **comp,
             "resampling": self.resampling,
             "scenes": scenes,
             "undated": [i.path for i in chosen if i.date is None],
@@ -430,81 +441,24 @@ class LocalProvider:
         }
         return Raster(data, tuple(sensor.bands), grid, times, ok, meta)
 
-    def _read(self, info: _FileInfo, grid: GridSpec, bands: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """Warp the asked bands of one file onto `grid`: (C, H, W) float32 and a validity mask."""
-        import rasterio
-        from rasterio.enums import ColorInterp, Resampling
-        from rasterio.errors import RasterioError
-        from rasterio.vrt import WarpedVRT
+    def _nodata_for(self, bands: tuple[str, ...]) -> list[float | None] | None:
+        if self.nodata is None:
+            return None
+        if isinstance(self.nodata, Mapping):
+            return [None if self.nodata.get(b) is None else float(self.nodata[b]) for b in bands]
+        return [float(self.nodata)] * len(bands)
 
-        try:
-            with rasterio.open(info.path) as src:
-                has_alpha = ColorInterp.alpha in src.colorinterp
-                with WarpedVRT(
-                    src, crs=grid.crs, transform=grid.affine(), width=grid.width, height=grid.height,
-                    resampling=Resampling[self.resampling], add_alpha=not has_alpha, dtype="float32",
-                ) as vrt:
-                    alpha_idx = list(vrt.colorinterp).index(ColorInterp.alpha) + 1
-                    data = vrt.read([info.bands[b] for b in bands])
-                    alpha = vrt.read(alpha_idx)
-        except RasterioError as exc:
-            raise ProviderError(f"local provider: reading {info.path} failed: {exc}") from None
-        ok = (alpha > 0) & np.isfinite(data).all(axis=0)
-        return data, ok
-
-
-# ---------------------------------------------------------------- compositing
-
-
-def _median(stack: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel median over valid observations (mean of the two middle ones when even)."""
-    x = np.where(valid[:, None], stack, np.nan)
-    x.sort(axis=0)  # NaN sorts last, so the first n values are the valid ones
-    n = valid.sum(axis=0)  # (H, W)
-    lo = np.maximum((n - 1) // 2, 0)[None, None]
-    hi = np.maximum(n // 2, 0)[None, None]
-    lo = np.broadcast_to(lo, (1, *x.shape[1:]))
-    hi = np.broadcast_to(hi, (1, *x.shape[1:]))
-    med = 0.5 * (np.take_along_axis(x, lo, 0) + np.take_along_axis(x, hi, 0))
-    return med.astype(np.float32), (n > 0)[None]
-
-
-def _mosaic(stack: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Later observations (the stack is oldest first) overwrite earlier ones where valid."""
-    out = np.zeros(stack.shape[1:], np.float32)
-    for k in range(stack.shape[0]):
-        out[:, valid[k]] = stack[k][:, valid[k]]
-    return out[None], valid.any(axis=0)[None]
-
-
-def _frames(
-    stack: np.ndarray, valid: np.ndarray, dates: list[dt.datetime | None], used: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, tuple[dt.datetime | None, ...]]:
-    """One frame per acquisition day (tiles of one day are mosaicked), oldest first, undated last.
-
-    Frames with no valid pixel are dropped unless every frame is empty.
-    """
-    keys: dict[dt.date | None, list[int]] = {}
-    for k, when in enumerate(dates):
-        keys.setdefault(when.date() if when is not None else None, []).append(k)
-    order = sorted(keys, key=lambda d: (d is None, d or dt.date.min))
-    if any(used):
-        order = [d for d in order if used[keys[d]].any()]
-    data, ok, times = [], [], []
-    for d in order:
-        idx = keys[d]
-        frame, fvalid = _mosaic(stack[idx], valid[idx])
-        data.append(frame[0])
-        ok.append(fvalid[0])
-        times.append(min((dates[k] for k in idx), default=None) if d is not None else None)
-    return np.stack(data), np.stack(ok), tuple(times)
-
-
-def _middle(dates: list[dt.datetime]) -> dt.datetime | None:
-    if not dates:
-        return None
-    lo, hi = min(dates), max(dates)
-    return lo + (hi - lo) / 2
+    def source_token(self, request: FetchRequest) -> str:
+        """Which version of which files would serve `request` (paths, sizes, mtimes, ctimes; no reads):
+        the runner's raster cache keys on it, so a rewritten file is read again."""
+        parts = []
+        for f in self._files():
+            if _is_remote(f):
+                parts.append(f)
+                continue
+            st = os.stat(f)
+            parts.append(f"{f}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}")
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
 def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:

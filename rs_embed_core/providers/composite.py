@@ -1,0 +1,139 @@
+"""Compositing scenes into frames: the one implementation every provider shares (numpy only).
+
+`composite_scenes` turns N scenes already on the request grid (stack (N, C, H, W), valid
+(N, H, W), acquisition dates) into the frames a SensorSpec asks for, with the meaning the
+SensorSpec documents: `composite` is "median", "mosaic" (latest clear pixel wins),
+"least_cloudy" (the one scene with the most valid pixels) or "none" (one frame per acquisition
+day); `frames=n` splits the window into n equal bins and composites each, an empty bin giving an
+all-invalid frame listed in meta["empty_frames"] (never back-filled from another bin).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import numpy as np
+
+from ..errors import SpecError
+from ..specs import SensorSpec, TemporalSpec
+
+
+def median(stack: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel median over valid observations (mean of the two middle ones when even)."""
+    x = np.where(valid[:, None], stack, np.nan)
+    x.sort(axis=0)  # NaN sorts last, so the first n values are the valid ones
+    n = valid.sum(axis=0)  # (H, W)
+    lo = np.broadcast_to(np.maximum((n - 1) // 2, 0)[None, None], (1, *x.shape[1:]))
+    hi = np.broadcast_to(np.maximum(n // 2, 0)[None, None], (1, *x.shape[1:]))
+    med = 0.5 * (np.take_along_axis(x, lo, 0) + np.take_along_axis(x, hi, 0))
+    return med.astype(np.float32), (n > 0)[None]
+
+
+def mosaic(stack: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Later observations (the stack is oldest first) overwrite earlier ones where valid."""
+    out = np.zeros(stack.shape[1:], np.float32)
+    for k in range(stack.shape[0]):
+        out[:, valid[k]] = stack[k][:, valid[k]]
+    return out[None], valid.any(axis=0)[None]
+
+
+def least_cloudy(stack: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """The single scene with the most valid pixels (the latest on a tie), and its index."""
+    counts = valid.reshape(valid.shape[0], -1).sum(axis=1)
+    k = int(len(counts) - 1 - np.argmax(counts[::-1]))
+    return stack[k][None].astype(np.float32), valid[k][None], k
+
+
+def per_day(stack: np.ndarray, valid: np.ndarray, dates: list[dt.datetime | None]
+            ) -> tuple[np.ndarray, np.ndarray, tuple[dt.datetime | None, ...]]:
+    """One frame per acquisition day (tiles of one day are mosaicked), oldest first, undated last.
+
+    Frames with no valid pixel are dropped unless every frame is empty.
+    """
+    used = valid.reshape(len(dates), -1).any(axis=1)
+    keys: dict[dt.date | None, list[int]] = {}
+    for k, when in enumerate(dates):
+        keys.setdefault(when.date() if when is not None else None, []).append(k)
+    order = sorted(keys, key=lambda d: (d is None, d or dt.date.min))
+    if used.any():
+        order = [d for d in order if used[keys[d]].any()]
+    data, ok, times = [], [], []
+    for d in order:
+        idx = keys[d]
+        frame, fvalid = mosaic(stack[idx], valid[idx])
+        data.append(frame[0])
+        ok.append(fvalid[0])
+        times.append(min((dates[k] for k in idx), default=None) if d is not None else None)
+    return np.stack(data), np.stack(ok), tuple(times)
+
+
+def middle(dates: list[dt.datetime]) -> dt.datetime | None:
+    if not dates:
+        return None
+    lo, hi = min(dates), max(dates)
+    return lo + (hi - lo) / 2
+
+
+def _reduce(composite: str, stack: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """One frame from some scenes, and the indices of the scenes that contributed."""
+    if composite == "least_cloudy":
+        data, ok, k = least_cloudy(stack, valid)
+        return data, ok, [k] if ok.any() else []
+    data, ok = (median if composite == "median" else mosaic)(stack, valid)
+    return data, ok, [k for k in range(stack.shape[0]) if valid[k].any()]
+
+
+def composite_scenes(
+    stack: np.ndarray, valid: np.ndarray, dates: list[dt.datetime | None], sensor: SensorSpec, window: TemporalSpec,
+) -> tuple[np.ndarray, np.ndarray, tuple[dt.datetime | None, ...], dict[str, Any]]:
+    """(data (T, C, H, W), valid (T, H, W), frame times, meta) of N scenes ordered oldest first.
+
+    Invalid pixels of the result hold `sensor.fill_value`. meta: "composite", "frames",
+    "empty_frames" (indices of frames without any observation), "scenes_per_frame"
+    (indices into the N scenes that contributed to each frame).
+    """
+    n_scenes, c, h, w = stack.shape
+    meta: dict[str, Any] = {"composite": sensor.composite, "frames": sensor.frames, "empty_frames": []}
+    if n_scenes == 0:
+        raise SpecError("no scene to composite")
+    if sensor.composite == "none":
+        data, ok, times = per_day(stack, valid, dates)
+        meta["frames"] = len(times)
+    elif sensor.frames == 1:
+        data, ok, used = _reduce(sensor.composite, stack, valid)
+        times = (middle([dates[k] for k in used if dates[k] is not None]),)
+        meta["scenes_per_frame"] = [used]
+    else:
+        start = dt.datetime.combine(window.start, dt.time())
+        span = dt.datetime.combine(window.end, dt.time()) - start
+        n = sensor.frames
+        bins: list[list[int]] = [[] for _ in range(n)]
+        undated = []
+        for k, when in enumerate(dates):
+            if when is None:
+                undated.append(k)
+                continue
+            b = int((when - start) / span * n)
+            if 0 <= b < n:
+                bins[b].append(k)
+        if undated and len(undated) == n_scenes:
+            raise SpecError(f"frames={n} bins scenes by date, but none of the {n_scenes} scene(s) has a date")
+        frames, oks, times_l, used_l = [], [], [], []
+        for b, members in enumerate(bins):
+            if members and valid[members].any():
+                f, o, used = _reduce(sensor.composite, stack[members], valid[members])
+                used = [members[u] for u in used]
+            else:
+                f, o, used = np.zeros((1, c, h, w), np.float32), np.zeros((1, h, w), bool), []
+                meta["empty_frames"].append(b)
+            frames.append(f[0])
+            oks.append(o[0])
+            times_l.append(start + span * ((b + 0.5) / n))
+            used_l.append(used)
+        data, ok, times = np.stack(frames), np.stack(oks), tuple(times_l)
+        meta["scenes_per_frame"] = used_l
+        if undated:
+            meta["undated_ignored"] = undated
+    data = np.where(ok[:, None], data, np.float32(sensor.fill_value)).astype(np.float32)
+    return data, ok, times, meta
