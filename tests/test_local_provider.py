@@ -539,3 +539,53 @@ def test_source_token_changes_when_a_file_is_rewritten(tmp_path):
     write_tif(path, np.full((1, h, w), 4, np.uint16), transform=t)
     second, _ = fetch_one(prov, req)
     assert first.data.max() == 3 and second.data.max() == 4  # never the stale pixels
+
+
+def test_a_vrt_pointing_at_a_silent_host_fails_instead_of_hanging(tmp_path, monkeypatch):
+    """A loopback server that accepts connections and never answers: GDAL's HTTP timeout ends the read."""
+    import socket
+    import threading
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    port = server.getsockname()[1]
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])  # accept, never answer
+            except OSError:
+                continue
+
+    threading.Thread(target=accept, daemon=True).start()
+    grid = roi_grid()
+    t, (h, w) = aligned(grid)
+    vrt = tmp_path / "remote.vrt"
+    vrt.write_text(f"""<VRTDataset rasterXSize="{w}" rasterYSize="{h}">
+  <SRS>{grid.crs}</SRS>
+  <GeoTransform>{t.c}, {t.a}, 0, {t.f}, 0, {t.e}</GeoTransform>
+  <VRTRasterBand dataType="UInt16" band="1">
+    <SimpleSource><SourceFilename>/vsicurl/http://127.0.0.1:{port}/scene.tif</SourceFilename>
+      <SourceBand>1</SourceBand></SimpleSource>
+  </VRTRasterBand>
+</VRTDataset>""")
+    from rs_embed_core.providers import reading
+
+    for k in ("GDAL_HTTP_TIMEOUT", "GDAL_HTTP_CONNECTTIMEOUT"):
+        monkeypatch.delenv(k, raising=False)  # nothing set by the user: our per-read default applies
+        monkeypatch.setitem(reading._ALWAYS, k, "1")  # (30 s by default; 1 s keeps the test short)
+    start = time.monotonic()
+    try:
+        with pytest.raises(ProviderError):
+            LocalProvider(vrt).fetch(request(grid, ("1",)))
+    finally:
+        stop.set()
+        for c in held:
+            c.close()
+        server.close()
+    assert time.monotonic() - start < 60

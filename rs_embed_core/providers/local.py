@@ -31,7 +31,7 @@ from ..raster import Raster
 from ..specs import SensorSpec
 from . import FetchRequest
 from .composite import composite_scenes
-from .reading import read_warped
+from .reading import network_env, read_warped
 
 ENV_VAR = "RS_EMBED_LOCAL_PATH"
 COLLECTION_TAG = "RS_EMBED_COLLECTION"
@@ -279,7 +279,7 @@ class LocalProvider:
         from rasterio.warp import transform_bounds
 
         try:
-            with rasterio.open(path) as src:
+            with rasterio.Env(**network_env()), rasterio.open(path) as src:
                 if src.crs is None:
                     raise ProviderError(f"local provider: {path} has no CRS, so it cannot be placed on a map grid")
                 descriptions = list(src.descriptions)

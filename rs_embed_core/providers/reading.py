@@ -39,6 +39,11 @@ _REMOTE_DEFAULTS = {
 _ALWAYS = {k: _REMOTE_DEFAULTS[k] for k in ("GDAL_HTTP_TIMEOUT", "GDAL_HTTP_CONNECTTIMEOUT")}
 
 
+def network_env() -> dict[str, str]:
+    """HTTP timeouts for any GDAL open or read (a local .vrt may point at a host that never answers)."""
+    return {k: v for k, v in _ALWAYS.items() if k not in os.environ}
+
+
 def remote_gdal_env(**overrides: Any) -> dict[str, str]:
     """GDAL options for reading over HTTP; `overrides` win, then the user's environment, then ours."""
     env = {k: v for k, v in _REMOTE_DEFAULTS.items() if k not in os.environ}
@@ -89,7 +94,7 @@ def read_warped(
 
     idx = [int(i) for i in indexes]
     overrides = _nodata_per_band(nodata, len(idx))
-    env = {**{k: v for k, v in _ALWAYS.items() if k not in os.environ}, **dict(gdal_env or {})}
+    env = {**network_env(), **dict(gdal_env or {})}
     h, w = grid.height, grid.width
     try:
         with rasterio.Env(**env), rasterio.open(path) as src:
