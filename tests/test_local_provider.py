@@ -589,3 +589,49 @@ def test_a_vrt_pointing_at_a_silent_host_fails_instead_of_hanging(tmp_path, monk
             c.close()
         server.close()
     assert time.monotonic() - start < 60
+
+
+# ---------------------------------------------------------------- one file per band
+
+
+def test_per_band_files_are_grouped_into_scenes(tmp_path):
+    grid = roi_grid()
+    t, (h, w) = aligned(grid)
+    rng = np.random.default_rng(9)
+    bands = {b: rng.integers(1, 10000, size=(1, h, w)).astype(np.uint16) for b in ("SR_B2", "SR_B3", "SR_B4")}
+    for b, arr in bands.items():  # Landsat Collection 2 naming, two dates
+        write_tif(tmp_path / f"LC08_L2SP_118038_20220712_20220720_02_T1_{b}.TIF", arr, transform=t, nodata=0)
+        write_tif(tmp_path / f"LC08_L2SP_118038_20220813_20220820_02_T1_{b}.TIF", arr // 2, transform=t, nodata=0)
+    prov = LocalProvider(tmp_path)
+    r = prov.fetch(request(grid, ("SR_B4", "SR_B2"), composite="none"))
+    assert r.shape[:2] == (2, 2) and [t.date().isoformat() for t in r.times] == ["2022-07-12", "2022-08-13"]
+    inside = (slice(10, 10 + grid.height), slice(10, 10 + grid.width))
+    np.testing.assert_array_equal(r.data[0, 0], bands["SR_B4"][0][inside])
+    np.testing.assert_array_equal(r.data[0, 1], bands["SR_B2"][0][inside])
+    np.testing.assert_array_equal(r.data[1, 0], (bands["SR_B4"] // 2)[0][inside])
+
+
+def test_sentinel2_band_files_take_the_finest_resolution(tmp_path):
+    grid = roi_grid()
+    t, (h, w) = aligned(grid)
+    fine = np.full((1, h, w), 100, np.uint16)
+    coarse = np.full((1, h, w), 999, np.uint16)
+    write_tif(tmp_path / "T51RUQ_20220715T023551_B04_10m.tif", fine, transform=t)
+    write_tif(tmp_path / "T51RUQ_20220715T023551_B04_20m.tif", coarse, transform=t)
+    write_tif(tmp_path / "T51RUQ_20220715T023551_B8A_20m.tif", coarse, transform=t)
+    r = LocalProvider(tmp_path).fetch(request(grid, ("B4", "B8A")))
+    assert r.data[0, 0].max() == 100 and r.data[0, 1].max() == 999
+
+
+def test_unnamed_single_band_files_of_one_scene_are_not_composited(tmp_path):
+    grid = roi_grid()
+    t, (h, w) = aligned(grid)
+    for k in range(3):  # red, green, blue as separate files without band names: each offers band "1"
+        write_tif(tmp_path / f"scene_2022-07-01_part{k}.tif", np.full((1, h, w), k + 1, np.uint16), transform=t)
+    with pytest.raises(SpecError, match="different bands of one scene"):
+        LocalProvider(tmp_path).fetch(request(grid, ("1",)))
+    named = LocalProvider(tmp_path, band_pattern=r"_(?P<band>part\d)\.tif$")
+    r = named.fetch(request(grid, ("part2", "part0")))
+    assert r.data[0, 0].max() == 3 and r.data[0, 1].max() == 1
+    with pytest.raises(SpecError, match="named group"):
+        LocalProvider(tmp_path, band_pattern=r"_part\d")

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 from attrs import frozen
 
@@ -110,12 +111,36 @@ class _FileInfo:
     bounds: tuple[float, float, float, float]  # native CRS
     lonlat: tuple[float, float, float, float] | None  # WGS 84 box, for a robust first overlap test
     count: int
-    bands: dict[str, int]  # name -> 1-based index
+    bands: dict[str, tuple[str, int]]  # name -> (file, 1-based index): a scene of per-band files spans files
     positional: bool  # names are "1", "2", ... (no descriptions, no band_map)
     notes: tuple[str, ...]  # band_map entries this file cannot serve
     date: dt.datetime | None
     date_source: str | None  # "dates", "name", "tag" or None
     collection: str | None  # RS_EMBED_COLLECTION tag
+    scene: str | None = None  # single-band file named like "<scene>_<band>.<ext>": the scene it belongs to
+    band_rank: float = 0.0  # among files of one band of one scene, the lower wins (finer resolution)
+
+
+# Band names in file names (single-band files): Landsat Collection 2 ("..._SR_B4.TIF", "..._B4.TIF",
+# "..._QA_PIXEL.TIF") and Sentinel-2 ("..._B04_10m.jp2", "..._B8A.tif", "..._SCL_20m.jp2"). "B04" is named "B4".
+BAND_PATTERNS = (
+    re.compile(r"_(?P<band>(?:SR|ST)_B\d{1,2}|QA_PIXEL|QA_RADSAT|SR_QA_AEROSOL|B\d{1,2})(?=\.[A-Za-z0-9]+$)"),
+    re.compile(r"(?:^|_)(?P<band>B\d{1,2}A?|SCL|AOT|WVP)(?:_(?P<res>\d{1,3})m)?(?=\.[A-Za-z0-9]+$)"),
+)
+
+
+def band_from_name(name: str, patterns: tuple[re.Pattern[str], ...] = BAND_PATTERNS
+                   ) -> tuple[str, str, float] | None:
+    """(band, scene key, rank) of a per-band file name, or None. The scene key is the name without
+    the band token (and resolution), so the bands of one scene share it."""
+    for pat in patterns:
+        m = pat.search(name)
+        if m is not None:
+            band = re.sub(r"^B0(\d)$", r"B\1", m.group("band"))
+            res = m.groupdict().get("res")
+            key = (name[: m.start()] + name[m.end():]).rsplit(".", 1)[0]
+            return band, key, float(res) if res else 0.0
+    return None
 
 
 def _is_remote(p: str) -> bool:
@@ -161,6 +186,9 @@ class LocalProvider:
     band_map: {name: 1-based index or band description}; when given, these are the only band
     names offered. Otherwise bands are named by their descriptions, or "1", "2", ... by position.
     dates: {path or file name: date}, overriding the date in the file name and the date tags.
+    band_pattern: a regular expression with a named group "band" that finds the band name in the
+    file names of a scene distributed as one file per band (e.g. r"_(?P<band>[A-Z0-9]+)\.tif$"),
+    tried before the built-in Landsat / Sentinel-2 patterns; the rest of the name keys the scene.
     nodata: a value that marks missing pixels in every band (files without a nodata tag, e.g.
     Landsat L1 fill 0), or {band name: value}; it replaces the file's own nodata and masks for
     those bands. A pixel is valid only where every asked band is valid (per-band masks, so bands
@@ -178,6 +206,7 @@ class LocalProvider:
         dates: Mapping[str, Any] | None = None,
         resampling: str = "bilinear",
         nodata: float | Mapping[str, float] | None = None,
+        band_pattern: str | None = None,
         max_concurrency: int = 4,
     ) -> None:
         if paths is None or (isinstance(paths, str) and not paths.strip()):
@@ -206,6 +235,16 @@ class LocalProvider:
                 isinstance(v, numbers.Real) and not isinstance(v, bool) for v in nodata.values()):
             raise SpecError(f"nodata values must be numbers, got {dict(nodata)!r}")
         self.nodata = nodata
+        patterns = BAND_PATTERNS
+        if band_pattern is not None:
+            try:
+                user = re.compile(band_pattern)
+            except re.error as exc:
+                raise SpecError(f"band_pattern is not a valid regular expression: {exc}") from None
+            if "band" not in user.groupindex:
+                raise SpecError(f"band_pattern needs a named group (?P<band>...), got {band_pattern!r}")
+            patterns = (user, *BAND_PATTERNS)
+        self.band_patterns: tuple[re.Pattern[str], ...] = patterns
         if int(max_concurrency) < 1:
             raise SpecError(f"max_concurrency must be >= 1, got {max_concurrency!r}")
         self.max_concurrency = int(max_concurrency)
@@ -303,12 +342,12 @@ class LocalProvider:
             for name, ref in self.band_map.items():
                 if isinstance(ref, int):
                     if ref <= count:
-                        bands[name] = ref
+                        bands[name] = (path, ref)
                     else:
                         notes.append(f"band_map[{name!r}]={ref} but {os.path.basename(path)} has {count} band(s)")
                 else:
                     if ref in descriptions:
-                        bands[name] = descriptions.index(ref) + 1
+                        bands[name] = (path, descriptions.index(ref) + 1)
                     else:
                         named = [d for d in descriptions if d]
                         notes.append(
@@ -317,13 +356,20 @@ class LocalProvider:
         else:
             for i in data_idx:
                 d = descriptions[i - 1]
-                bands.setdefault(d if d else str(i), i)
+                bands.setdefault(d if d else str(i), (path, i))
             positional = all(not descriptions[i - 1] for i in data_idx)
 
+        scene, rank = None, 0.0
+        named = band_from_name(os.path.basename(path), self.band_patterns) \
+            if self.band_map is None and len(data_idx) == 1 else None
+        if named is not None:  # one band of a scene distributed as one file per band
+            band, scene, rank = named
+            bands, positional = {band: (path, data_idx[0])}, False
         date, source = self._date_for(path, tags)
         return _FileInfo(
             path=path, crs=crs, bounds=bounds, lonlat=lonlat, count=count, bands=bands, positional=positional,
             notes=tuple(notes), date=date, date_source=source, collection=tags.get(COLLECTION_TAG) or None,
+            scene=scene, band_rank=rank,
         )
 
     def _date_for(self, path: str, tags: Mapping[str, str]) -> tuple[dt.datetime | None, str | None]:
@@ -338,9 +384,30 @@ class LocalProvider:
 
     # ------------------------------------------------------------ selection (headers only)
 
+    def _scenes(self, infos: list[_FileInfo]) -> list[_FileInfo]:
+        """Per-band files of one scene (same scene key, CRS and date) merged into one entry."""
+        groups: dict[tuple[Any, ...], list[_FileInfo]] = {}
+        out: list[_FileInfo] = []
+        for i in infos:
+            if i.scene is None:
+                out.append(i)
+            else:
+                groups.setdefault((os.path.dirname(i.path), i.scene, i.crs, i.date), []).append(i)
+        for members in groups.values():
+            bands: dict[str, tuple[str, int]] = {}
+            for m in sorted(members, key=lambda m: (m.band_rank, m.path)):  # finest resolution first
+                for name, src in m.bands.items():
+                    bands.setdefault(name, src)
+            first = members[0]
+            lefts, bottoms, rights, tops = zip(*(m.bounds for m in members))
+            out.append(attrs.evolve(first, path=os.path.join(os.path.dirname(first.path), first.scene or ""),
+                                    bounds=(min(lefts), min(bottoms), max(rights), max(tops)), bands=bands,
+                                    count=len(bands)))
+        return out
+
     def _candidates(self, sensor: SensorSpec) -> list[_FileInfo]:
-        """The files that can serve this collection and every requested band."""
-        infos = [self._info(f) for f in self._files()]
+        """The scenes (files, or groups of per-band files) that can serve this collection and every requested band."""
+        infos = self._scenes([self._info(f) for f in self._files()])
         served = [i for i in infos if (self.collection or i.collection) in (None, sensor.collection)]
         if not served:
             if self.collection:
@@ -414,16 +481,23 @@ class LocalProvider:
                 f"no local file over this ROI is dated inside [{window.start}, {window.end}) (half-open); "
                 f"dates available there: {', '.join(dates)}"
             )
+        _refuse_band_files(chosen)
         # oldest first, undated before dated, so "most recent wins" can simply paint in order
         chosen.sort(key=lambda i: (i.date is not None, i.date or dt.datetime.min))
 
         stack = np.empty((len(chosen), len(sensor.bands), grid.height, grid.width), np.float32)
         valid = np.empty((len(chosen), grid.height, grid.width), bool)
+        nodata = self._nodata_for(sensor.bands)
         for k, info in enumerate(chosen):
-            data, band_valid = read_warped(info.path, grid, [info.bands[b] for b in sensor.bands],
-                                           resampling=self.resampling, nodata=self._nodata_for(sensor.bands))
-            stack[k] = data
-            valid[k] = band_valid.all(axis=0)  # a pixel is valid only where every asked band is
+            by_file: dict[str, list[int]] = {}
+            for c, b in enumerate(sensor.bands):
+                by_file.setdefault(info.bands[b][0], []).append(c)
+            ok_bands = np.empty((len(sensor.bands), grid.height, grid.width), bool)
+            for path, chans in by_file.items():
+                stack[k, chans], ok_bands[chans] = read_warped(
+                    path, grid, [info.bands[sensor.bands[c]][1] for c in chans], resampling=self.resampling,
+                    nodata=None if nodata is None else [nodata[c] for c in chans])
+            valid[k] = ok_bands.all(axis=0)  # a pixel is valid only where every asked band is
 
         scenes = [
             {"path": i.path, "date": _fmt_date(i.date), "date_source": i.date_source, "undated": i.date is None,
@@ -459,6 +533,25 @@ class LocalProvider:
             st = os.stat(f)
             parts.append(f"{f}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}")
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
+def _refuse_band_files(chosen: list[_FileInfo]) -> None:
+    """Single-band files on one footprint and date whose bands have no names are most likely different
+    bands of one scene: compositing them would mix bands into one. Refuse, saying how to name them."""
+    same: dict[tuple[Any, ...], list[str]] = {}
+    for i in chosen:
+        if i.positional and i.count == 1 and i.scene is None:
+            same.setdefault((i.crs, tuple(round(v, 3) for v in i.bounds), i.date), []).append(i.path)
+    for paths in same.values():
+        if len(paths) > 1:
+            names = ", ".join(os.path.basename(p) for p in paths[:4]) + (" ..." if len(paths) > 4 else "")
+            raise SpecError(
+                f"{len(paths)} single-band files cover the same footprint on the same date ({names}): they look "
+                "like different bands of one scene, and compositing them would mix bands. Name the bands from the "
+                "file names with LocalProvider(..., band_pattern=r'_(?P<band>[A-Za-z0-9]+)\\.tif$') (Landsat "
+                "'_SR_B4.TIF' and Sentinel-2 '_B04_10m.jp2' names are recognised by default), or give each "
+                "file its own date."
+            )
 
 
 def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
