@@ -635,3 +635,20 @@ def test_unnamed_single_band_files_of_one_scene_are_not_composited(tmp_path):
     assert r.data[0, 0].max() == 3 and r.data[0, 1].max() == 1
     with pytest.raises(SpecError, match="named group"):
         LocalProvider(tmp_path, band_pattern=r"_part\d")
+
+
+def test_roi_across_the_antimeridian_reads_files_on_both_sides(tmp_path):
+    from affine import Affine
+
+    res = 0.0005  # ~55 m
+    n = int(1 / res)
+    east = write_tif(tmp_path / "east_2022-07-01.tif", np.full((1, 200, n), 10, np.uint16), crs="EPSG:4326",
+                     transform=Affine(res, 0, 179.0, 0, -res, 0.05), nodata=0)
+    west = write_tif(tmp_path / "west_2022-07-01.tif", np.full((1, 200, n), 20, np.uint16), crs="EPSG:4326",
+                     transform=Affine(res, 0, -180.0, 0, -res, 0.05), nodata=0)
+    grid = grid_for(PointBuffer(179.99, 0.0, 2000), 50.0)
+    r = LocalProvider([east, west]).fetch(request(grid, ("1",), composite="mosaic"))
+    assert r.valid.all()  # not "outside the raster": both sides serve it
+    assert set(np.unique(r.data)) == {10.0, 20.0}
+    # the ROI spans 179.972 .. 180.008: east file on the left, the west file past 180 on the right
+    assert (r.data[0, 0][:, : grid.width // 2] == 10).all() and (r.data[0, 0][:, -grid.width // 10:] == 20).all()

@@ -456,10 +456,16 @@ class LocalProvider:
         roi, roi_lonlat = grid.bounds, grid.footprint_lonlat()
 
         def overlaps(i: _FileInfo) -> bool:
-            # lon/lat first: projecting the ROI into a far-away file's CRS can fail or blow up
-            if i.lonlat is not None and not _overlaps(roi_lonlat, i.lonlat):
+            # lon/lat first: projecting the ROI into a far-away file's CRS can fail or blow up. The ROI's
+            # longitudes are continuous (they may pass +/-180): try the box shifted by a turn both ways.
+            if i.lonlat is not None and not any(
+                    _overlaps((roi_lonlat[0] + d, roi_lonlat[1], roi_lonlat[2] + d, roi_lonlat[3]), i.lonlat)
+                    for d in (0.0, -360.0, 360.0)):
                 return False
-            return _overlaps(transform_bounds(grid.crs, i.crs, *roi, densify_pts=21), i.bounds)
+            left, bottom, right, top = transform_bounds(grid.crs, i.crs, *roi, densify_pts=21)
+            if left > right:  # across the antimeridian of a geographic CRS: two boxes
+                return any(_overlaps(b, i.bounds) for b in ((left, bottom, 180.0, top), (-180.0, bottom, right, top)))
+            return _overlaps((left, bottom, right, top), i.bounds)
 
         over = [i for i in infos if overlaps(i)]
         if not over:

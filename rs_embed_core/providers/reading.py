@@ -137,6 +137,8 @@ def _source_window(src: Any, left: float, bottom: float, right: float, top: floa
 
     from rasterio.windows import Window
 
+    if left > right:  # the ROI crosses the antimeridian of this geographic source: all columns
+        left, right = src.bounds.left, src.bounds.right
     inv = ~src.transform
     cols, rows = zip(*(inv * (x, y) for x in (left, right) for y in (bottom, top)))
     c0, r0 = max(0, math.floor(min(cols)) - 1), max(0, math.floor(min(rows)) - 1)
