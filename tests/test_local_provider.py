@@ -652,3 +652,12 @@ def test_roi_across_the_antimeridian_reads_files_on_both_sides(tmp_path):
     assert set(np.unique(r.data)) == {10.0, 20.0}
     # the ROI spans 179.972 .. 180.008: east file on the left, the west file past 180 on the right
     assert (r.data[0, 0][:, : grid.width // 2] == 10).all() and (r.data[0, 0][:, -grid.width // 10:] == 20).all()
+
+
+def test_a_dates_key_that_matches_no_file_is_an_error(utm_scene):
+    grid, _, path = utm_scene
+    ok = LocalProvider(path, dates={path.name: "2022-07-01"})
+    assert ok.fetch(request(grid, ("B2",))).times[0].date().isoformat() == "2022-07-01"
+    typo = LocalProvider(path, dates={"scene_2022-06-51.tif": "2022-07-01"})
+    with pytest.raises(SpecError, match="match no file"):
+        typo.check(SensorSpec(MINE, ("B2",), 10.0))

@@ -407,7 +407,16 @@ class LocalProvider:
 
     def _candidates(self, sensor: SensorSpec) -> list[_FileInfo]:
         """The scenes (files, or groups of per-band files) that can serve this collection and every requested band."""
-        infos = self._scenes([self._info(f) for f in self._files()])
+        files = self._files()
+        if self.dates:  # a dates= key that names no file would silently leave that file undated
+            known = set(files) | {os.path.basename(f) for f in files}
+            unmatched = [k for k in self.dates if k not in known]
+            if unmatched:
+                raise SpecError(
+                    f"dates= names {unmatched}, which match no file of this provider (keys are full paths or file "
+                    f"names); files: {[os.path.basename(f) for f in files[:8]]}{' ...' if len(files) > 8 else ''}"
+                )
+        infos = self._scenes([self._info(f) for f in files])
         served = [i for i in infos if (self.collection or i.collection) in (None, sensor.collection)]
         if not served:
             if self.collection:
