@@ -22,13 +22,29 @@ def _fail(exc: BaseException) -> None:
 
 
 class _Group(click.Group):
-    """Turns every rs-embed error into one readable line and a non-zero exit."""
+    """Turns every rs-embed error, and click's own usage errors, into one readable "error:" line and exit 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except RsEmbedError as exc:
             _fail(exc)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        if kwargs.get("standalone_mode", True) is False:
+            return super().main(*args, **kwargs)
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(130)
+        except click.UsageError as exc:
+            hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+            click.echo(f"error: {exc.format_message()}{hint}", err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(2)
 
 
 @click.group(cls=_Group)
@@ -104,13 +120,13 @@ def _rois(points: tuple[str, ...], bboxes: tuple[str, ...], roi_file: str | None
         parts = [s for s in p.replace(";", ",").split(",") if s.strip()]
         if len(parts) not in (2, 3):
             raise SpecError(f"--point takes LON,LAT or LON,LAT,BUFFER_M, got {p!r}")
-        vals = [float(v) for v in parts]
+        vals = _numbers(parts, "--point", p)
         out.append((f"point_{k}", PointBuffer(vals[0], vals[1], vals[2] if len(vals) == 3 else buffer_m)))
     for k, b in enumerate(bboxes, start=1):
         parts = [s for s in b.split(",") if s.strip()]
         if len(parts) != 4:
             raise SpecError(f"--bbox takes MINLON,MINLAT,MAXLON,MAXLAT, got {b!r}")
-        out.append((f"bbox_{k}", BBox(*(float(v) for v in parts))))
+        out.append((f"bbox_{k}", BBox(*_numbers(parts, "--bbox", b))))
     if roi_file:
         out.extend(read_rois(roi_file, buffer_m))
     if not out:
@@ -118,12 +134,39 @@ def _rois(points: tuple[str, ...], bboxes: tuple[str, ...], roi_file: str | None
     return out
 
 
+def _numbers(parts: list[str], option: str, raw: str) -> list[float]:
+    from .errors import SpecError
+
+    try:
+        return [float(v) for v in parts]
+    except ValueError:
+        raise SpecError(f"{option} takes numbers, got {raw!r}") from None
+
+
+def _writable_file(path: str | None, option: str) -> None:
+    """An output file's folder must exist and be writable before any work starts."""
+    if not path:
+        return
+    import os
+
+    from .errors import SpecError
+
+    folder = Path(path).expanduser().resolve().parent
+    if not folder.is_dir():
+        raise SpecError(f"{option}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise SpecError(f"{option}: the folder {folder} is not writable")
+
+
 def _sensor(collection: str | None, bands: str | None, scale_m: float | None, composite: str | None):
     from .specs import SensorSpec
 
-    if collection is None and bands is None and scale_m is None:
-        return None
     from .errors import SpecError
+
+    if collection is None and bands is None and scale_m is None:
+        if composite is not None:
+            raise SpecError("--composite needs --collection, --bands and --scale-m (it sets how that sensor is composited)")
+        return None
 
     if not (collection and bands and scale_m):
         raise SpecError("--collection, --bands and --scale-m go together")
@@ -163,11 +206,15 @@ def _with(options):
 @click.option("--bands", help="Comma-separated band names.")
 @click.option("--scale-m", type=float, help="Ground sampling distance in metres.")
 @click.option("--composite", type=click.Choice(["median", "mosaic", "none"]))
+@click.option("--input-prep", default="resize", show_default=True, type=click.Choice(["resize", "tile", "auto"]),
+              help="Large ROIs: resize whole, cut into model-sized tiles, or tile only when resizing would shrink >2x.")
+@click.option("--weights", "weights", type=click.Path(dir_okay=False, exists=True),
+              help="Your own checkpoint (.safetensors/.pt), pinned by its sha256 and loaded strictly.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False),
               help="Write .json or .npz; without it, JSON goes to stdout.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def embed(model, points, bboxes, roi_file, buffer_m, start, end, year, backend, mode, pooling, variant, device,
-          batch_size, collection, bands, scale_m, composite, out_path, quiet) -> None:
+          batch_size, collection, bands, scale_m, composite, input_prep, weights, out_path, quiet) -> None:
     """Embed ROIs with MODEL and print or write the vectors with their metadata."""
     from .api import get_embeddings_batch
     from .specs import OutputSpec
@@ -180,13 +227,15 @@ def embed(model, points, bboxes, roi_file, buffer_m, start, end, year, backend, 
         from .errors import SpecError
 
         raise SpecError(f"--out must end in .json or .npz, got {out_path}")
-    embs = get_embeddings_batch(model, [r for _, r in rois], temporal, output, backend, device,
-                                sensor=sensor, variant=variant, batch_size=batch_size,
+    _writable_file(out_path, "--out")
+    embs = get_embeddings_batch(model, [r for _, r in rois], temporal, output, backend, device, input_prep,
+                                sensor=sensor, variant=variant, weights=weights, batch_size=batch_size,
                                 progress=False if quiet else None)
     names = [n for n, _ in rois]
+    wrote = f"wrote {len(embs)} embedding{'s' if len(embs) != 1 else ''} {tuple(embs[0].shape)} to {out_path}"
     if out_path and out_path.lower().endswith(".npz"):
         write_npz(out_path, names, embs)
-        click.echo(f"wrote {len(embs)} embeddings {tuple(embs[0].shape)} to {out_path}", err=True)
+        click.echo(wrote, err=True)
         _summary(names, embs)
         return
     doc = [{"name": n, "shape": list(e.shape), "embedding": e.data.tolist(), "meta": e.meta,
@@ -194,7 +243,7 @@ def embed(model, points, bboxes, roi_file, buffer_m, start, end, year, backend, 
            for n, e in zip(names, embs)]
     if out_path:
         _atomic_write(out_path, lambda f: f.write(json.dumps(doc, default=str).encode()))
-        click.echo(f"wrote {len(embs)} embeddings {tuple(embs[0].shape)} to {out_path}", err=True)
+        click.echo(wrote, err=True)
         _summary(names, embs)
     else:
         _dump(doc)
@@ -208,22 +257,30 @@ def _summary(names: list[str], embs: list[Any]) -> None:
                    f"|e| = {float(np.linalg.norm(e.data)):.3g}", err=True)
     if 1 < len(embs) <= 12 and embs[0].data.ndim == 1:
         x = np.stack([e.data for e in embs]).astype(np.float64)
-        x = x - x.mean(axis=0)  # centre across ROIs: raw features share a large common component
+        centred = len(embs) >= 3  # centring two vectors makes them exact opposites: cosine always -1
+        if centred:
+            x = x - x.mean(axis=0)  # raw features share a large common component
         x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         sim = x @ x.T
-        click.echo("cosine similarity (features centred across these ROIs):", err=True)
+        click.echo("cosine similarity" + (" (features centred across these ROIs):" if centred else ":"), err=True)
         click.echo(" " * (width + 2) + "".join(f"{n[:8]:>9}" for n in names), err=True)
         for n, row in zip(names, sim):
             click.echo(f"  {n:<{width}}" + "".join(f"{v:9.2f}" for v in row), err=True)
 
 
 def write_npz(path: str, names: list[str], embs: list[Any]) -> None:
-    """One array `embeddings` (N, ...) plus `names` and per-item `meta` JSON strings."""
+    """One array `embeddings` (N, ...) plus `names` and per-item `meta` JSON strings; grids add each
+    token grid's `crs` and affine `transform` (a, b, c, d, e, f), so they stay georeferenced."""
+    grids = {}
+    if embs and embs[0].grid is not None:
+        grids = {"crs": np.asarray([e.grid.crs for e in embs]),
+                 "transform": np.asarray([list(e.grid.transform) for e in embs], dtype=np.float64)}
     _atomic_write(path, lambda f: np.savez(
         f,
         embeddings=np.stack([e.data for e in embs]),
         names=np.asarray(names),
         meta=np.asarray([json.dumps(e.meta, default=str) for e in embs]),
+        **grids,
     ))
 
 
@@ -238,6 +295,9 @@ def _atomic_write(path: str, write: Any) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an output file gets the usual mode
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -260,16 +320,67 @@ def inspect(points, bboxes, roi_file, buffer_m, start, end, year, backend, colle
     rois = _rois(points, bboxes, roi_file, buffer_m)
     if len(rois) != 1:
         raise SpecError(f"inspect takes exactly one ROI, got {len(rois)}")
+    _writable_file(quicklook, "--quicklook")
     sensor = _sensor(collection, bands, scale_m, composite)
     _dump(inspect_provider_patch(rois[0][1], _temporal(start, end, year), sensor, backend, quicklook=quicklook))
+
+
+@main.command()
+@_with(_roi_options)
+@click.option("--models", required=True, help="Comma-separated model ids, e.g. remoteclip,prithvi.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Export folder.")
+@click.option("--layout", type=click.Choice(["per_item", "combined"]), default="per_item", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["auto", "parquet", "npz"]), default="auto", show_default=True)
+@click.option("--output", "mode", type=click.Choice(["pooled", "grid"]), default="pooled", show_default=True)
+@click.option("--input-prep", default="resize", show_default=True, type=click.Choice(["resize", "tile", "auto"]))
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--save-inputs", is_flag=True, help="Also write each distinct fetched input as GeoTIFF.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted export in the same folder.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def export(points, bboxes, roi_file, buffer_m, start, end, year, backend, models, out_dir, layout, fmt, mode,
+           input_prep, device, batch_size, save_inputs, resume, quiet) -> None:
+    """Export embeddings of many ROIs x several models to a resumable dataset folder."""
+    from .export import export_batch
+    from .specs import OutputSpec
+
+    temporal = _temporal(start, end, year)
+    rois = _rois(points, bboxes, roi_file, buffer_m)
+    ids = [m.strip() for m in models.split(",") if m.strip()]
+    parent = Path(out_dir).expanduser().resolve().parent
+    if not parent.is_dir():
+        from .errors import SpecError
+
+        raise SpecError(f"--out: the folder {parent} does not exist")
+    output = OutputSpec.grid() if mode == "grid" else OutputSpec.pooled()
+    res = export_batch([r for _, r in rois], temporal, ids, out_dir, names=[n for n, _ in rois], layout=layout,
+                       backend=backend, save_inputs=save_inputs, resume=resume, output=output, device=device,
+                       input_prep=input_prep, format=fmt, batch_size=batch_size, progress=False if quiet else None)
+    pairs = len(rois) * len(ids)
+    click.echo(f"exported {len(rois)} ROI{'s' if len(rois) != 1 else ''} x {len(ids)} model{'s' if len(ids) != 1 else ''}"
+               f" to {res.out}: {res.ok} of {pairs} ok, {res.failed} failed"
+               + (f", {res.skipped} done by an earlier run" if res.skipped else ""), err=True)
+    for key, files in res.files.items():
+        shown = files if isinstance(files, str) else f"{len(files)} files"
+        click.echo(f"  {key}: {shown}", err=True)
+    if res.failed:
+        click.echo(f"  failed items are listed in {res.out / 'manifest.json'}; rerun with --resume to retry them",
+                   err=True)
 
 
 @main.command("sample-data")
 @click.argument("out_dir", type=click.Path(file_okay=False))
 def sample_data(out_dir: str) -> None:
     """Write the project's synthetic Sentinel-2-like sample scene and a points.csv to OUT_DIR."""
+    import os
+
+    from .errors import SpecError
     from .sample import SAMPLE_POINTS, make_sample_scene
 
+    target = Path(out_dir).expanduser().resolve()
+    parent = next((p for p in (target, *target.parents) if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise SpecError(f"cannot write the sample scene into {target}: {parent} is not a writable folder")
     files = make_sample_scene(out_dir)
     pts = Path(out_dir) / "points.csv"
     pts.write_text("name,lon,lat\n" + "".join(f"{n},{lon},{lat}\n" for n, lon, lat in SAMPLE_POINTS))

@@ -24,10 +24,19 @@ def read_rois(path: str | Path, default_buffer_m: float | None = None) -> list[N
         raise SpecError(f"ROI file not found: {p}")
     suffix = p.suffix.lower()
     if suffix in (".geojson", ".json"):
-        return _from_geojson(json.loads(p.read_text()), default_buffer_m, p)
+        try:
+            doc = json.loads(p.read_text())
+        except ValueError as exc:
+            raise SpecError(f"{p.name} is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise SpecError(f"{p.name}: expected a GeoJSON object (FeatureCollection, Feature or geometry), "
+                            f"got a {type(doc).__name__}")
+        return _from_geojson(doc, default_buffer_m, p)
     if suffix in (".csv", ".txt"):
         return _from_csv(p, default_buffer_m)
-    raise SpecError(f"ROI file must be .csv or .geojson/.json, got {p.name}")
+    if suffix == ".parquet":
+        return _from_parquet(p, default_buffer_m)
+    raise SpecError(f"ROI file must be .csv, .geojson/.json or .parquet, got {p.name}")
 
 
 def _point(lon: Any, lat: Any, buffer_m: Any, default: float | None, where: str) -> PointBuffer:
@@ -41,9 +50,26 @@ def _point(lon: Any, lat: Any, buffer_m: Any, default: float | None, where: str)
         raise SpecError(f"{where}: {exc}") from None
 
 
+def _from_parquet(p: Path, default: float | None) -> list[NamedROI]:
+    """A table with the CSV columns (lon, lat[, buffer_m][, name] or minlon..maxlat[, name])."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise SpecError("reading .parquet ROI files needs pyarrow: pip install 'rs-embed[export]'") from None
+    try:
+        rows = pq.read_table(p).to_pylist()
+    except Exception as exc:  # pyarrow's errors for a broken file
+        raise SpecError(f"{p.name}: cannot read it as Parquet: {exc}") from None
+    return _from_rows(p, [{k: ("" if v is None else str(v)) for k, v in r.items()} for r in rows], default)
+
+
 def _from_csv(p: Path, default: float | None) -> list[NamedROI]:
     with p.open(newline="") as f:
         rows = list(csv.DictReader(f))
+    return _from_rows(p, rows, default)
+
+
+def _from_rows(p: Path, rows: list[dict[str, Any]], default: float | None) -> list[NamedROI]:
     if not rows:
         raise SpecError(f"{p}: no rows")
     cols = {c.strip().lower() for c in rows[0].keys() if c}
@@ -64,35 +90,50 @@ def _from_csv(p: Path, default: float | None) -> list[NamedROI]:
     return out
 
 
-def _coords_bounds(coords: Any) -> tuple[float, float, float, float]:
+def _coords_bounds(coords: Any, where: str) -> tuple[float, float, float, float]:
     flat: list[tuple[float, float]] = []
 
     def walk(c: Any) -> None:
-        if c and isinstance(c[0], (int, float)):
+        if not isinstance(c, list):
+            raise SpecError(f"{where}: coordinates must be nested lists of [lon, lat], got {c!r}")
+        if c and isinstance(c[0], (int, float)) and not isinstance(c[0], bool):
+            if len(c) < 2:
+                raise SpecError(f"{where}: a position needs [lon, lat], got {c!r}")
             flat.append((float(c[0]), float(c[1])))
         else:
             for x in c:
                 walk(x)
 
     walk(coords)
+    if not flat:
+        raise SpecError(f"{where}: the polygon has no coordinates")
     xs, ys = zip(*flat)
     return min(xs), min(ys), max(xs), max(ys)
 
 
 def _from_geojson(doc: dict[str, Any], default: float | None, p: Path) -> list[NamedROI]:
     feats = doc.get("features") if doc.get("type") == "FeatureCollection" else [doc]
+    if not isinstance(feats, list):
+        raise SpecError(f"{p.name}: 'features' must be a list")
     out: list[NamedROI] = []
-    for i, feat in enumerate(feats or [], start=1):
+    for i, feat in enumerate(feats, start=1):
+        if not isinstance(feat, dict):
+            raise SpecError(f"{p.name} feature {i}: expected a GeoJSON object, got {feat!r}")
         geom = feat.get("geometry") if feat.get("type") == "Feature" else feat
         props = feat.get("properties") or {}
         name = str(props.get("name") or feat.get("id") or f"roi_{i}")
         where = f"{p.name} feature {i}"
         gtype = (geom or {}).get("type")
         if gtype == "Point":
-            lon, lat = geom["coordinates"][:2]
-            out.append((name, _point(lon, lat, props.get("buffer_m"), default, where)))
+            c = geom.get("coordinates")
+            if not isinstance(c, list) or len(c) < 2:
+                raise SpecError(f"{where}: a Point needs coordinates [lon, lat], got {c!r}")
+            out.append((name, _point(c[0], c[1], props.get("buffer_m"), default, where)))
         elif gtype in ("Polygon", "MultiPolygon"):
-            out.append((name, BBox(*_coords_bounds(geom["coordinates"]))))
+            try:
+                out.append((name, BBox(*_coords_bounds(geom.get("coordinates"), where))))
+            except SpecError as exc:
+                raise SpecError(f"{where}: {exc}" if where not in str(exc) else str(exc)) from None
         else:
             raise SpecError(f"{where}: geometry type {gtype!r} is not supported (Point, Polygon, MultiPolygon)")
     if not out:

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -132,3 +133,100 @@ def test_interrupted_write_keeps_the_previous_file(tmp_path, monkeypatch):
         CliRunner().invoke(main, args, catch_exceptions=False)
     assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["e.npz"]  # no temporary left behind
+
+
+# ---------------------------------------------------------------- hardening: every bad input is one line, exit 2
+
+
+def _bad(args, tmp_path=None):
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2, r.output
+    lines = [x for x in r.output.splitlines() if x.strip()]
+    assert lines[0].startswith("error: ") and "Traceback" not in r.output, r.output
+    return lines[0]
+
+
+def test_malformed_points_and_geojson_are_one_line_errors(tmp_path):
+    assert "numbers" in _bad(["embed", "tiny_test_model", "--point", "a,b", "--year", "2022", "--backend", "world"])
+    cases = {"empty.geojson": "", "list.geojson": "[1, 2]",
+             "onept.geojson": json.dumps({"type": "Point", "coordinates": [121.5]}),
+             "emptypoly.geojson": json.dumps({"type": "Polygon", "coordinates": []})}
+    for name, text in cases.items():
+        f = tmp_path / name
+        f.write_text(text)
+        assert name in _bad(["embed", "tiny_test_model", "--rois", str(f), "--year", "2022", "--backend", "world"])
+
+
+def test_outputs_are_checked_before_any_work(tmp_path):
+    from world_plugin import WorldProvider
+
+    calls = []
+    real = WorldProvider.fetch
+    WorldProvider.fetch = lambda self, req: calls.append(1) or real(self, req)
+    try:
+        assert "does not exist" in _bad(["embed", "tiny_test_model", "--point", "121.5,31.2,160", "--year", "2022",
+                                         "--backend", "world", "--out", str(tmp_path / "missing" / "e.npz")])
+        assert "does not exist" in _bad(["inspect", "--point", "121.5,31.2,160", "--year", "2022", "--backend",
+                                         "world", "--collection", "x", "--bands", "B2", "--scale-m", "10",
+                                         "--quicklook", str(tmp_path / "missing" / "q.png")])
+        assert "--composite needs" in _bad(["embed", "tiny_test_model", "--point", "121.5,31.2,160", "--year",
+                                            "2022", "--backend", "world", "--composite", "mosaic"])
+    finally:
+        WorldProvider.fetch = real
+    assert calls == []
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if not os.access(ro, os.W_OK):  # root may write anywhere
+            assert "writable" in _bad(["sample-data", str(ro / "sample")])
+    finally:
+        ro.chmod(0o700)
+
+
+def test_click_usage_errors_follow_the_one_line_style():
+    assert "no such option" in _bad(["embed", "tiny_test_model", "--pointz", "1,2"]).lower()
+    assert "missing argument" in _bad(["describe"]).lower()
+    assert "invalid value" in _bad(["embed", "tiny_test_model", "--output", "cube"]).lower()
+
+
+def test_output_files_honour_the_umask_and_grammar(tmp_path):
+    out = tmp_path / "one.npz"
+    old = os.umask(0o022)
+    try:
+        r = CliRunner().invoke(main, ["embed", "tiny_test_model", "--point", "121.5,31.2,160", "--year", "2022",
+                                      "--backend", "world", "--output", "grid", "--out", str(out), "--quiet"])
+    finally:
+        os.umask(old)
+    assert r.exit_code == 0, r.output
+    assert (out.stat().st_mode & 0o777) == 0o644
+    assert "wrote 1 embedding (" in r.output
+    with np.load(out) as z:  # grid npz keeps the georeferencing
+        assert z["crs"][0].startswith("EPSG:326") and z["transform"].shape == (1, 6)
+
+
+def test_two_rois_get_raw_cosine_not_centred(tmp_path):
+    r = CliRunner().invoke(main, ["embed", "tiny_test_model", "--point", "121.5,31.2,160", "--point",
+                                  "121.6,31.2,160", "--year", "2022", "--backend", "world", "--out",
+                                  str(tmp_path / "e.json"), "--quiet"])
+    assert r.exit_code == 0 and "cosine similarity:" in r.output and "centred" not in r.output
+
+
+def test_export_command_and_parquet_rois(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rois = tmp_path / "rois.parquet"
+    pq.write_table(pa.table({"name": ["a", "b"], "lon": [121.5, 121.52], "lat": [31.2, 31.21]}), rois)
+    args = ["export", "--models", "tiny_test_model", "--rois", str(rois), "--buffer-m", "160", "--year", "2022",
+            "--backend", "world", "--out", str(tmp_path / "exp"), "--format", "npz", "--layout", "combined", "--quiet"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "2 of 2 ok" in r.output
+    from rs_embed import load_export
+
+    data = load_export(tmp_path / "exp")
+    assert data.names == ["a", "b"] and data.embeddings["tiny_test_model"].shape == (2, 8)
+    r = CliRunner().invoke(main, args + ["--resume"])
+    assert r.exit_code == 0 and "done by an earlier run" in r.output
+    assert "resume" in _bad(args)  # the same folder without --resume
