@@ -107,9 +107,14 @@ def describe_model(model: str) -> dict[str, Any]:
     """The model card as a dict: input, preprocessing chain, variants and weights, outputs."""
     cls = embedder_class(model)
     card: ModelCard = cls.card
+    from .weights import weights_status
+
     d = card.describe()
     d["plugin"] = tables().embedders[card.id.lower()].plugin
     d["uses_torch"] = bool(cls.uses_torch)
+    for v, var in zip(d["variants"], card.variants):
+        if var.weights is not None and v.get("weights") is not None:
+            v["weights"]["where"] = weights_status(var.weights)
     return d
 
 

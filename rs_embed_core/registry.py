@@ -17,6 +17,22 @@ from .errors import PluginError, UnknownModelError, UnknownProviderError
 from .plugins import load_failures, load_plugins, pm
 
 
+# The plugins of this repository, so "unknown" errors can say what to install (one place for this fact).
+_REPO = "plugins/"
+KNOWN_MODELS: dict[str, str] = {
+    "mosaiks": "rs-embed-baseline", "spectral_stats": "rs-embed-baseline", "remoteclip": "rs-embed-remoteclip",
+    "prithvi": "rs-embed-prithvi", "terramind": "rs-embed-terramind", "satmae": "rs-embed-satmae",
+    "satmaepp": "rs-embed-satmae", "scalemae": "rs-embed-scalemae", "dofa": "rs-embed-dofa",
+    "olmoearth": "rs-embed-olmoearth", "croma": "rs-embed-croma", "panopticon": "rs-embed-panopticon",
+    "copernicusfm": "rs-embed-copernicusfm", "ssl4eo": "rs-embed-ssl4eo",
+}
+KNOWN_PROVIDERS: dict[str, str] = {"gee": "rs-embed-gee", "stac": "rs-embed-stac"}
+
+
+def _install_hint(dist: str) -> str:
+    return f"pip install -c constraints.txt -e {_REPO}{dist} (from the repository root), or pip install {dist}"
+
+
 @frozen
 class Registered:
     name: str
@@ -96,8 +112,10 @@ def embedder_class(model: str) -> type:
         close = difflib.get_close_matches(str(model).lower(), names, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         known = ", ".join(t.model_ids) or "none installed"
+        dist = KNOWN_MODELS.get(str(model).lower())
+        install = f" {model!r} comes with the plugin {dist}: {_install_hint(dist)}." if dist else ""
         raise UnknownModelError(
-            f"unknown model {model!r}.{hint} Known models: {known}." + _failures_hint()
+            f"unknown model {model!r}.{install}{hint} Known models: {known}." + _failures_hint()
         )
     return hit.obj
 
@@ -118,8 +136,13 @@ def provider_factory(name: str) -> Callable[..., Any]:
     if hit is None:
         close = difflib.get_close_matches(name.lower(), sorted(t.providers), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        dist = KNOWN_PROVIDERS.get(name.lower())
+        install = f" Backend {name!r} comes with the plugin {dist}: {_install_hint(dist)}." if dist else ""
+        if name.lower() == "gee":
+            install += (" No Earth Engine account? Use backend='stac:earth-search' (open Sentinel-2 / Landsat, "
+                        "with rs-embed-stac) or your own files with backend='local:DIR'.")
         raise UnknownProviderError(
-            f"unknown backend {name!r}.{hint} Known: {sorted(t.providers)}." + _failures_hint()
+            f"unknown backend {name!r}.{install}{hint} Known: {sorted(t.providers)}." + _failures_hint()
         )
     return hit.obj
 

@@ -213,6 +213,32 @@ def _unavailable(spec: WeightsSpec, reason: str, checked: list[Path]) -> Weights
     return WeightsError("\n".join(lines))
 
 
+_hub_reachable: dict[str, bool] = {}
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hub endpoint accepts a TCP connection (once per process and endpoint).
+
+    Without it, huggingface_hub retries for tens of seconds before it gives up; this fails fast
+    with the one error that says where to put the file.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    endpoint = str(getattr(constants, "ENDPOINT", "https://huggingface.co"))
+    if endpoint not in _hub_reachable:
+        url = urlparse(endpoint)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout_s):
+                _hub_reachable[endpoint] = True
+        except OSError:
+            _hub_reachable[endpoint] = False
+    return _hub_reachable[endpoint]
+
+
 def _download(spec: WeightsSpec, checked: list[Path]) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import (  # re-exported there by every supported version
@@ -226,6 +252,10 @@ def _download(spec: WeightsSpec, checked: list[Path]) -> Path:
     )
 
     offline = _offline()
+    cached = _hf_cache_path(spec)
+    if not offline and not cached.is_file() and not hub_reachable():
+        raise _unavailable(spec, "the Hugging Face Hub cannot be reached from here and the file is not cached",
+                           checked)
     try:
         return Path(hf_hub_download(spec.repo_id, spec.filename, revision=spec.revision, local_files_only=offline))
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
@@ -284,6 +314,21 @@ def weights_file(spec: WeightsSpec, *, content_digest: Callable[[Path], str] | N
     _verify(path, spec, content_digest)
     log.debug("weights %s/%s @ %s -> %s", spec.repo_id, spec.filename, spec.revision[:12], path)
     return path
+
+
+def weights_status(spec: WeightsSpec) -> dict[str, Any]:
+    """Where a variant's weights go and whether they are present (file system only, no network)."""
+    if spec.path is not None:
+        return {"path": spec.path, "present": Path(spec.path).is_file()}
+    org, name = _repo_parts(spec)
+    cache = _hf_cache_path(spec)
+    override = os.environ.get(WEIGHTS_DIR_ENV)
+    local = [str(c) for c in _override_candidates(spec, Path(override).expanduser())] if override else [
+        f"${WEIGHTS_DIR_ENV}/{org}__{name}/{spec.filename}"]
+    converted = rs_embed_cache_dir() / "converted" / f"{spec.sha256}.safetensors"
+    present = cache.is_file() or converted.is_file() or any(Path(c).is_file() for c in local if override)
+    return {"present": present, "hf_cache": str(cache), "weights_dir": local,
+            "download": f"hf download {spec.repo_id} {spec.filename} --revision {spec.revision}"}
 
 
 def local_weights(weights: str | os.PathLike[str] | WeightsSpec, variant: Any = None) -> WeightsSpec:

@@ -168,3 +168,15 @@ def test_import_rs_embed_pulls_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_unknown_backend_and_model_name_the_plugin_to_install(monkeypatch):
+    from rs_embed_core import registry
+    from rs_embed_core.errors import UnknownModelError, UnknownProviderError
+
+    monkeypatch.setitem(registry.KNOWN_MODELS, "not_installed_model", "rs-embed-example")
+    with pytest.raises(UnknownModelError, match="rs-embed-example"):
+        registry.embedder_class("not_installed_model")
+    if "gee" not in registry.tables().providers:
+        with pytest.raises(UnknownProviderError, match="rs-embed-gee.*stac:earth-search.*local:DIR"):
+            registry.provider_factory("gee")

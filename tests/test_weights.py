@@ -408,3 +408,29 @@ def test_your_own_checkpoint_by_path(tmp_path, monkeypatch):
         W.load_state_dict(spec)
     with pytest.raises(WeightsError, match="not found"):
         W.local_weights(tmp_path / "missing.pt")
+
+
+def test_unreachable_hub_fails_fast_with_the_placement_error(tmp_path, monkeypatch):
+    """Not offline, nothing cached, and the Hub endpoint refuses connections: one error, no retries."""
+    import socket
+    import time
+
+    from huggingface_hub import constants as hfc
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    monkeypatch.setattr(hfc, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("RS_EMBED_CACHE", str(tmp_path / "rs"))
+    monkeypatch.delenv("RS_EMBED_WEIGHTS_DIR", raising=False)
+    W._hub_reachable.clear()
+    start = time.monotonic()
+    with pytest.raises(WeightsError, match="cannot be reached") as ei:
+        W.weights_file(spec_for(b"x"))
+    assert time.monotonic() - start < 10 and "hf download" in str(ei.value)
+    status = W.weights_status(spec_for(b"x"))
+    assert status["present"] is False and "models--acme--tiny-net" in status["hf_cache"]
