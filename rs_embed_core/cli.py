@@ -183,7 +183,44 @@ _roi_options = [
     click.option("--year", type=int, help="Whole calendar year instead of --start/--end."),
     click.option("--backend", default="local", show_default=True,
                  help="Provider name or name:argument, e.g. local:/path/to/scenes."),
+    click.option("--provider-config", "provider_config", type=click.Path(dir_okay=False, exists=True),
+                 help='JSON {"local": {"paths": ..., "band_map": ..., "dates": ..., "nodata": ..., '
+                      '"band_pattern": ...}}: the provider with these options (instead of --backend).'),
 ]
+
+
+def _backend(backend: str, provider_config: str | None) -> Any:
+    """--backend, or the provider --provider-config describes (its options are the provider's arguments)."""
+    if provider_config is None:
+        return backend
+    from .errors import SpecError
+    from .registry import provider_factory
+
+    try:
+        doc = json.loads(Path(provider_config).read_text())
+    except ValueError as exc:
+        raise SpecError(f"--provider-config {provider_config} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict) or len(doc) != 1 or not isinstance(next(iter(doc.values())), dict):
+        raise SpecError('--provider-config holds one provider: {"local": {"paths": "scenes/", ...}}')
+    (name, options), = doc.items()
+    try:
+        return provider_factory(name)(**options)
+    except TypeError as exc:
+        raise SpecError(f"--provider-config: {name} does not take these options: {exc}") from None
+
+
+def _preprocessing(path: str | None) -> Any:
+    if path is None:
+        return None
+    from .errors import SpecError
+
+    try:
+        steps = json.loads(Path(path).read_text())
+    except ValueError as exc:
+        raise SpecError(f"--preprocessing {path} is not valid JSON: {exc}") from None
+    if not isinstance(steps, list):
+        raise SpecError('--preprocessing holds a list of steps: [{"name": "select_bands", "params": {...}}, ...]')
+    return steps
 
 
 def _with(options):
@@ -210,11 +247,14 @@ def _with(options):
               help="Large ROIs: resize whole, cut into model-sized tiles, or tile only when resizing would shrink >2x.")
 @click.option("--weights", "weights", type=click.Path(dir_okay=False, exists=True),
               help="Your own checkpoint (.safetensors/.pt), pinned by its sha256 and loaded strictly.")
+@click.option("--preprocessing", "preprocessing", type=click.Path(dir_okay=False, exists=True),
+              help="JSON list of steps replacing the card's chain (see `rs-embed describe MODEL`).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False),
               help="Write .json or .npz; without it, JSON goes to stdout.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def embed(model, points, bboxes, roi_file, buffer_m, start, end, year, backend, mode, pooling, variant, device,
-          batch_size, collection, bands, scale_m, composite, input_prep, weights, out_path, quiet) -> None:
+def embed(model, points, bboxes, roi_file, buffer_m, start, end, year, backend, provider_config, mode, pooling,
+          variant, device, batch_size, collection, bands, scale_m, composite, input_prep, weights, preprocessing,
+          out_path, quiet) -> None:
     """Embed ROIs with MODEL and print or write the vectors with their metadata."""
     from .api import get_embeddings_batch
     from .specs import OutputSpec
@@ -228,8 +268,10 @@ def embed(model, points, bboxes, roi_file, buffer_m, start, end, year, backend, 
 
         raise SpecError(f"--out must end in .json or .npz, got {out_path}")
     _writable_file(out_path, "--out")
-    embs = get_embeddings_batch(model, [r for _, r in rois], temporal, output, backend, device, input_prep,
-                                sensor=sensor, variant=variant, weights=weights, batch_size=batch_size,
+    steps = _preprocessing(preprocessing)
+    embs = get_embeddings_batch(model, [r for _, r in rois], temporal, output, _backend(backend, provider_config),
+                                device, input_prep, sensor=sensor, variant=variant, preprocessing=steps,
+                                weights=weights, batch_size=batch_size,
                                 progress=False if quiet else None)
     names = [n for n, _ in rois]
     wrote = f"wrote {len(embs)} embedding{'s' if len(embs) != 1 else ''} {tuple(embs[0].shape)} to {out_path}"
@@ -311,8 +353,8 @@ def _atomic_write(path: str, write: Any) -> None:
 @click.option("--scale-m", type=float, required=True, help="Ground sampling distance in metres.")
 @click.option("--composite", type=click.Choice(["median", "mosaic", "none"]), default="median", show_default=True)
 @click.option("--quicklook", type=click.Path(dir_okay=False), help="Write an RGB PNG of the patch.")
-def inspect(points, bboxes, roi_file, buffer_m, start, end, year, backend, collection, bands, scale_m, composite,
-            quicklook) -> None:
+def inspect(points, bboxes, roi_file, buffer_m, start, end, year, backend, provider_config, collection, bands, scale_m,
+            composite, quicklook) -> None:
     """Fetch one ROI's raw input patch and report band statistics and validity (JSON)."""
     from .api import inspect_provider_patch
     from .errors import SpecError
@@ -322,7 +364,8 @@ def inspect(points, bboxes, roi_file, buffer_m, start, end, year, backend, colle
         raise SpecError(f"inspect takes exactly one ROI, got {len(rois)}")
     _writable_file(quicklook, "--quicklook")
     sensor = _sensor(collection, bands, scale_m, composite)
-    _dump(inspect_provider_patch(rois[0][1], _temporal(start, end, year), sensor, backend, quicklook=quicklook))
+    _dump(inspect_provider_patch(rois[0][1], _temporal(start, end, year), sensor, _backend(backend, provider_config),
+                                 quicklook=quicklook))
 
 
 @main.command()
@@ -338,8 +381,8 @@ def inspect(points, bboxes, roi_file, buffer_m, start, end, year, backend, colle
 @click.option("--save-inputs", is_flag=True, help="Also write each distinct fetched input as GeoTIFF.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted export in the same folder.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def export(points, bboxes, roi_file, buffer_m, start, end, year, backend, models, out_dir, layout, fmt, mode,
-           input_prep, device, batch_size, save_inputs, resume, quiet) -> None:
+def export(points, bboxes, roi_file, buffer_m, start, end, year, backend, provider_config, models, out_dir, layout,
+           fmt, mode, input_prep, device, batch_size, save_inputs, resume, quiet) -> None:
     """Export embeddings of many ROIs x several models to a resumable dataset folder."""
     from .export import export_batch
     from .specs import OutputSpec
@@ -354,7 +397,8 @@ def export(points, bboxes, roi_file, buffer_m, start, end, year, backend, models
         raise SpecError(f"--out: the folder {parent} does not exist")
     output = OutputSpec.grid() if mode == "grid" else OutputSpec.pooled()
     res = export_batch([r for _, r in rois], temporal, ids, out_dir, names=[n for n, _ in rois], layout=layout,
-                       backend=backend, save_inputs=save_inputs, resume=resume, output=output, device=device,
+                       backend=_backend(backend, provider_config), save_inputs=save_inputs, resume=resume,
+                       output=output, device=device,
                        input_prep=input_prep, format=fmt, batch_size=batch_size, progress=False if quiet else None)
     pairs = len(rois) * len(ids)
     click.echo(f"exported {len(rois)} ROI{'s' if len(rois) != 1 else ''} x {len(ids)} model{'s' if len(ids) != 1 else ''}"

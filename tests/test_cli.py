@@ -230,3 +230,38 @@ def test_export_command_and_parquet_rois(tmp_path):
     r = CliRunner().invoke(main, args + ["--resume"])
     assert r.exit_code == 0 and "done by an earlier run" in r.output
     assert "resume" in _bad(args)  # the same folder without --resume
+
+
+def test_provider_config_and_preprocessing_files(tmp_path):
+    """CLI parity: the local provider's options (band_map, dates, nodata...) and a chain override from files."""
+    shared = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "landsat7_rgb_byte.tif")
+    if not os.path.isfile(shared):
+        pytest.skip("../shared/data is absent")
+    cfg = tmp_path / "provider.json"
+    cfg.write_text(json.dumps({"local": {"paths": shared, "band_map": {"red": 1, "green": 2, "blue": 3},
+                                         "dates": {"landsat7_rgb_byte.tif": "2022-07-01"}, "nodata": 0}}))
+    chain = tmp_path / "chain.json"
+    chain.write_text(json.dumps([{"name": "select_bands", "params": {"bands": ["red", "green", "blue"]}},
+                                 {"name": "standardize", "params": {}}]))
+    import rs_embed_baseline
+    from rs_embed_core.plugins import load_plugins
+
+    load_plugins()
+    added = not pm.is_registered(rs_embed_baseline)
+    if added:
+        pm.register(rs_embed_baseline, name="baseline-cli-test")
+    try:
+        r = CliRunner().invoke(main, ["embed", "spectral_stats", "--point", "-77.9,24.8,30000", "--year", "2022",
+                                      "--provider-config", str(cfg), "--preprocessing", str(chain), "--collection",
+                                      "my/rgb", "--bands", "red,green,blue", "--scale-m", "300", "--quiet"])
+    finally:
+        if added:
+            pm.unregister(rs_embed_baseline)
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert [s["name"] for s in doc[0]["meta"]["preprocessing"]] == ["select_bands", "standardize"]
+    assert doc[0]["meta"]["source"]["scenes"][0]["date"] == "2022-07-01"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"local": {"paths": shared, "colour": 1}}))
+    assert "does not take" in _bad(["embed", "spectral_stats", "--point", "-77.9,24.8", "--year", "2022",
+                                    "--provider-config", str(bad)])
