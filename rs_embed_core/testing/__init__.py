@@ -18,6 +18,7 @@ from .contract import (
     check_strict_loading,
     default_spatials,
     random_weights,
+    registered,
 )
 from .hub import build_hf_cache, file_sha256, offline_hub, random_weights_file, weights_spec_for
 from .provider import S2_L2A_BANDS, FakeProvider
@@ -33,6 +34,7 @@ __all__ = [
     "check_embedder_contract",
     "check_strict_loading",
     "random_weights",
+    "registered",
     "default_spatials",
     "ContractReport",
     "StrictLoadingReport",

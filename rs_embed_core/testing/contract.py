@@ -182,6 +182,29 @@ def check_embedder_contract(
 
 
 @contextlib.contextmanager
+def registered(*embedders: type, name: str | None = None) -> Iterator[None]:
+    """Within the block, these Embedder classes are registered in-process as one plugin (tests of a
+    plugin, or of a tiny variant of it); on exit the plugin is unregistered and loaded models dropped."""
+    from ..hookspecs import hookimpl
+    from ..plugins import pm
+    from ..runner import clear_model_cache
+
+    class _Plugin:
+        @hookimpl
+        def register_embedders(self, register: Any) -> None:
+            for cls in embedders:
+                register(cls)
+
+    plugin = _Plugin()
+    pm.register(plugin, name=name or "test:" + ",".join(c.card.id for c in embedders))
+    try:
+        yield
+    finally:
+        pm.unregister(plugin)
+        clear_model_cache()
+
+
+@contextlib.contextmanager
 def _env(name: str, value: str) -> Iterator[None]:
     old = os.environ.get(name)
     os.environ[name] = value

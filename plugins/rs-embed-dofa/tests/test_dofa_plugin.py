@@ -19,6 +19,7 @@ from rs_embed_core.preprocess import apply_chain
 from rs_embed_core.raster import Raster
 from rs_embed_core.specs import OutputSpec, PointBuffer, SensorSpec, TemporalSpec
 from rs_embed_core.testing import (
+    registered,
     FakeProvider,
     build_hf_cache,
     check_embedder_contract,
@@ -46,20 +47,8 @@ class TinyDOFA(rd.DOFA):
 
 @pytest.fixture
 def tiny_registered():
-    class Plugin:
-        @hookimpl
-        def register_embedders(self, register):
-            register(TinyDOFA)
-
-    plugin = Plugin()
-    pm.register(plugin, name="dofa-tiny-test")
-    try:
+    with registered(TinyDOFA):
         yield TinyDOFA
-    finally:
-        pm.unregister(plugin)
-        from rs_embed_core.runner import clear_model_cache
-
-        clear_model_cache()
 
 
 def test_card_describes_variants_chain_and_outputs():

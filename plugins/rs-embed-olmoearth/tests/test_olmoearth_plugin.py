@@ -16,6 +16,7 @@ from rs_embed_core.plugins import pm
 from rs_embed_core.providers import FetchRequest
 from rs_embed_core.raster import Raster
 from rs_embed_core.testing import (
+    registered,
     FakeProvider,
     build_hf_cache,
     check_embedder_contract,
@@ -39,20 +40,8 @@ class NanoOlmoEarth(ro.OlmoEarth):
 
 @pytest.fixture
 def nano_registered():
-    class Plugin:
-        @hookimpl
-        def register_embedders(self, register):
-            register(NanoOlmoEarth)
-
-    plugin = Plugin()
-    pm.register(plugin, name="olmoearth-nano-test")
-    try:
+    with registered(NanoOlmoEarth):
         yield NanoOlmoEarth
-    finally:
-        pm.unregister(plugin)
-        from rs_embed_core.runner import clear_model_cache
-
-        clear_model_cache()
 
 
 def test_card_describes_variants_inputs_and_weights():

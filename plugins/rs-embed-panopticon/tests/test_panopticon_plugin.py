@@ -21,6 +21,7 @@ from rs_embed_core.providers import FetchRequest
 from rs_embed_core.raster import Raster
 from rs_embed_core.specs import OutputSpec, PointBuffer, SensorSpec, TemporalSpec
 from rs_embed_core.testing import (
+    registered,
     FakeProvider,
     build_hf_cache,
     check_embedder_contract,
@@ -51,20 +52,8 @@ class TinyPanopticon(rp.Panopticon):
 
 @pytest.fixture
 def tiny_registered():
-    class Plugin:
-        @hookimpl
-        def register_embedders(self, register):
-            register(TinyPanopticon)
-
-    plugin = Plugin()
-    pm.register(plugin, name="panopticon-tiny-test")
-    try:
+    with registered(TinyPanopticon):
         yield TinyPanopticon
-    finally:
-        pm.unregister(plugin)
-        from rs_embed_core.runner import clear_model_cache
-
-        clear_model_cache()
 
 
 def test_card_describes_weights_chain_and_side_inputs():

@@ -17,7 +17,7 @@ from rs_embed_core.plugins import pm
 from rs_embed_core.preprocess import apply_chain
 from rs_embed_core.raster import Raster
 from rs_embed_core.specs import OutputSpec, PointBuffer, TemporalSpec
-from rs_embed_core.testing import FakeProvider, check_embedder_contract, check_strict_loading, random_weights
+from rs_embed_core.testing import FakeProvider, check_embedder_contract, check_strict_loading, random_weights, registered
 
 import rs_embed_prithvi as rp
 
@@ -97,32 +97,20 @@ def test_strict_loading_refuses_files_that_do_not_fit(tmp_path):
 
 
 @pytest.fixture
-def registered(tmp_path):
-    class Plugin:
-        @hookimpl
-        def register_embedders(self, register):
-            register(TinyPrithvi)
-
-    plugin = Plugin()
-    pm.register(plugin, name="prithvi-tiny-test")
-    try:
+def tiny_model(tmp_path):
+    with registered(TinyPrithvi):
         with random_weights(TinyPrithvi, "tiny", tmp_path, seed=3):
             yield TinyPrithvi
-    finally:
-        pm.unregister(plugin)
-        from rs_embed_core.runner import clear_model_cache
-
-        clear_model_cache()
 
 
-def test_embedder_contract_through_the_public_api(registered):
-    report = check_embedder_contract(registered, provider=FakeProvider())
+def test_embedder_contract_through_the_public_api(tiny_model):
+    report = check_embedder_contract(tiny_model, provider=FakeProvider())
     assert report.pooled_dim == 32 and report.grid_shapes == ((32, 14, 14), (32, 14, 14))
     assert "batch == single (grid)" in report.checks
     request = FakeProvider()
     from rs_embed_core.api import get_embedding
 
-    get_embedding(registered.card.id, spatial=PointBuffer(121.5, 31.2, 1500.0), backend=request,
+    get_embedding(tiny_model.card.id, spatial=PointBuffer(121.5, 31.2, 1500.0), backend=request,
                   temporal=TemporalSpec.range("2022-06-01", "2022-09-01"), output=OutputSpec.pooled(), device="cpu")
     assert request.requests[0].sensor.frames == 4  # the card's frames reach the provider
 

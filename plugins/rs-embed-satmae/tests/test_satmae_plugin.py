@@ -18,6 +18,7 @@ from rs_embed_core.providers import FetchRequest
 from rs_embed_core.raster import Raster
 from rs_embed_core.specs import OutputSpec, PointBuffer, TemporalSpec
 from rs_embed_core.testing import (
+    registered,
     FakeProvider,
     check_embedder_contract,
     check_strict_loading,
@@ -46,21 +47,8 @@ class TinySatMAE(rs.SatMAE):
 
 @pytest.fixture
 def tiny_registered():
-    class Plugin:
-        @hookimpl
-        def register_embedders(self, register):
-            register(TinySatMAEPP)
-            register(TinySatMAE)
-
-    plugin = Plugin()
-    pm.register(plugin, name="satmae-tiny-test")
-    try:
+    with registered(TinySatMAEPP, TinySatMAE):
         yield
-    finally:
-        pm.unregister(plugin)
-        from rs_embed_core.runner import clear_model_cache
-
-        clear_model_cache()
 
 
 def test_cards_describe_weights_chain_and_licences():

@@ -18,6 +18,7 @@ from rs_embed_core.providers import FetchRequest
 from rs_embed_core.raster import Raster
 from rs_embed_core.specs import OutputSpec, PointBuffer, SensorSpec, TemporalSpec
 from rs_embed_core.testing import (
+    registered,
     FakeProvider,
     check_embedder_contract,
     check_strict_loading,
@@ -40,20 +41,8 @@ class TinyScaleMAE(rsc.ScaleMAE):
 
 @pytest.fixture
 def tiny_registered():
-    class Plugin:
-        @hookimpl
-        def register_embedders(self, register):
-            register(TinyScaleMAE)
-
-    plugin = Plugin()
-    pm.register(plugin, name="scalemae-tiny-test")
-    try:
+    with registered(TinyScaleMAE):
         yield TinyScaleMAE
-    finally:
-        pm.unregister(plugin)
-        from rs_embed_core.runner import clear_model_cache
-
-        clear_model_cache()
 
 
 def test_card_pins_weights_and_states_the_non_commercial_licence():

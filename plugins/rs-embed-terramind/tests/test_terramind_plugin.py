@@ -13,7 +13,7 @@ from rs_embed_core.hookspecs import hookimpl
 from rs_embed_core.plugins import pm
 from rs_embed_core.preprocess import apply_chain
 from rs_embed_core.raster import Raster
-from rs_embed_core.testing import FakeProvider, check_embedder_contract, check_strict_loading, random_weights
+from rs_embed_core.testing import FakeProvider, check_embedder_contract, check_strict_loading, random_weights, registered
 
 import rs_embed_terramind as rt
 
@@ -73,26 +73,14 @@ def test_strict_loading_refuses_files_that_do_not_fit(tmp_path):
 
 
 @pytest.fixture
-def registered(tmp_path):
-    class Plugin:
-        @hookimpl
-        def register_embedders(self, register):
-            register(TinyTerraMind)
-
-    plugin = Plugin()
-    pm.register(plugin, name="terramind-tiny-test")
-    try:
+def tiny_model(tmp_path):
+    with registered(TinyTerraMind):
         with random_weights(TinyTerraMind, "tiny", tmp_path, seed=4):
             yield TinyTerraMind
-    finally:
-        pm.unregister(plugin)
-        from rs_embed_core.runner import clear_model_cache
-
-        clear_model_cache()
 
 
-def test_embedder_contract_through_the_public_api(registered):
-    report = check_embedder_contract(registered, provider=FakeProvider())
+def test_embedder_contract_through_the_public_api(tiny_model):
+    report = check_embedder_contract(tiny_model, provider=FakeProvider())
     assert report.pooled_dim == 32 and report.grid_shapes == ((32, 14, 14), (32, 14, 14))
     assert "batch == single (grid)" in report.checks
 
