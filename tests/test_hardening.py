@@ -156,7 +156,7 @@ def test_ctrl_c_returns_promptly_while_a_fetch_hangs(tmp_path):
     """))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout.readline().strip() == "fetching"
+        assert "fetching" in proc.stdout.readline()  # several workers may print at once
         time.sleep(0.3)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)  # would hang forever on the old executor
