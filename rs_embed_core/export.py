@@ -149,6 +149,12 @@ def atomic_write(dest: Path, write: Any, *, durable: bool = True) -> None:
                 tmp.unlink()
 
 
+def _savez(path: Path, **arrays: Any) -> None:
+    """np.savez to exactly `path` (np.savez given a name would append ".npz" to a temporary name)."""
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
 def _save_part(path: Path, emb: Embedding) -> None:
     meta = json.dumps(emb.meta, default=str)
     grid = json.dumps(None if emb.grid is None else converter.unstructure(emb.grid))
@@ -439,7 +445,7 @@ def export_npz(
             for extra in ("crs", "transform"):
                 if extra in z:
                     arrays[f"{r.key}__{extra}"] = z[extra][0]
-    atomic_write(dest, lambda p: np.savez(open(p, "wb"), **arrays))
+    atomic_write(dest, lambda p: _savez(p, **arrays))
     return dest
 
 
@@ -652,15 +658,15 @@ def _write_npz(root: Path, r: ModelRequest, job: Job, spatials, shown, stems, pa
         extra["grid_shape"] = np.asarray([list(e.data.shape[1:]) if e is not None else [0, 0] for e in embs])
     if layout == "combined":
         dest = root / f"{r.key}.npz"
-        atomic_write(dest, lambda p: np.savez(open(p, "wb"), embeddings=np.stack([filled(e) for e in embs]),
-                                              names=np.asarray(shown), status=status, error=errors, meta=metas, **extra))
+        atomic_write(dest, lambda p: _savez(p, embeddings=np.stack([filled(e) for e in embs]),
+                                            names=np.asarray(shown), status=status, error=errors, meta=metas, **extra))
         return dest.name
     out = []
     for i, e in enumerate(embs):
         dest = root / "items" / stems[i] / f"{r.key}.npz"
         per = {k: v[i:i + 1] for k, v in extra.items()}
-        atomic_write(dest, lambda p, i=i, e=e, per=per: np.savez(
-            open(p, "wb"), embeddings=filled(e)[None], names=np.asarray([shown[i]]), status=status[i:i + 1],
+        atomic_write(dest, lambda p, i=i, e=e, per=per: _savez(
+            p, embeddings=filled(e)[None], names=np.asarray([shown[i]]), status=status[i:i + 1],
             error=errors[i:i + 1], meta=metas[i:i + 1], **per))
         out.append(str(dest.relative_to(root)))
     return out

@@ -285,13 +285,13 @@ def test_sigkill_at_any_point_then_resume_gives_the_uninterrupted_output(tmp_pat
     assert done.returncode == 0, done.stderr
 
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, str(script), str(out), str(n), "0.05"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
-    deadline = time.monotonic() + 120
-    while _journal_lines(out) < kill_after and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(30)
+    with subprocess.Popen([sys.executable, str(script), str(out), str(n), "0.05"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, env=env) as proc:
+        deadline = time.monotonic() + 120
+        while _journal_lines(out) < kill_after and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
     assert _journal_lines(out) <= 2 * n
     again = subprocess.run([sys.executable, str(script), str(out), str(n), "0"], capture_output=True, text=True,
                            env=env, timeout=300)

@@ -154,14 +154,15 @@ def test_ctrl_c_returns_promptly_while_a_fetch_hangs(tmp_path):
             print("interrupted", flush=True)
             sys.exit(130)
     """))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert "fetching" in proc.stdout.readline()  # several workers may print at once
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)  # would hang forever on the old executor
-    finally:
-        proc.kill()
+    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        try:
+            assert "fetching" in proc.stdout.readline()  # several workers may print at once
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)  # would hang forever on the old executor
+        finally:
+            proc.kill()
     assert proc.returncode == 130, err
     assert "interrupted" in out
 

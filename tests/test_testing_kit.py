@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 import time
 
 import numpy as np
@@ -154,9 +155,9 @@ def test_build_hf_cache_serves_hf_hub_download_offline(tmp_path):
     with offline_hub(tmp_path / "hub"):
         assert constants.HF_HUB_OFFLINE is True
         p = hf_hub_download("acme/net", "a.bin", revision=REV)
-        assert open(p, "rb").read() == b"hello"
-        assert open(hf_hub_download("acme/net", "sub/b.bin", revision=REV), "rb").read() == b"from a path"
-        assert open(hf_hub_download("acme/net", "a.bin"), "rb").read() == b"hello"  # via refs/main
+        assert Path(p).read_bytes() == b"hello"
+        assert Path(hf_hub_download("acme/net", "sub/b.bin", revision=REV)).read_bytes() == b"from a path"
+        assert Path(hf_hub_download("acme/net", "a.bin")).read_bytes() == b"hello"  # via refs/main
         t0 = time.perf_counter()
         with pytest.raises(LocalEntryNotFoundError):
             hf_hub_download("acme/net", "missing.bin", revision=REV)
