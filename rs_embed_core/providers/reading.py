@@ -16,6 +16,7 @@ exported in the environment win over these defaults.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -88,7 +89,7 @@ def read_warped(
     """
     import rasterio
     from rasterio.enums import ColorInterp, Resampling
-    from rasterio.errors import RasterioError
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
     from rasterio.vrt import WarpedVRT
     from rasterio.warp import reproject, transform_bounds
 
@@ -121,9 +122,11 @@ def read_warped(
                     else:
                         mask = (src.read_masks(band, window=win) > 0).astype(np.uint8)
                     out = np.zeros((h, w), np.uint8)
-                    reproject(mask, out, src_transform=src.window_transform(win), src_crs=src.crs,
-                              dst_transform=grid.affine(), dst_crs=grid.crs, resampling=Resampling.nearest,
-                              src_nodata=None, dst_nodata=0)
+                    with warnings.catch_warnings():  # in-memory arrays: transforms are given explicitly
+                        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                        reproject(mask, out, src_transform=src.window_transform(win), src_crs=src.crs,
+                                  dst_transform=grid.affine(), dst_crs=grid.crs, resampling=Resampling.nearest,
+                                  src_nodata=None, dst_nodata=0)
                     valid[k] = (out > 0) & (alpha if overrides[k] is None else True)
     except RasterioError as exc:
         raise _classify(exc, path) from None
