@@ -93,6 +93,9 @@ def read_warped(
     from rasterio.vrt import WarpedVRT
     from rasterio.warp import reproject, transform_bounds
 
+    # rasterio warns that the in-memory mask arrays have no geotransform, though both transforms are
+    # passed explicitly; catch_warnings is not thread-safe (reads run on fetch threads), so filter once
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform", category=NotGeoreferencedWarning)
     idx = [int(i) for i in indexes]
     overrides = _nodata_per_band(nodata, len(idx))
     env = {**network_env(), **dict(gdal_env or {})}
@@ -122,11 +125,9 @@ def read_warped(
                     else:
                         mask = (src.read_masks(band, window=win) > 0).astype(np.uint8)
                     out = np.zeros((h, w), np.uint8)
-                    with warnings.catch_warnings():  # in-memory arrays: transforms are given explicitly
-                        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                        reproject(mask, out, src_transform=src.window_transform(win), src_crs=src.crs,
-                                  dst_transform=grid.affine(), dst_crs=grid.crs, resampling=Resampling.nearest,
-                                  src_nodata=None, dst_nodata=0)
+                    reproject(mask, out, src_transform=src.window_transform(win), src_crs=src.crs,
+                              dst_transform=grid.affine(), dst_crs=grid.crs, resampling=Resampling.nearest,
+                              src_nodata=None, dst_nodata=0)
                     valid[k] = (out > 0) & (alpha if overrides[k] is None else True)
     except RasterioError as exc:
         raise _classify(exc, path) from None
