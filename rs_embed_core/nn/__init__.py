@@ -4,6 +4,8 @@ Parameter names follow open_clip's checkpoints (`ln_1`, `attn.in_proj_weight`, `
 model built from these parts loads an open_clip-format state dict strictly, key for key.
 """
 
+from .fourier import fourier_features, in_fourier_range
+from .hypernet import KernelGenerator, PostNormEncoderLayer, ResidualMlp, generated_kernel
 from .layer_scale import LayerScale, LayerScaleBlock
 from .patch_embed import PatchEmbed
 from .patch_embed_3d import PatchEmbed3D
@@ -16,18 +18,24 @@ __all__ = [
     "ACTIVATIONS",
     "Attention",
     "Block",
+    "KernelGenerator",
     "LayerScale",
     "LayerScaleBlock",
     "Mlp",
     "PatchEmbed",
     "PatchEmbed3D",
+    "PostNormEncoderLayer",
     "QuickGELU",
+    "ResidualMlp",
     "TimmAttention",
     "TimmBlock",
     "TimmMlp",
     "Transformer",
     "activation",
+    "fourier_features",
+    "generated_kernel",
     "grid_to_tokens",
+    "in_fourier_range",
     "pool_tokens",
     "prepend_tokens",
     "sincos_1d",
