@@ -28,6 +28,8 @@ class Collection:
     reflectance_offset: float = 0.0
     description: str = ""
     kind: str = "optical"  # "optical" or "sar"
+    # per-pixel cloud masks this collection supports (CLOUD_MASK_BAND keys), the default first
+    cloud_masks: tuple[str, ...] = ()
 
     @property
     def band_names(self) -> tuple[str, ...]:
@@ -39,6 +41,25 @@ class Collection:
                 return b
         raise KeyError(name)
 
+
+# Per-pixel cloud masks: which band each method reads and which values mean "not clear". Every
+# provider applies these same definitions (Earth Engine server-side, STAC and local files in numpy).
+CLOUD_MASK_BAND = {"scl": "SCL", "qa60": "QA60", "qa_pixel": "QA_PIXEL", "fmask": "Fmask", "cloud_score_plus": "cs"}
+# Sentinel-2 L2A scene classification, not clear: 0 no data, 1 saturated/defective, 3 cloud shadow,
+# 8 cloud medium probability, 9 cloud high probability, 10 thin cirrus (ESA L2A product
+# specification). Snow (11) and water (6) stay clear.
+SCL_NOT_CLEAR = (0, 1, 3, 8, 9, 10)
+# Sentinel-2 QA60 bits: 10 opaque clouds, 11 cirrus (ESA L1C).
+QA60_NOT_CLEAR_BITS = (10, 11)
+# Landsat collection 2 QA_PIXEL bits: 0 fill, 1 dilated cloud, 2 cirrus, 3 cloud, 4 cloud shadow
+# (USGS Landsat 8-9 C2 L2 product guide).
+QA_PIXEL_NOT_CLEAR_BITS = (0, 1, 2, 3, 4)
+# HLS v2.0 Fmask bits: 1 cloud, 2 adjacent to cloud or shadow, 3 cloud shadow (HLS v2.0 user guide).
+FMASK_NOT_CLEAR_BITS = (1, 2, 3)
+# Cloud Score+ (Google, Pasquarella et al. 2023): per-pixel "cs" in [0, 1], 1 = clear; images share
+# the Sentinel-2 image ids. Clear where cs >= threshold; 0.6 is the value Google's guide uses.
+CLOUD_SCORE_PLUS_COLLECTION = "GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED"
+CLOUD_SCORE_PLUS_DEFAULT_THRESHOLD = 0.6
 
 # Sentinel-2 MSI: rounded centre wavelengths (the values model papers use) and S2A bandwidths (ESA
 # spectral response functions, S2-PDGS-TAS-DI-PSD), nm.
@@ -120,12 +141,14 @@ COLLECTIONS: dict[str, Collection] = {
             _S2_BANDS + _S2_SR_EXTRA + _S2_QA,
             reflectance_scale=1e-4,
             description="Sentinel-2 MSI level-2A surface reflectance (DN = reflectance x 10000)",
+            cloud_masks=("cloud_score_plus", "scl", "qa60"),
         ),
         Collection(
             "COPERNICUS/S2_HARMONIZED",
             _S2_BANDS + _S2_L1C_EXTRA + _S2_QA,
             reflectance_scale=1e-4,
             description="Sentinel-2 MSI level-1C top-of-atmosphere reflectance (DN = reflectance x 10000)",
+            cloud_masks=("cloud_score_plus", "qa60"),
         ),
         *(
             Collection(
@@ -134,6 +157,7 @@ COLLECTIONS: dict[str, Collection] = {
                 reflectance_scale=2.75e-5,
                 reflectance_offset=-0.2,
                 description=f"Landsat {n} OLI collection 2 level-2 surface reflectance",
+                cloud_masks=("qa_pixel",),
             )
             for sat, n in (("LC08", "8"), ("LC09", "9"))
         ),
@@ -142,13 +166,16 @@ COLLECTIONS: dict[str, Collection] = {
                 f"LANDSAT/{sat}/C02/T1_TOA",
                 _LANDSAT_OLI_TOA,
                 description=f"Landsat {n} collection 2 tier 1 top-of-atmosphere reflectance (already 0..1)",
+                cloud_masks=("qa_pixel",),
             )
             for sat, n in (("LC08", "8"), ("LC09", "9"))
         ),
         Collection("NASA/HLS/HLSS30/v002", _HLS_S30, reflectance_scale=1e-4,
-                   description="Harmonized Landsat Sentinel-2, Sentinel-2 part (S30), 30 m surface reflectance"),
+                   description="Harmonized Landsat Sentinel-2, Sentinel-2 part (S30), 30 m surface reflectance",
+                   cloud_masks=("fmask",)),
         Collection("NASA/HLS/HLSL30/v002", _HLS_L30, reflectance_scale=1e-4,
-                   description="Harmonized Landsat Sentinel-2, Landsat part (L30), 30 m surface reflectance"),
+                   description="Harmonized Landsat Sentinel-2, Landsat part (L30), 30 m surface reflectance",
+                   cloud_masks=("fmask",)),
         Collection("COPERNICUS/S1_GRD", _S1_BANDS, kind="sar",
                    description="Sentinel-1 C-band SAR ground range detected, backscatter in dB"),
         Collection("MODIS/061/MOD09A1", _MODIS_SR, reflectance_scale=1e-4,

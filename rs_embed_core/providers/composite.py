@@ -45,6 +45,15 @@ def least_cloudy(stack: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.n
     return stack[k][None].astype(np.float32), valid[k][None], k
 
 
+def day_groups(dates: list[dt.datetime | None]) -> list[tuple[dt.date | None, list[int]]]:
+    """Scene indices grouped by acquisition day, oldest day first, undated scenes last."""
+    keys: dict[dt.date | None, list[int]] = {}
+    for k, when in enumerate(dates):
+        keys.setdefault(when.date() if when is not None else None, []).append(k)
+    order = sorted(keys, key=lambda d: (d is None, d or dt.date.min))
+    return [(d, keys[d]) for d in order]
+
+
 def per_day(stack: np.ndarray, valid: np.ndarray, dates: list[dt.datetime | None]
             ) -> tuple[np.ndarray, np.ndarray, tuple[dt.datetime | None, ...]]:
     """One frame per acquisition day (tiles of one day are mosaicked), oldest first, undated last.
@@ -52,15 +61,11 @@ def per_day(stack: np.ndarray, valid: np.ndarray, dates: list[dt.datetime | None
     Frames with no valid pixel are dropped unless every frame is empty.
     """
     used = valid.reshape(len(dates), -1).any(axis=1)
-    keys: dict[dt.date | None, list[int]] = {}
-    for k, when in enumerate(dates):
-        keys.setdefault(when.date() if when is not None else None, []).append(k)
-    order = sorted(keys, key=lambda d: (d is None, d or dt.date.min))
+    groups = day_groups(dates)
     if used.any():
-        order = [d for d in order if used[keys[d]].any()]
+        groups = [(d, idx) for d, idx in groups if used[idx].any()]
     data, ok, times = [], [], []
-    for d in order:
-        idx = keys[d]
+    for d, idx in groups:
         frame, fvalid = mosaic(stack[idx], valid[idx])
         data.append(frame[0])
         ok.append(fvalid[0])
@@ -73,6 +78,26 @@ def middle(dates: list[dt.datetime]) -> dt.datetime | None:
         return None
     lo, hi = min(dates), max(dates)
     return lo + (hi - lo) / 2
+
+
+def frame_bins(dates: list[dt.datetime | None], window: TemporalSpec, n: int
+               ) -> tuple[list[list[int]], list[dt.datetime], list[int]]:
+    """Split [window.start, window.end) into n equal bins: (scene indices per bin, bin centres,
+    indices of undated scenes). Scenes dated outside the window fall in no bin."""
+    start = dt.datetime.combine(window.start, dt.time())
+    span = dt.datetime.combine(window.end, dt.time()) - start
+    bins: list[list[int]] = [[] for _ in range(n)]
+    undated = []
+    for k, when in enumerate(dates):
+        if when is None:
+            undated.append(k)
+            continue
+        if when.tzinfo is not None:
+            when = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        b = int((when - start) / span * n)
+        if 0 <= b < n:
+            bins[b].append(k)
+    return bins, [start + span * ((b + 0.5) / n) for b in range(n)], undated
 
 
 def _reduce(composite: str, stack: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -105,18 +130,8 @@ def composite_scenes(
         times = (middle([dates[k] for k in used if dates[k] is not None]),)
         meta["scenes_per_frame"] = [used]
     else:
-        start = dt.datetime.combine(window.start, dt.time())
-        span = dt.datetime.combine(window.end, dt.time()) - start
         n = sensor.frames
-        bins: list[list[int]] = [[] for _ in range(n)]
-        undated = []
-        for k, when in enumerate(dates):
-            if when is None:
-                undated.append(k)
-                continue
-            b = int((when - start) / span * n)
-            if 0 <= b < n:
-                bins[b].append(k)
+        bins, centres, undated = frame_bins(dates, window, n)
         if undated and len(undated) == n_scenes:
             raise SpecError(f"frames={n} bins scenes by date, but none of the {n_scenes} scene(s) has a date")
         frames, oks, times_l, used_l = [], [], [], []
@@ -129,7 +144,7 @@ def composite_scenes(
                 meta["empty_frames"].append(b)
             frames.append(f[0])
             oks.append(o[0])
-            times_l.append(start + span * ((b + 0.5) / n))
+            times_l.append(centres[b])
             used_l.append(used)
         data, ok, times = np.stack(frames), np.stack(oks), tuple(times_l)
         meta["scenes_per_frame"] = used_l

@@ -1,11 +1,8 @@
 """Per-pixel cloud masks and the DN convention, from what each item says about itself.
 
-Masks (True = clear):
-- "scl": Sentinel-2 L2A scene classification; not clear: 0 no data, 1 saturated/defective,
-  3 cloud shadow, 8 cloud medium probability, 9 cloud high probability, 10 thin cirrus
-  (ESA L2A product specification class table). Snow (11) and water (6) stay clear.
-- "qa_pixel": Landsat collection 2 QA_PIXEL bits; not clear where bit 0 fill, 1 dilated cloud,
-  2 cirrus, 3 cloud or 4 cloud shadow is set (USGS Landsat 8-9 C2 L2 product guide).
+Masks (True = clear), defined once in rs_embed_core.collections:
+- "scl": Sentinel-2 L2A scene classification (SCL_NOT_CLEAR classes).
+- "qa_pixel": Landsat collection 2 QA_PIXEL bits (QA_PIXEL_NOT_CLEAR_BITS).
 Neither has a threshold: SensorSpec.cloud_threshold is refused for them.
 
 DN convention: pixels are delivered in the core collection's convention
@@ -29,12 +26,10 @@ import math
 
 import numpy as np
 
-from rs_embed_core.collections import known_collection
+from rs_embed_core.collections import QA_PIXEL_NOT_CLEAR_BITS, SCL_NOT_CLEAR, known_collection
 
 from .search import AssetRef, Scene
 
-SCL_NOT_CLEAR = (0, 1, 3, 8, 9, 10)
-QA_PIXEL_NOT_CLEAR_BITS = (0, 1, 2, 3, 4)
 S2_HARMONIZED = ("COPERNICUS/S2_SR_HARMONIZED", "COPERNICUS/S2_HARMONIZED")
 BOA_ADD_OFFSET_DN = -1000.0  # ESA, processing baseline 04.00 onwards, every band
 
