@@ -1,0 +1,132 @@
+"""Earth Engine failures as typed rs-embed errors, each saying what to do next.
+
+`classify` maps what the earthengine-api client raises (an EEException whose context is the
+googleapiclient HttpError, or a ConnectionError / TimeoutError from its HTTP transport) onto:
+GEEAuthError (not signed in, no project, credentials rejected), GEEPermissionError (403),
+GEEAssetNotFoundError (a collection or image that does not exist), GEEQuotaError (429: retried),
+TransientProviderError (5xx, 408, timeouts, dropped connections: retried) and GEEError (the
+rest, e.g. a computation the server refused). Messages carry the server's reason, never a token.
+"""
+
+from __future__ import annotations
+
+import re
+
+from rs_embed_core.errors import DataNotFoundError, ProviderError, TransientProviderError
+
+NO_ACCOUNT = "No Earth Engine account? backend='stac:earth-search' (rs-embed-stac) or backend='local:DIR' need none."
+NOT_SIGNED_IN = (
+    "Earth Engine: no credentials on this machine. Run `earthengine authenticate` (or ee.Authenticate() in "
+    "Python) once, or point GOOGLE_APPLICATION_CREDENTIALS or GEEProvider(key_file=...) at a service-account "
+    "key file. " + NO_ACCOUNT
+)
+NO_PROJECT = (
+    "Earth Engine needs a Google Cloud project registered for Earth Engine: pass backend='gee:PROJECT' or "
+    "GEEProvider(project='PROJECT'), or set EE_PROJECT (or GOOGLE_CLOUD_PROJECT). Register a project at "
+    "https://code.earthengine.google.com/register. " + NO_ACCOUNT
+)
+
+
+class GEEError(ProviderError):
+    """Earth Engine refused or failed a request for a reason retrying will not fix."""
+
+
+class GEEAuthError(GEEError):
+    """Not signed in, no project, or the credentials were rejected (HTTP 401)."""
+
+
+class GEEPermissionError(GEEError):
+    """The account or project may not use Earth Engine or read an asset (HTTP 403)."""
+
+
+class GEEAssetNotFoundError(GEEError, DataNotFoundError):
+    """A collection or image id that does not exist (or that the project cannot see)."""
+
+
+class GEERequestTooLargeError(GEEError):
+    """A computePixels request over the server's per-request limits (HTTP 400); the provider splits it."""
+
+
+class GEEQuotaError(TransientProviderError):
+    """A quota or rate limit (HTTP 429); retried with backoff, raised once the retries are spent."""
+
+
+_TOO_LARGE = re.compile(r"request size|must be less than or equal to \d+ bytes|request exceeds|too many bands|"
+                        r"pixels? per side|dimensions? .*(?:exceed|too large)", re.I)
+_NOT_FOUND = re.compile(r"not found|does not exist", re.I)
+_PROJECT = re.compile(r"not (?:been )?registered|has not been used in project|no project|project.*not found", re.I)
+
+
+def _http_error(exc: BaseException) -> tuple[int | None, str, float | None]:
+    """(status, reason, Retry-After seconds) of the HttpError behind `exc`, if there is one."""
+    e: BaseException | None = exc
+    seen = 0
+    while e is not None and seen < 6:
+        resp = getattr(e, "resp", None)
+        status = getattr(resp, "status", None)
+        if status is not None:
+            try:
+                reason = e._get_reason()  # type: ignore[attr-defined]  # googleapiclient's own parse of the body
+            except Exception:
+                reason = str(e)
+            retry_after = None
+            try:
+                retry_after = float(resp.get("retry-after"))  # type: ignore[union-attr]
+            except (TypeError, ValueError):
+                pass
+            return int(status), str(reason), retry_after
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None, str(exc), None
+
+
+def _network(exc: BaseException) -> bool:
+    e: BaseException | None = exc
+    seen = 0
+    while e is not None and seen < 6:
+        if isinstance(e, (ConnectionError, TimeoutError)):
+            return True
+        name = type(e).__name__
+        if name in ("Timeout", "ReadTimeout", "ConnectTimeout", "ConnectionError", "ChunkedEncodingError",
+                    "timeout", "RemoteDisconnected", "IncompleteRead"):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def classify(exc: BaseException, what: str, project: str | None = None) -> Exception | None:
+    """The typed error for a failure of the client while doing `what`; None if `exc` did not come from
+    Earth Engine or its transport (a bug to propagate as is)."""
+    module = type(exc).__module__ or ""
+    status, reason, retry_after = _http_error(exc)
+    if status is None and _network(exc):
+        return TransientProviderError(f"Earth Engine, {what}: {type(exc).__name__}: {str(exc)[:300]}")
+    if status is None and not module.startswith(("ee", "googleapiclient", "google")):
+        return None
+    reason = reason.strip()[:500]
+    where = f" (project {project})" if project else ""
+    if status == 401 or "authorize access" in reason.lower():
+        return GEEAuthError(f"Earth Engine rejected the credentials{where} while {what}: {reason}. " + NOT_SIGNED_IN)
+    if status == 429 or "quota" in reason.lower() or "too many concurrent" in reason.lower():
+        return GEEQuotaError(
+            f"Earth Engine quota or rate limit{where} while {what}: {reason}. Retried with backoff; lower "
+            "GEEProvider(max_concurrency=..., requests_per_s=...) or try again later.",
+            retry_after_s=retry_after,
+        )
+    if status is not None and (status == 408 or 500 <= status <= 599):
+        return TransientProviderError(f"Earth Engine, {what}: HTTP {status}: {reason}", retry_after_s=retry_after)
+    if status == 403 or (status is None and _PROJECT.search(reason)):
+        return GEEPermissionError(
+            f"Earth Engine denied access{where} while {what}: {reason}. Check that the project is registered for "
+            "Earth Engine (https://code.earthengine.google.com/register) and that this account has the roles "
+            "Earth Engine Resource Viewer and Service Usage Consumer on it."
+        )
+    if status == 400 and _TOO_LARGE.search(reason):
+        return GEERequestTooLargeError(f"Earth Engine, {what}: {reason}")
+    if status == 404 or _NOT_FOUND.search(reason):
+        return GEEAssetNotFoundError(
+            f"Earth Engine, {what}: {reason}. Check the id (SensorSpec.collection) in the Earth Engine data "
+            "catalog (https://developers.google.com/earth-engine/datasets) and that the project can read it."
+        )
+    if "no project" in reason.lower() or "project" in reason.lower() and "required" in reason.lower():
+        return GEEAuthError(NO_PROJECT)
+    return GEEError(f"Earth Engine, {what}: " + (f"HTTP {status}: " if status else "") + reason)
