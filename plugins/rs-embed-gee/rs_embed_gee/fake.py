@@ -316,6 +316,33 @@ class FakeEarthEngine:
         return GEEProvider(url=self.url, **options)
 
 
+# ---------------------------------------------------------------- sample requests for tests and benchmarks
+
+S2 = "COPERNICUS/S2_SR_HARMONIZED"
+L8 = "LANDSAT/LC08/C02/T1_L2"
+
+
+def quick_retry() -> Any:
+    """A retry policy with millisecond backoff, so scripted failures do not slow tests down."""
+    from rs_embed_core.retry import RetryPolicy
+
+    return RetryPolicy(max_retries=3, base_delay_s=0.01, max_delay_s=0.05)
+
+
+def sample_grid() -> Any:
+    """640 m x 480 m in UTM 51N (near Shanghai), 10 m pixels on the 10 m lattice."""
+    from rs_embed_core.grid import GridSpec
+
+    return GridSpec("EPSG:32651", 356450.0, 3453380.0, 10.0, 64, 48)
+
+
+def month_scenes(prefix: str = "S2", days: tuple[int, ...] = (3, 8, 13, 18, 23, 28), year: int = 2022,
+                 month: int = 6) -> list[FakeScene]:
+    """Scenes on these days of one month, clearer (and less cloudy by metadata) as the month goes on."""
+    return [FakeScene(f"{year}{month:02d}{d:02d}T023100_{prefix}", dt.datetime(year, month, d, 2, 31),
+                      clear=round(0.3 + 0.1 * i, 3), cloud=70.0 - 10 * i) for i, d in enumerate(days)]
+
+
 def stub_data_catalog() -> None:
     """ee.Initialize reads a list of deprecated assets from Cloud Storage; offline, answer none."""
     import ee.deprecation
