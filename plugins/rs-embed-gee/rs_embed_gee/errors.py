@@ -57,40 +57,42 @@ _NOT_FOUND = re.compile(r"not found|does not exist", re.I)
 _PROJECT = re.compile(r"not (?:been )?registered|has not been used in project|no project|project.*not found", re.I)
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and what caused it (the client raises EEException inside `except HttpError`)."""
+    out: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and len(out) < 6:
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
+
+
 def _http_error(exc: BaseException) -> tuple[int | None, str, float | None]:
     """(status, reason, Retry-After seconds) of the HttpError behind `exc`, if there is one."""
-    e: BaseException | None = exc
-    seen = 0
-    while e is not None and seen < 6:
+    for e in _chain(exc):
         resp = getattr(e, "resp", None)
         status = getattr(resp, "status", None)
-        if status is not None:
-            try:
-                reason = e._get_reason()  # type: ignore[attr-defined]  # googleapiclient's own parse of the body
-            except Exception:
-                reason = str(e)
+        if status is None:
+            continue
+        try:
+            reason = e._get_reason()  # type: ignore[attr-defined]  # googleapiclient's own parse of the body
+        except Exception:
+            reason = str(e)
+        try:
+            retry_after = float(resp.get("retry-after"))  # type: ignore[union-attr]
+        except (TypeError, ValueError):
             retry_after = None
-            try:
-                retry_after = float(resp.get("retry-after"))  # type: ignore[union-attr]
-            except (TypeError, ValueError):
-                pass
-            return int(status), str(reason), retry_after
-        e, seen = e.__cause__ or e.__context__, seen + 1
+        return int(status), str(reason), retry_after
     return None, str(exc), None
 
 
+_NETWORK_ERRORS = ("Timeout", "ReadTimeout", "ConnectTimeout", "ConnectionError", "ChunkedEncodingError", "timeout",
+                   "RemoteDisconnected", "IncompleteRead")
+
+
 def _network(exc: BaseException) -> bool:
-    e: BaseException | None = exc
-    seen = 0
-    while e is not None and seen < 6:
-        if isinstance(e, (ConnectionError, TimeoutError)):
-            return True
-        name = type(e).__name__
-        if name in ("Timeout", "ReadTimeout", "ConnectTimeout", "ConnectionError", "ChunkedEncodingError",
-                    "timeout", "RemoteDisconnected", "IncompleteRead"):
-            return True
-        e, seen = e.__cause__ or e.__context__, seen + 1
-    return False
+    return any(isinstance(e, (ConnectionError, TimeoutError)) or type(e).__name__ in _NETWORK_ERRORS
+               for e in _chain(exc))
 
 
 def classify(exc: BaseException, what: str, project: str | None = None) -> Exception | None:
@@ -104,7 +106,8 @@ def classify(exc: BaseException, what: str, project: str | None = None) -> Excep
         return None
     reason = reason.strip()[:500]
     where = f" (project {project})" if project else ""
-    if status == 401 or "authorize access" in reason.lower():
+    refresh = any(type(e).__name__ == "RefreshError" for e in _chain(exc))  # google-auth could not renew a token
+    if status == 401 or refresh or "authorize access" in reason.lower():
         return GEEAuthError(f"Earth Engine rejected the credentials{where} while {what}: {reason}. " + NOT_SIGNED_IN)
     if status == 429 or "quota" in reason.lower() or "too many concurrent" in reason.lower():
         return GEEQuotaError(
