@@ -187,7 +187,7 @@ class LocalProvider:
     names offered. Otherwise bands are named by their descriptions, or "1", "2", ... by position.
     dates: {path or file name: date}, overriding the date in the file name and the date tags.
     band_pattern: a regular expression with a named group "band" that finds the band name in the
-    file names of a scene distributed as one file per band (e.g. r"_(?P<band>[A-Z0-9]+)\.tif$"),
+    file names of a scene distributed as one file per band (e.g. r"_(?P<band>[A-Z0-9]+)\\.tif$"),
     tried before the built-in Landsat / Sentinel-2 patterns; the rest of the name keys the scene.
     nodata: a value that marks missing pixels in every band (files without a nodata tag, e.g.
     Landsat L1 fill 0), or {band name: value}; it replaces the file's own nodata and masks for

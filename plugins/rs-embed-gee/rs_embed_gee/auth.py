@@ -117,8 +117,8 @@ def _current_project() -> str | None:
 
 def preflight(project: str | None, key_file: str | os.PathLike | None, credentials: Any) -> str | None:
     """The project that will be used; GEEAuthError now if there is no way to sign in (no network)."""
-    if credentials is None and ee_ready() and _initialized is None:
-        current = _current_project()
+    if credentials is None and ee_ready():  # signed in already, by rs-embed or by the user's ee.Initialize
+        current = _initialized["project"] if _initialized is not None else _current_project()
         if project is None or project == current:
             return current
     key = service_account_key(key_file) if credentials is None else None

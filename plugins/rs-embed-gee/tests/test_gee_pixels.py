@@ -88,7 +88,7 @@ def test_frames_bin_the_window_and_empty_bins_are_reported_not_filled(fake, prov
 def test_frames_beyond_the_band_limit_go_in_several_requests(fake, req):
     provider = fake.provider(retry=quick_retry(), max_request_bands=8)  # 2 frames of 3 bands + validity
     r = provider.fetch(req(SensorSpec(S2, ("B4", "B3", "B2"), 10, frames=3)))
-    assert [len(p.body["bandIds"]) for p in fake.of("computePixels")] == [8, 4]
+    assert sorted(len(p.body["bandIds"]) for p in fake.of("computePixels")) == [4, 8]  # sent in parallel
     for k in range(3):
         data, _ = served(sample_grid(), k, 3)
         np.testing.assert_array_equal(r.data[k], data)
