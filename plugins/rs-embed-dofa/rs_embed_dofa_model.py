@@ -18,7 +18,7 @@ Imported only when a model is loaded (keeps `rs-embed models` torch-free). Layou
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,8 @@ from torch import nn
 
 from rs_embed_core.card import Variant
 from rs_embed_core.errors import SpecError, WeightsError
-from rs_embed_core.nn import Attention, TimmBlock, tokens_to_grid
+from rs_embed_core.nn import TimmBlock, tokens_to_grid
+from rs_embed_core.nn.hypernet import KernelGenerator, ResidualMlp, generated_kernel
 from rs_embed_core.weights import load_state_dict, strict_load
 
 WAVE_DIM = 128  # width of the wavelength code and of the weight generator (fixed in DOFA)
@@ -47,78 +48,21 @@ def wavelength_code(wavelengths_um: torch.Tensor, dim: int = WAVE_DIM) -> torch.
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
-class ResidualMlp(nn.Module):
-    """x + relu(w2(relu(w1(x)))): DOFA's `fclayer`."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.w1 = nn.Linear(dim, dim)
-        self.w2 = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + F.relu(self.w2(F.relu(self.w1(x))))
-
-
-class PostNormLayer(nn.Module):
-    """norm1(x + attn(x)), then norm2(x + linear2(gelu(linear1(x)))); torch's TransformerEncoderLayer names."""
-
-    def __init__(self, dim: int, heads: int, hidden: int) -> None:
-        super().__init__()
-        self.self_attn = Attention(dim, heads)
-        self.linear1 = nn.Linear(dim, hidden)
-        self.linear2 = nn.Linear(hidden, dim)
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm1(x + self.self_attn(x))
-        return self.norm2(x + self.linear2(F.gelu(self.linear1(x))))
-
-
-class _Layers(nn.Module):
-    """Holds `layers.{i}` so the keys read `transformer_encoder.layers.0...` as in the checkpoint."""
-
-    def __init__(self, layers: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(layers)
-
-
-class WeightGenerator(nn.Module):
-    """Band codes (C, W) -> patch kernel weights (C, k*k*D) and bias (D,)."""
-
-    def __init__(self, dim: int, kernel_numel: int, embed_dim: int, heads: int = 4, hidden: int = 2048) -> None:
-        super().__init__()
-        self.transformer_encoder = _Layers([PostNormLayer(dim, heads, hidden)])
-        self.fc_weight = nn.Linear(dim, kernel_numel)
-        self.fc_bias = nn.Linear(dim, embed_dim)
-        self.weight_tokens = nn.Parameter(torch.zeros(WEIGHT_TOKENS, dim))
-        self.bias_token = nn.Parameter(torch.zeros(1, dim))
-
-    def forward(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        seq = torch.cat([self.weight_tokens, codes, self.bias_token], dim=0)[None]  # one sequence
-        for layer in self.transformer_encoder.layers:
-            seq = layer(seq)
-        out = seq[0]
-        weights = self.fc_weight(out[WEIGHT_TOKENS:-1] + codes)  # per band, residual on its code
-        return weights, self.fc_bias(out[-1])
-
-
 class DynamicPatchEmbed(nn.Module):
     """Wavelength-conditioned patch embedding (DOFA's `patch_embed`)."""
 
     def __init__(self, embed_dim: int, patch_size: int) -> None:
         super().__init__()
         self.embed_dim, self.patch_size = embed_dim, patch_size
-        self.weight_generator = WeightGenerator(WAVE_DIM, patch_size * patch_size * embed_dim, embed_dim)
+        self.weight_generator = KernelGenerator(WAVE_DIM, patch_size * patch_size * embed_dim, embed_dim,
+                                                weight_tokens=WEIGHT_TOKENS)
         self.fclayer = ResidualMlp(WAVE_DIM)
 
     def kernel(self, wavelengths_um: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The (D, C, k, k) convolution kernel and (D,) bias for these bands."""
         codes = self.fclayer(wavelength_code(wavelengths_um))
         weights, bias = self.weight_generator(codes)
-        k, c = self.patch_size, codes.shape[0]
-        kernel = weights.reshape(c, k, k, self.embed_dim).permute(3, 0, 1, 2)
-        return kernel * KERNEL_SCALE, bias * KERNEL_SCALE
+        return generated_kernel(weights, bias, self.patch_size, self.embed_dim, KERNEL_SCALE)
 
     def forward(self, x: torch.Tensor, wavelengths_um: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         kernel, bias = self.kernel(wavelengths_um)

@@ -29,7 +29,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 from attrs import define, field
