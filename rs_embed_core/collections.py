@@ -7,7 +7,11 @@ not listed here is allowed (your own data); its bands are then checked by the pr
 
 from __future__ import annotations
 
+from typing import Any
+
 from attrs import frozen
+
+from .errors import SpecError, UnknownBandError
 
 
 @frozen
@@ -186,3 +190,27 @@ COLLECTIONS: dict[str, Collection] = {
 
 def known_collection(collection_id: str) -> Collection | None:
     return COLLECTIONS.get(collection_id)
+
+
+def delivering_sensor(sensors: Any, name: str, model: str) -> Any:
+    """The sensor of a request that delivers band `name` (a multi-sensor request, e.g. Sentinel-2 +
+    Sentinel-1 merged band-wise, mixes collections). `sensors`: one SensorSpec or a sequence."""
+    group = tuple(sensors) if isinstance(sensors, (list, tuple)) else (sensors,)
+    owner = next((s for s in group if name in s.bands), None)
+    if owner is None:
+        raise UnknownBandError(f"{model} cannot tell which sensor delivered band {name!r}: the request's sensors "
+                               f"have bands {[list(s.bands) for s in group]}")
+    return owner
+
+
+def band_entry(collection_id: str, name: str, model: str) -> tuple[Collection, Band]:
+    """The band table's entry of one band, for models that need its physical description (wavelength,
+    bandwidth, SAR or optical). Typed errors, naming `model`, before any network or model work."""
+    coll = known_collection(collection_id)
+    if coll is None:
+        raise SpecError(f"{model} needs each band's wavelength, but collection {collection_id!r} is not in the band "
+                        "table (rs_embed_core.collections); use a listed collection")
+    try:
+        return coll, coll.band(name)
+    except KeyError:
+        raise UnknownBandError(f"{collection_id} has no band {name!r}; it has {list(coll.band_names)}") from None

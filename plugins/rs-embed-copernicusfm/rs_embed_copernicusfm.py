@@ -22,9 +22,9 @@ import math
 from typing import TYPE_CHECKING, Any, Sequence
 
 from rs_embed_core.card import InputSpec, ModelCard, Step, Variant, WeightsSpec
-from rs_embed_core.collections import known_collection
+from rs_embed_core.collections import band_entry, delivering_sensor
 from rs_embed_core.embedder import BatchContext, Embedder, EmbedOutput
-from rs_embed_core.errors import SpecError, UnknownBandError
+from rs_embed_core.errors import SpecError
 from rs_embed_core.hookspecs import hookimpl
 from rs_embed_core.specs import SensorSpec
 
@@ -124,14 +124,7 @@ Hub access); a pickle opened with weights_only=True and converted once to safete
 
 
 def _band_code(collection: str, name: str) -> tuple[float, float]:
-    coll = known_collection(collection)
-    if coll is None:
-        raise SpecError(f"Copernicus-FM needs each band's wavelength and bandwidth, but collection {collection!r} "
-                        "is not in the band table (rs_embed_core.collections); use a listed collection")
-    try:
-        band = coll.band(name)
-    except KeyError:
-        raise UnknownBandError(f"{collection} has no band {name!r}; it has {list(coll.band_names)}") from None
+    coll, band = band_entry(collection, name, "Copernicus-FM")
     if band.center_nm is None:
         raise SpecError(f"Copernicus-FM cannot embed band {name!r} of {collection}: it has no wavelength "
                         f"({band.description}); select spectral or SAR bands only")
@@ -154,14 +147,7 @@ def spectral_inputs(sensor: SensorSpec | Sequence[SensorSpec],
 
     Raises SpecError / UnknownBandError naming the band before any network work.
     """
-    sensors = tuple(sensor) if isinstance(sensor, (list, tuple)) else (sensor,)
-    codes = []
-    for name in bands:
-        owner = next((s for s in sensors if name in s.bands), None)
-        if owner is None:
-            raise UnknownBandError(f"Copernicus-FM cannot tell which sensor delivered band {name!r}: the request's "
-                                   f"sensors have bands {[list(s.bands) for s in sensors]}")
-        codes.append(_band_code(owner.collection, name))
+    codes = [_band_code(delivering_sensor(sensor, name, "Copernicus-FM").collection, name) for name in bands]
     return tuple(c[0] for c in codes), tuple(c[1] for c in codes)
 
 

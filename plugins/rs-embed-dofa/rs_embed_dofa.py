@@ -17,9 +17,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 from rs_embed_core.card import InputSpec, ModelCard, Step, Variant, WeightsSpec
-from rs_embed_core.collections import known_collection
+from rs_embed_core.collections import band_entry, delivering_sensor
 from rs_embed_core.embedder import BatchContext, Embedder, EmbedOutput
-from rs_embed_core.errors import SpecError, UnknownBandError
+from rs_embed_core.errors import SpecError
 from rs_embed_core.hookspecs import hookimpl
 from rs_embed_core.specs import SensorSpec
 
@@ -108,18 +108,9 @@ def wavelengths_um(collection: str, bands: Sequence[str]) -> tuple[float, ...]:
 
     Raises SpecError / UnknownBandError naming the collection and band when a value is unknown.
     """
-    coll = known_collection(collection)
-    if coll is None:
-        raise SpecError(
-            f"DOFA needs each band's centre wavelength, but collection {collection!r} is not in the band "
-            "table (rs_embed_core.collections); use a listed collection"
-        )
     out = []
     for name in bands:
-        try:
-            band = coll.band(name)
-        except KeyError:
-            raise UnknownBandError(f"{collection} has no band {name!r}; it has {list(coll.band_names)}") from None
+        coll, band = band_entry(collection, name, "DOFA")
         if band.center_nm is None:
             raise SpecError(f"DOFA cannot embed band {name!r} of {collection}: it has no centre wavelength "
                             f"({band.description}); select spectral bands only")
@@ -131,17 +122,9 @@ def wavelengths_um(collection: str, bands: Sequence[str]) -> tuple[float, ...]:
 
 
 def batch_wavelengths(sensor: SensorSpec | Sequence[SensorSpec], bands: Sequence[str]) -> tuple[float, ...]:
-    """Wavelengths of the batch's bands, each looked up in the collection of the sensor that delivered it
-    (a multi-sensor request, e.g. Sentinel-2 + Sentinel-1 merged band-wise, mixes collections)."""
-    sensors = tuple(sensor) if isinstance(sensor, (list, tuple)) else (sensor,)
-    out = []
-    for name in bands:
-        owner = next((s for s in sensors if name in s.bands), None)
-        if owner is None:
-            raise UnknownBandError(f"DOFA cannot tell which sensor delivered band {name!r}: the request's sensors "
-                                   f"have bands {[list(s.bands) for s in sensors]}")
-        out.extend(wavelengths_um(owner.collection, (name,)))
-    return tuple(out)
+    """Wavelengths of the batch's bands, each looked up in the collection of the sensor that delivered it."""
+    return tuple(w for name in bands
+                 for w in wavelengths_um(delivering_sensor(sensor, name, "DOFA").collection, (name,)))
 
 
 class DOFA(Embedder):

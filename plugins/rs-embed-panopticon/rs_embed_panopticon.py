@@ -19,9 +19,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 from rs_embed_core.card import InputSpec, ModelCard, Step, Variant, WeightsSpec
-from rs_embed_core.collections import known_collection
+from rs_embed_core.collections import band_entry, delivering_sensor
 from rs_embed_core.embedder import BatchContext, Embedder, EmbedOutput
-from rs_embed_core.errors import SpecError, UnknownBandError
+from rs_embed_core.errors import SpecError
 from rs_embed_core.hookspecs import hookimpl
 from rs_embed_core.specs import SensorSpec
 
@@ -85,21 +85,9 @@ def channel_ids(sensor: SensorSpec | Sequence[SensorSpec], bands: Sequence[str])
     Raises SpecError / UnknownBandError naming the band when it has no id (QA bands, an incidence
     angle, a collection missing from the table) before any network work.
     """
-    sensors = tuple(sensor) if isinstance(sensor, (list, tuple)) else (sensor,)
     out = []
     for name in bands:
-        owner = next((s for s in sensors if name in s.bands), None)
-        if owner is None:
-            raise UnknownBandError(f"Panopticon cannot tell which sensor delivered band {name!r}: the request's "
-                                   f"sensors have bands {[list(s.bands) for s in sensors]}")
-        coll = known_collection(owner.collection)
-        if coll is None:
-            raise SpecError(f"Panopticon needs each band's wavelength, but collection {owner.collection!r} is not "
-                            "in the band table (rs_embed_core.collections); use a listed collection")
-        try:
-            band = coll.band(name)
-        except KeyError:
-            raise UnknownBandError(f"{coll.id} has no band {name!r}; it has {list(coll.band_names)}") from None
+        coll, band = band_entry(delivering_sensor(sensor, name, "Panopticon").collection, name, "Panopticon")
         if coll.kind == "sar":
             if name not in SAR_IDS:
                 raise SpecError(f"Panopticon embeds SAR polarisations {sorted(SAR_IDS)}; {coll.id} band {name!r} "
