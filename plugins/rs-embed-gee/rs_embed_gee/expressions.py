@@ -10,7 +10,7 @@
 
 Cloud masks (definitions in rs_embed_core.collections) are applied per image before compositing:
 Cloud Score+ joins each Sentinel-2 image to the Cloud Score+ image with the same id and keeps
-cs >= threshold; "scl" drops the SCL classes in SCL_NOT_CLEAR; "qa60", "qa_pixel" and "fmask" drop
+cs >= threshold (an image whose score is not published yet is fully masked); "scl" drops the SCL classes in SCL_NOT_CLEAR; "qa60", "qa_pixel" and "fmask" drop
 pixels with any of their not-clear bits set.
 """
 
@@ -25,6 +25,7 @@ from rs_embed_core.collections import (
     QA60_NOT_CLEAR_BITS,
     QA_PIXEL_NOT_CLEAR_BITS,
     SCL_NOT_CLEAR,
+    known_collection,
 )
 from rs_embed_core.grid import GridSpec
 from rs_embed_core.specs import SensorSpec, TemporalSpec
@@ -43,6 +44,7 @@ SCENE_CLOUD_PROPERTY = {
     "NASA/HLS/HLSL30/v002": "CLOUD_COVERAGE",
 }
 VALID = "valid"
+SAR_POLARISATIONS = ("VV", "VH", "HH", "HV")
 
 
 def region(grid: GridSpec) -> Any:
@@ -59,6 +61,12 @@ def source_collection(sensor: SensorSpec, window: TemporalSpec, roi: Any, max_sc
 
     col = ee.ImageCollection(sensor.collection).filterDate(window.start.isoformat(), window.end.isoformat())
     col = col.filterBounds(roi)
+    coll = known_collection(sensor.collection)
+    if coll is not None and coll.kind == "sar":
+        # Sentinel-1 images carry only the polarisations they were acquired in: keep those with every one asked
+        for band in sensor.bands:
+            if band in SAR_POLARISATIONS:
+                col = col.filter(ee.Filter.listContains("transmitterReceiverPolarisation", band))
     prop = SCENE_CLOUD_PROPERTY.get(sensor.collection)
     if sensor.max_cloud_fraction is not None and prop is not None:
         col = col.filter(ee.Filter.lte(prop, sensor.max_cloud_fraction * 100.0))
@@ -77,9 +85,13 @@ def masked(col: Any, bands: tuple[str, ...], method: str | None, threshold: floa
         if method is None:
             return out
         if method == "cloud_score_plus":
-            score = ee.Image(
-                ee.ImageCollection(CLOUD_SCORE_PLUS_COLLECTION).filter(ee.Filter.eq("system:index", img.get("system:index"))).first()
-            ).select(CLOUD_MASK_BAND[method])
+            band = CLOUD_MASK_BAND[method]
+            scores = ee.ImageCollection(CLOUD_SCORE_PLUS_COLLECTION).filter(
+                ee.Filter.eq("system:index", img.get("system:index"))).select([band])
+            # an image without its score yet (Cloud Score+ lags new acquisitions) is masked, not an error:
+            # a fully masked stand-in sits under the score, so the mosaic is the score where there is one
+            missing = ee.Image.constant(0).toFloat().rename([band]).updateMask(ee.Image.constant(0))
+            score = ee.ImageCollection.fromImages([missing]).merge(scores).mosaic()
             clear = score.gte(threshold)
         elif method == "scl":
             clear = img.select(CLOUD_MASK_BAND[method]).remap(list(SCL_NOT_CLEAR), [0] * len(SCL_NOT_CLEAR), 1)

@@ -58,6 +58,8 @@ def test_cloud_score_plus_mask_with_default_and_given_threshold(fake, provider, 
     threshold = arg(e, gte[0]["image2"])
     assert constant(arg(e, threshold["functionInvocationValue"]["arguments"]["value"])) == 0.6
     assert "Image.updateMask" in names(e) and "Filter.equals" in names(e)  # joined on system:index
+    # a masked stand-in under the score: an image without a published score is masked, not an error
+    assert {"ImageCollection.fromImages", "ImageCollection.merge", "ImageCollection.mosaic"} <= names(e)
     provider.fetch(req(SensorSpec(S2, ("B4",), 10, cloud_threshold=0.8)))
     e = fake.of("computePixels")[-1].body["expression"]
     gte = [a for f, a in calls(e) if f == "Image.gte"][0]
@@ -135,3 +137,12 @@ def test_check_refuses_masks_and_thresholds_the_collection_lacks(provider, fake,
         provider.check(SensorSpec("COPERNICUS/S1_GRD", ("VV",), 10, cloud_mask="qa60"))
     provider.check(SensorSpec("COPERNICUS/S1_GRD", ("VV", "VH"), 10))  # SAR: no mask by default
     assert fake.requests == []  # nothing reached the server
+
+
+def test_sentinel1_keeps_images_with_every_asked_polarisation(fake, provider, req):
+    fake.scenes["COPERNICUS/S1_GRD"] = list(fake.scenes[S2])
+    provider.fetch(req(SensorSpec("COPERNICUS/S1_GRD", ("VV", "VH", "angle"), 10)))
+    e = fake.of("compute")[-1].body["expression"]
+    assert sorted(constants(e, "Filter.listContains", "rightValue")) == ["VH", "VV"]
+    assert constants(e, "Filter.listContains", "leftField") == ["transmitterReceiverPolarisation"] * 2
+    assert "Image.updateMask" not in names(e)  # SAR: no cloud mask
