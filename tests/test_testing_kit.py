@@ -407,3 +407,22 @@ def test_check_strict_loading_catches_a_lax_loader(tmp_path):
 def test_check_strict_loading_skips_weight_free_variants(tmp_path, registered):
     report = check_strict_loading("kit-test-numpy", None, tmp_path)
     assert report.skipped and report.checks == ()
+
+
+def test_perturbed_state_dict_and_random_state_follow_their_rules():
+    import torch
+
+    from rs_embed_core.testing import perturbed_state_dict, random_state
+
+    ref = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8))
+    sd = perturbed_state_dict(ref, seed=3, keep=lambda k: k == "0.bias",
+                              override=lambda k, v, g: torch.full_like(v, 7.0) if k == "0.weight" else None)
+    assert torch.equal(sd["0.bias"], ref[0].bias.detach()) and (sd["0.weight"] == 7.0).all()
+    assert not torch.equal(sd["1.weight"], torch.ones(8)) and (sd["1.weight"] - 1).abs().max() < 1.0
+    assert sd["1.bias"].abs().max() < 0.2 and sd["1.bias"].abs().sum() > 0
+    again = perturbed_state_dict(ref, seed=3, keep=lambda k: k == "0.bias",
+                                 override=lambda k, v, g: torch.full_like(v, 7.0) if k == "0.weight" else None)
+    assert all(torch.equal(sd[k], again[k]) for k in sd)
+    rs = random_state({"norm.weight": (5,), "proj.weight": (3, 5)}, seed=1)
+    assert (rs["norm.weight"] - 1).abs().max() < 0.2 and rs["proj.weight"].abs().max() < 0.2
+    assert torch.equal(rs["proj.weight"], random_state({"norm.weight": (5,), "proj.weight": (3, 5)}, seed=1)["proj.weight"])

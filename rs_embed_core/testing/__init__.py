@@ -3,6 +3,8 @@
 - `FakeProvider`: deterministic, world-coordinate pixels with call records, latency and faults.
 - `build_hf_cache`, `offline_hub`, `random_weights_file`, `weights_spec_for`: random weights
   served by huggingface_hub from an offline cache, so loading code runs exactly as in production.
+- `perturbed_state_dict`, `random_state`: shared random weights for equality tests against a
+  reference implementation.
 - `check_embedder_contract`, `check_strict_loading`: what every embedder must pass;
   `random_weights` lets a model with weights run end to end on random ones.
 
@@ -20,7 +22,15 @@ from .contract import (
     random_weights,
     registered,
 )
-from .hub import build_hf_cache, file_sha256, offline_hub, random_weights_file, weights_spec_for
+from .hub import (
+    build_hf_cache,
+    file_sha256,
+    offline_hub,
+    perturbed_state_dict,
+    random_state,
+    random_weights_file,
+    weights_spec_for,
+)
 from .provider import S2_L2A_BANDS, FakeProvider
 
 __all__ = [
@@ -29,6 +39,8 @@ __all__ = [
     "build_hf_cache",
     "offline_hub",
     "random_weights_file",
+    "perturbed_state_dict",
+    "random_state",
     "weights_spec_for",
     "file_sha256",
     "check_embedder_contract",

@@ -131,6 +131,47 @@ def random_weights_file(state_dict_or_module: Any, path: str | Path, seed: int =
     return path
 
 
+def perturbed_state_dict(reference: Any, seed: int = 0, *, keep: Any = None, override: Any = None) -> dict[str, Any]:
+    """Weights for equality tests against a reference implementation: the reference's own init (an
+    nn.Module or a state dict) with every bias drawn N(0, 0.02^2) and every 1-D weight (norm gains)
+    1 + N(0, 0.1^2), so the parts a zero bias or a unit gain would hide matter too.
+
+    keep(key) -> True: the tensor is kept as it is (buffers, fixed tables). override(key, tensor,
+    generator) -> a tensor for that key, or None to apply the rule above.
+    """
+    import torch
+
+    src = reference.state_dict() if isinstance(reference, torch.nn.Module) else reference
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in src.items():
+        special = override(k, v, gen) if override is not None else None
+        if special is not None:
+            out[k] = special
+        elif keep is not None and keep(k):
+            out[k] = v.detach().clone()
+        elif k.endswith("bias"):
+            out[k] = 0.02 * torch.randn(v.shape, generator=gen)
+        elif k.endswith("weight") and v.ndim == 1:
+            out[k] = 1.0 + 0.1 * torch.randn(v.shape, generator=gen)
+        else:
+            out[k] = v.detach().clone()
+    return out
+
+
+def random_state(shapes: Mapping[str, Any], seed: int = 0) -> dict[str, Any]:
+    """{key: shape} -> N(0, 0.02^2) tensors, norm gains ("norm" in the key, ending "weight") around 1:
+    full-size random weights built without instantiating the reference (e.g. from a meta-device model)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, shape in shapes.items():
+        t = torch.randn(tuple(shape), generator=gen) * 0.02
+        out[k] = t + 1.0 if "norm" in k and k.endswith("weight") else t
+    return out
+
+
 def file_sha256(path: str | Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from rs_embed_core.nn.fourier import fourier_features
-from rs_embed_core.testing import build_hf_cache, offline_hub, weights_spec_for
+from rs_embed_core.testing import build_hf_cache, offline_hub, random_state, weights_spec_for
 from rs_embed_core.weights import CACHE_ENV
 
 import rs_embed_copernicusfm as rcf
@@ -39,19 +39,10 @@ def _torchgeo(params: dict, device: str = "cpu") -> torch.nn.Module:
                                 mlp_ratio=params["mlp_ratio"], norm_layer=norm).eval()
 
 
-def _random_state(keys: dict[str, torch.Size], seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for k, shape in keys.items():
-        t = torch.randn(shape, generator=g) * 0.02
-        out[k] = t + 1.0 if "norm" in k and k.endswith("weight") else t
-    return out
-
-
 def _pair(params: dict, seed: int = 0) -> tuple[rcfm.CopernicusFM, torch.nn.Module]:
     ref = _torchgeo(params)
     keys = {k: v.shape for k, v in ref.state_dict().items() if not k.startswith(NOT_IN_FILE)}
-    sd = _random_state(keys, seed)
+    sd = random_state(keys, seed)
     missing, unexpected = ref.load_state_dict(sd, strict=False)
     assert set(missing) == {"fc_norm.weight", "fc_norm.bias"} and not unexpected
     net = rcfm.CopernicusFM(params).eval()
@@ -128,7 +119,7 @@ def test_full_size_file_loads_strictly_offline_and_equals_torchgeo(tmp_path, mon
         keys = {k: v.shape for k, v in full.state_dict().items() if not k.startswith(NOT_IN_FILE)}
     assert any(k.startswith("patch_embed_variable.") for k in keys)
     path = tmp_path / rcf.WEIGHTS.filename
-    torch.save(_random_state(keys, seed=7), path)
+    torch.save(random_state(keys, seed=7), path)
     gc.collect()
     rev = "7" * 40
     build_hf_cache(tmp_path / "hub", rcf.REPO_ID, rev, {path.name: path})

@@ -16,7 +16,7 @@ dofa_ref = pytest.importorskip("torchgeo.models.dofa")
 from rs_embed_core.embedder import BatchContext  # noqa: E402
 from rs_embed_core.errors import SpecError, UnknownBandError  # noqa: E402
 from rs_embed_core.specs import SensorSpec  # noqa: E402
-from rs_embed_core.testing import build_hf_cache, offline_hub, weights_spec_for  # noqa: E402
+from rs_embed_core.testing import build_hf_cache, offline_hub, perturbed_state_dict, weights_spec_for  # noqa: E402
 from rs_embed_core.weights import CACHE_ENV  # noqa: E402
 
 import rs_embed_dofa as rd  # noqa: E402
@@ -35,26 +35,19 @@ def _ctx(sensor: SensorSpec, want: str = "grid") -> BatchContext:
 
 
 def _random_state_dict(reference: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
-    """torchgeo's file keys (no fc_norm/head) with values that make every part matter: the generated
-    kernel dominates the (small) position table, LayerNorm gains and all biases are perturbed."""
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for k, v in reference.state_dict().items():
-        if k.startswith(("fc_norm.", "head.")):
-            continue
-        if k.endswith("bias"):
-            sd[k] = 0.02 * torch.randn(v.shape, generator=g)
-        elif k.endswith("weight") and v.ndim == 1:
-            sd[k] = 1.0 + 0.1 * torch.randn(v.shape, generator=g)
-        elif k == "pos_embed":
-            sd[k] = 0.02 * torch.randn(v.shape, generator=g)
-        elif k.endswith(("weight_tokens", "bias_token", "cls_token")):
-            sd[k] = torch.randn(v.shape, generator=g)
-        elif k.endswith("fc_weight.weight"):
-            sd[k] = 0.3 * torch.randn(v.shape, generator=g)
-        else:
-            sd[k] = v.detach().clone()
-    return sd
+    """torchgeo's file keys (no fc_norm/head) with values that make every part matter: the kit's perturbed
+    biases and gains, and a generated kernel that dominates the (small) position table."""
+    def dofa(k: str, v: torch.Tensor, g: torch.Generator) -> torch.Tensor | None:
+        if k == "pos_embed":
+            return 0.02 * torch.randn(v.shape, generator=g)
+        if k.endswith(("weight_tokens", "bias_token", "cls_token")):
+            return torch.randn(v.shape, generator=g)
+        if k.endswith("fc_weight.weight"):
+            return 0.3 * torch.randn(v.shape, generator=g)
+        return None
+
+    sd = perturbed_state_dict(reference, seed, override=dofa)
+    return {k: v for k, v in sd.items() if not k.startswith(("fc_norm.", "head."))}
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from terratorch.registry import BACKBONE_REGISTRY  # noqa: E402
 
 from rs_embed_core.embedder import BatchContext  # noqa: E402
 from rs_embed_core.errors import SpecError, WeightsError  # noqa: E402
-from rs_embed_core.testing import build_hf_cache, offline_hub, weights_spec_for  # noqa: E402
+from rs_embed_core.testing import build_hf_cache, offline_hub, perturbed_state_dict, weights_spec_for  # noqa: E402
 from rs_embed_core.weights import CACHE_ENV  # noqa: E402
 
 import rs_embed_prithvi as rp  # noqa: E402
@@ -42,20 +42,12 @@ def _reference(num_frames: int) -> nn.Module:
 
 
 def _random_state_dict(reference: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
-    """The reference's init with biases and LayerNorm gains perturbed and the coordinate scales
-    set well above their tiny trained values, so every parameter and both side inputs matter."""
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for k, v in reference.state_dict().items():
-        if k.endswith("embed_enc.scale"):
-            sd[k] = torch.tensor([0.5 if "temporal" in k else 0.8])
-        elif k.endswith("bias"):
-            sd[k] = 0.02 * torch.randn(v.shape, generator=g)
-        elif k.endswith("weight") and v.ndim == 1:
-            sd[k] = 1.0 + 0.1 * torch.randn(v.shape, generator=g)
-        else:
-            sd[k] = v.detach().clone()
-    return sd
+    """The kit's perturbed init, with the coordinate scales set well above their tiny trained values,
+    so every parameter and both side inputs matter."""
+    def scales(k: str, v: torch.Tensor, g: torch.Generator) -> torch.Tensor | None:
+        return torch.tensor([0.5 if "temporal" in k else 0.8]) if k.endswith("embed_enc.scale") else None
+
+    return perturbed_state_dict(reference, seed, override=scales)
 
 
 def _load_reference(reference: nn.Module, checkpoint: dict[str, torch.Tensor]) -> nn.Module:

@@ -14,7 +14,7 @@ import torch
 open_clip = pytest.importorskip("open_clip")
 
 from rs_embed_core.embedder import BatchContext  # noqa: E402
-from rs_embed_core.testing import build_hf_cache, offline_hub, weights_spec_for  # noqa: E402
+from rs_embed_core.testing import build_hf_cache, offline_hub, perturbed_state_dict, weights_spec_for  # noqa: E402
 from rs_embed_core.weights import CACHE_ENV  # noqa: E402
 
 import rs_embed_remoteclip as rc
@@ -29,27 +29,13 @@ def _ctx(want: str) -> BatchContext:
     return BatchContext(grids=(), centers_lonlat=(), times=(), temporal=None, sensor=None, want=want)  # type: ignore[arg-type]
 
 
-def _random_state_dict(reference: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
-    """open_clip's own (scaled) random init, with LayerNorm gains and all biases perturbed so they matter."""
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for k, v in reference.state_dict().items():
-        if k.endswith("bias"):
-            sd[k] = 0.02 * torch.randn(v.shape, generator=g)
-        elif k.endswith("weight") and v.ndim == 1:  # LayerNorm gains
-            sd[k] = 1.0 + 0.1 * torch.randn(v.shape, generator=g)
-        else:
-            sd[k] = v.detach().clone()
-    return sd
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """(open_clip reference, our loaded embedder, cache root) sharing one random state dict."""
     root = tmp_path_factory.mktemp("remoteclip")
     torch.manual_seed(0)
     ref = open_clip.create_model("ViT-B-32", pretrained=None).eval()
-    sd = _random_state_dict(ref)
+    sd = perturbed_state_dict(ref)
     ref.load_state_dict(sd, strict=True)
     ref.visual.output_tokens = True
 

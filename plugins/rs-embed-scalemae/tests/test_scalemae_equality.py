@@ -15,7 +15,7 @@ import attrs
 import pytest
 import torch
 
-from rs_embed_core.testing import build_hf_cache, offline_hub, weights_spec_for
+from rs_embed_core.testing import build_hf_cache, offline_hub, random_state, weights_spec_for
 from rs_embed_core.weights import CACHE_ENV
 
 import rs_embed_scalemae as rsc
@@ -37,15 +37,6 @@ def _torchgeo(params: dict, res: float, device: str = "cpu") -> torch.nn.Module:
         ).eval()
 
 
-def _random_state(keys: dict[str, torch.Size], seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for k, shape in keys.items():
-        t = torch.randn(shape, generator=g) * 0.02
-        out[k] = t + 1.0 if "norm" in k and k.endswith("weight") else t
-    return out
-
-
 def _compare(net, ref, x: torch.Tensor, res: float) -> tuple[float, float]:
     with torch.inference_mode():
         pooled, grid = rscm.embed(net, x, torch.full((x.shape[0],), res))
@@ -65,7 +56,7 @@ def test_position_table_equals_torchgeo_bit_for_bit():
 def test_tiny_config_equals_torchgeo_per_gsd_and_per_item():
     params = {**rsc.VIT_LARGE, "embed_dim": 64, "depth": 2, "heads": 4}
     ref = _torchgeo(params, 1.0)
-    sd = _random_state({k: v.shape for k, v in ref.state_dict().items()}, seed=0)
+    sd = random_state({k: v.shape for k, v in ref.state_dict().items()}, seed=0)
     net = rscm.build_net(params).eval()
     net.load_state_dict({k: v for k, v in sd.items() if k not in rscm.DROP}, strict=True)
     ref.load_state_dict(sd, strict=True)
@@ -89,7 +80,7 @@ def test_full_size_file_loads_strictly_offline_and_equals_torchgeo(tmp_path, mon
         keys = {k: v.shape for k, v in _torchgeo(rsc.VIT_LARGE, 1.0, "meta").state_dict().items()}
     assert "pos_embed" in keys and not any(k.startswith("head") for k in keys)
     path = tmp_path / rsc.WEIGHTS.filename
-    torch.save(_random_state(keys, seed=2), path)
+    torch.save(random_state(keys, seed=2), path)
     gc.collect()
     rev = "7" * 40
     build_hf_cache(tmp_path / "hub", rsc.REPO_ID, rev, {path.name: path})

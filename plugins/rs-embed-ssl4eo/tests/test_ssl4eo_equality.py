@@ -15,7 +15,7 @@ import attrs
 import pytest
 import torch
 
-from rs_embed_core.testing import build_hf_cache, offline_hub, weights_spec_for
+from rs_embed_core.testing import build_hf_cache, offline_hub, random_state, weights_spec_for
 from rs_embed_core.weights import CACHE_ENV
 
 import rs_embed_ssl4eo as rs4
@@ -37,15 +37,6 @@ def _timm(params: dict, device: str = "cpu", **override) -> torch.nn.Module:
                                  num_heads=params["heads"], **override).eval()
 
 
-def _random_state(keys: dict[str, torch.Size], seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for k, shape in keys.items():
-        t = torch.randn(shape, generator=g) * 0.02
-        out[k] = t + 1.0 if "norm" in k and k.endswith("weight") else t
-    return out
-
-
 def _compare(net, ref, x: torch.Tensor) -> tuple[float, float]:
     with torch.inference_mode():
         pooled, grid = rs4m.embed(net, x)
@@ -63,7 +54,7 @@ def test_tiny_config_of_each_variant_equals_timm(name):
     dim = 8 * params["heads"]  # divisible by the variant's head count
     tiny = {**params, "embed_dim": dim, "depth": 2}
     ref = _timm(tiny)
-    sd = _random_state({k: v.shape for k, v in ref.state_dict().items()}, seed=0)
+    sd = random_state({k: v.shape for k, v in ref.state_dict().items()}, seed=0)
     ref.load_state_dict(sd, strict=True)
     net = rs4m.build_net(tiny).eval()
     net.load_state_dict(sd, strict=True)
@@ -85,7 +76,7 @@ def test_variants_match_torchgeos_builders_key_for_key_and_head_count(name):
 def test_dino_vit_small_full_size_equals_torchgeo():
     var = rs4.SSL4EO.card.variant("vit_small_dino")
     ref = tg_vit.vit_small_patch16_224(None, in_chans=13, num_classes=0).eval()
-    sd = _random_state({k: v.shape for k, v in ref.state_dict().items()}, seed=4)
+    sd = random_state({k: v.shape for k, v in ref.state_dict().items()}, seed=4)
     ref.load_state_dict(sd, strict=True)
     net = rs4m.build_net(var.params).eval()
     net.load_state_dict(sd, strict=True)
@@ -101,7 +92,7 @@ def test_moco_head_count_matters_and_torchgeos_builder_has_six():
     params = {**rs4.SSL4EO.card.variant("vit_small_moco").params, "depth": 2}
     twelve = rs4m.build_net(params).eval()
     six = rs4m.build_net({**params, "heads": 6}).eval()
-    sd = _random_state({k: v.shape for k, v in twelve.state_dict().items()}, seed=6)
+    sd = random_state({k: v.shape for k, v in twelve.state_dict().items()}, seed=6)
     twelve.load_state_dict(sd)
     six.load_state_dict(sd)
     x = torch.rand(1, 13, 224, 224, generator=torch.Generator().manual_seed(7))
@@ -116,7 +107,7 @@ def test_default_variant_full_size_loads_strictly_offline_and_equals_timm(tmp_pa
     ref = _timm(var.params)
     keys = {k: v.shape for k, v in ref.state_dict().items()}
     path = tmp_path / var.weights.filename
-    torch.save(_random_state(keys, seed=2), path)
+    torch.save(random_state(keys, seed=2), path)
     gc.collect()
     rev = "5" * 40
     build_hf_cache(tmp_path / "hub", var.weights.repo_id, rev, {path.name: path})

@@ -16,7 +16,7 @@ from terratorch.registry import BACKBONE_REGISTRY  # noqa: E402
 
 from rs_embed_core.embedder import BatchContext  # noqa: E402
 from rs_embed_core.errors import SpecError, WeightsError  # noqa: E402
-from rs_embed_core.testing import build_hf_cache, offline_hub, weights_spec_for  # noqa: E402
+from rs_embed_core.testing import build_hf_cache, offline_hub, perturbed_state_dict, weights_spec_for  # noqa: E402
 from rs_embed_core.weights import CACHE_ENV  # noqa: E402
 
 import rs_embed_terramind as rt  # noqa: E402
@@ -31,21 +31,14 @@ def _ctx(want: str) -> BatchContext:
 
 
 def _random_state_dict(reference: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
-    """The reference's init with biases, gains and the modality embedding perturbed; buffers
-    (the fixed sin-cos table, the bias-free norms' zero biases) kept as they are."""
-    g = torch.Generator().manual_seed(seed)
+    """The kit's perturbed init plus the modality embedding; buffers (the fixed sin-cos table, the
+    bias-free norms' zero biases) kept as they are."""
     buffers = {k for k, _ in reference.named_buffers()}
-    sd = {}
-    for k, v in reference.state_dict().items():
-        if k in buffers:
-            sd[k] = v.detach().clone()
-        elif k.endswith("bias") or k.endswith("mod_emb"):
-            sd[k] = 0.02 * torch.randn(v.shape, generator=g)
-        elif k.endswith("weight") and v.ndim == 1:
-            sd[k] = 1.0 + 0.1 * torch.randn(v.shape, generator=g)
-        else:
-            sd[k] = v.detach().clone()
-    return sd
+
+    def mod_emb(k: str, v: torch.Tensor, g: torch.Generator) -> torch.Tensor | None:
+        return 0.02 * torch.randn(v.shape, generator=g) if k.endswith("mod_emb") and k not in buffers else None
+
+    return perturbed_state_dict(reference, seed, keep=buffers.__contains__, override=mod_emb)
 
 
 def _serve(root, checkpoint: dict[str, torch.Tensor], revision: str):
