@@ -79,3 +79,15 @@ class Embedder:
     @property
     def weights_revision(self) -> str | None:
         return self.variant.weights.revision if self.variant.weights else None
+
+
+def check_single_frame(x: Any, ctx: BatchContext, model: str) -> None:
+    """Refuse a batch that is not (B, 1, C, H, W) with one band name per channel: models without a time
+    axis take one composited frame per item, and band-conditioned models read `ctx.band_names`."""
+    from .errors import SpecError
+
+    if x.ndim != 5 or x.shape[1] != 1:
+        raise SpecError(f"{model} takes one frame per item, (B, 1, C, H, W); got {tuple(x.shape)}. "
+                        "Use a compositing sensor (composite='median' or 'mosaic', frames=1).")
+    if len(ctx.band_names) != x.shape[2]:
+        raise SpecError(f"{model} got {x.shape[2]} channels but {len(ctx.band_names)} band names {list(ctx.band_names)}")

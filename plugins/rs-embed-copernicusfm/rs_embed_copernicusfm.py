@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from rs_embed_core.card import InputSpec, ModelCard, Step, Variant, WeightsSpec
 from rs_embed_core.collections import band_entry, delivering_sensor
-from rs_embed_core.embedder import BatchContext, Embedder, EmbedOutput
+from rs_embed_core.embedder import BatchContext, Embedder, EmbedOutput, check_single_frame
 from rs_embed_core.errors import SpecError
 from rs_embed_core.hookspecs import hookimpl
 from rs_embed_core.specs import SensorSpec
@@ -237,12 +237,7 @@ class CopernicusFM(Embedder):
     def forward(self, x: torch.Tensor, ctx: BatchContext) -> EmbedOutput:
         import torch
 
-        if x.ndim != 5 or x.shape[1] != 1:
-            raise SpecError(f"Copernicus-FM takes one frame per item, (B, 1, C, H, W); got {tuple(x.shape)}. "
-                            "Use a compositing sensor (composite='median' or 'mosaic', frames=1).")
-        if len(ctx.band_names) != x.shape[2]:
-            raise SpecError(f"Copernicus-FM got {x.shape[2]} channels but {len(ctx.band_names)} band names "
-                            f"{ctx.band_names}")
+        check_single_frame(x, ctx, "Copernicus-FM")
         waves, widths = spectral_inputs(ctx.sensor, ctx.band_names)  # side inputs before any network compute
         meta = metadata(ctx, int(self.variant.params["patch_size"]))
         if self.model is None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from rs_embed_core.card import InputSpec, ModelCard, Step, Variant, WeightsSpec
 from rs_embed_core.collections import band_entry, delivering_sensor
-from rs_embed_core.embedder import BatchContext, Embedder, EmbedOutput
+from rs_embed_core.embedder import BatchContext, Embedder, EmbedOutput, check_single_frame
 from rs_embed_core.errors import SpecError
 from rs_embed_core.hookspecs import hookimpl
 from rs_embed_core.specs import SensorSpec
@@ -170,11 +170,7 @@ class DOFA(Embedder):
     def forward(self, x: torch.Tensor, ctx: BatchContext) -> EmbedOutput:
         import torch
 
-        if x.ndim != 5 or x.shape[1] != 1:
-            raise SpecError(f"DOFA takes one frame per item, (B, 1, C, H, W); got {tuple(x.shape)}. "
-                            "Use a compositing sensor (composite='median' or 'mosaic', frames=1).")
-        if len(ctx.band_names) != x.shape[2]:
-            raise SpecError(f"DOFA got {x.shape[2]} channels but {len(ctx.band_names)} band names {ctx.band_names}")
+        check_single_frame(x, ctx, "DOFA")
         waves = batch_wavelengths(ctx.sensor, ctx.band_names)  # before any network compute
         if self.model is None:
             self.load()
