@@ -54,7 +54,7 @@ class GEEQuotaError(TransientProviderError):
 _TOO_LARGE = re.compile(r"request size|must be less than or equal to \d+ bytes|request exceeds|too many bands|"
                         r"pixels? per side|dimensions? .*(?:exceed|too large)", re.I)
 _NOT_FOUND = re.compile(r"not found|does not exist", re.I)
-_PROJECT = re.compile(r"not (?:been )?registered|has not been used in project|no project|project.*not found", re.I)
+_PROJECT = re.compile(r"not (?:been )?registered|has not been used in project", re.I)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -123,6 +123,8 @@ def classify(exc: BaseException, what: str, project: str | None = None) -> Excep
             "Earth Engine (https://code.earthengine.google.com/register) and that this account has the roles "
             "Earth Engine Resource Viewer and Service Usage Consumer on it."
         )
+    if "no project" in reason.lower():
+        return GEEAuthError(NO_PROJECT)
     if status == 400 and _TOO_LARGE.search(reason):
         return GEERequestTooLargeError(f"Earth Engine, {what}: {reason}")
     if status == 404 or _NOT_FOUND.search(reason):
@@ -130,6 +132,4 @@ def classify(exc: BaseException, what: str, project: str | None = None) -> Excep
             f"Earth Engine, {what}: {reason}. Check the id (SensorSpec.collection) in the Earth Engine data "
             "catalog (https://developers.google.com/earth-engine/datasets) and that the project can read it."
         )
-    if "no project" in reason.lower() or "project" in reason.lower() and "required" in reason.lower():
-        return GEEAuthError(NO_PROJECT)
     return GEEError(f"Earth Engine, {what}: " + (f"HTTP {status}: " if status else "") + reason)

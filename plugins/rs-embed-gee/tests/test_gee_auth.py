@@ -123,3 +123,19 @@ def test_credentials_never_reach_logs_or_errors(fake, req, caplog):
         provider.fetch(req(SensorSpec("COPERNICUS/S2_SR_HARMONIZED", ("B8",), 10)))
     assert TOKEN not in caplog.text and TOKEN not in str(info.value) and TOKEN not in repr(provider)
     assert all(r.authorized for r in fake.requests)  # the token did travel, in the header only
+
+
+def test_client_errors_without_an_http_status_are_classified_by_their_text():
+    from rs_embed_core.errors import TransientProviderError
+    from rs_embed_gee.errors import GEEError, classify
+
+    def kind(exc):
+        return type(classify(exc, "testing", "p"))
+
+    assert kind(ee.EEException("Please authorize access to your Earth Engine account")) is GEEAuthError
+    assert kind(ee.EEException("ee.Initialize: no project found. Call with project=")) is GEEAuthError
+    assert kind(ee.EEException("Image asset 'projects/p/assets/x' not found.")) is GEEAssetNotFoundError
+    assert kind(ee.EEException("Project 'p' is not registered to use Earth Engine.")) is GEEPermissionError
+    assert kind(ee.EEException("User memory limit exceeded.")) is GEEError
+    assert kind(TimeoutError("read timed out")) is TransientProviderError
+    assert classify(KeyError("a bug of ours"), "testing") is None  # not the client's: propagates as is
