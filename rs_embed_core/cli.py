@@ -48,7 +48,7 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group)
-@click.version_option(package_name="rs-embed")
+@click.version_option(package_name="rs-embed-core")
 def main() -> None:
     """Embeddings from remote-sensing foundation models for any (model, place, time)."""
 

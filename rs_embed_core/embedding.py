@@ -31,7 +31,7 @@ class Embedding:
         try:
             import xarray as xr
         except ImportError:
-            raise ImportError("Embedding.to_xarray needs xarray: pip install 'rs-embed[xarray]'") from None
+            raise ImportError("Embedding.to_xarray needs xarray: pip install xarray") from None
 
         attrs = {k: v for k, v in self.meta.items() if isinstance(v, (str, int, float))}
         if self.data.ndim == 1:

@@ -405,7 +405,7 @@ def _need(module: str, what: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec(module) is None:
-        raise SpecError(f"{what} needs {module}: pip install 'rs-embed[export]' (or format='npz')")
+        raise SpecError(f"{what} needs {module}: pip install pyarrow zarr (or format='npz')")
 
 
 def export_npz(

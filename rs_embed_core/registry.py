@@ -30,7 +30,7 @@ KNOWN_PROVIDERS: dict[str, str] = {"gee": "rs-embed-gee", "stac": "rs-embed-stac
 
 
 def _install_hint(dist: str) -> str:
-    return f"pip install -c constraints.txt -e {_REPO}{dist} (from the repository root), or pip install {dist}"
+    return f"pip install -c constraints.txt -e . -e {_REPO}{dist} (from the rs-embed repository root)"
 
 
 @frozen

@@ -55,7 +55,7 @@ def _from_parquet(p: Path, default: float | None) -> list[NamedROI]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise SpecError("reading .parquet ROI files needs pyarrow: pip install 'rs-embed[export]'") from None
+        raise SpecError("reading .parquet ROI files needs pyarrow: pip install pyarrow") from None
     try:
         rows = pq.read_table(p).to_pylist()
     except Exception as exc:  # pyarrow's errors for a broken file
