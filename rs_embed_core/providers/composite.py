@@ -19,15 +19,41 @@ from ..errors import SpecError
 from ..specs import SensorSpec, TemporalSpec
 
 
+_NETWORK_MAX = 8  # up to this many scenes, a compare-exchange network beats a full sort along axis 0
+
+
 def median(stack: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel median over valid observations (mean of the two middle ones when even)."""
-    x = np.where(valid[:, None], stack, np.nan)
-    x.sort(axis=0)  # NaN sorts last, so the first n values are the valid ones
+    """Per-pixel median over valid observations (mean of the two middle ones when even).
+
+    Invalid observations become +inf and sort last, so the first n (valid) values of each pixel's
+    sorted column are its observations. A few scenes are sorted by an odd-even transposition network
+    of elementwise min/max, many by numpy's sort; the middle ranks are read for all pixels at once
+    where every scene is valid, and pixel by pixel only where some are not. Pixels without any
+    observation are NaN.
+    """
+    n_scenes = stack.shape[0]
     n = valid.sum(axis=0)  # (H, W)
-    lo = np.broadcast_to(np.maximum((n - 1) // 2, 0)[None, None], (1, *x.shape[1:]))
-    hi = np.broadcast_to(np.maximum(n // 2, 0)[None, None], (1, *x.shape[1:]))
-    med = 0.5 * (np.take_along_axis(x, lo, 0) + np.take_along_axis(x, hi, 0))
-    return med.astype(np.float32), (n > 0)[None]
+    x = np.array(stack, dtype=np.float32)
+    partial = n < n_scenes
+    if partial.any():
+        for k in range(n_scenes):
+            x[k][:, ~valid[k]] = np.inf
+    if n_scenes <= _NETWORK_MAX:
+        for r in range(n_scenes):
+            for k in range(r % 2, n_scenes - 1, 2):
+                lo = np.minimum(x[k], x[k + 1])
+                np.maximum(x[k], x[k + 1], out=x[k + 1])
+                x[k] = lo
+    else:
+        x.sort(axis=0)
+    med = np.float32(0.5) * (x[(n_scenes - 1) // 2] + x[n_scenes // 2])
+    if partial.any():
+        rows, cols = np.nonzero(partial)
+        m = n[rows, cols]
+        lo_r, hi_r = np.maximum((m - 1) // 2, 0), np.maximum(m // 2, 0)
+        med[:, rows, cols] = np.float32(0.5) * (x[lo_r, :, rows, cols] + x[hi_r, :, rows, cols]).T
+        med[:, n == 0] = np.nan
+    return med[None], (n > 0)[None]
 
 
 def mosaic(stack: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -150,5 +176,8 @@ def composite_scenes(
         meta["scenes_per_frame"] = used_l
         if undated:
             meta["undated_ignored"] = undated
-    data = np.where(ok[:, None], data, np.float32(sensor.fill_value)).astype(np.float32)
+    data = np.asarray(data, np.float32)  # a new array from every reducer: filled in place
+    for k in range(data.shape[0]):
+        if not ok[k].all():
+            data[k][:, ~ok[k]] = np.float32(sensor.fill_value)
     return data, ok, times, meta

@@ -16,7 +16,9 @@ exported in the environment win over these defaults.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
+from collections import OrderedDict
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -86,52 +88,191 @@ def read_warped(
     `nodata` overrides the file's nodata value (one value, or one per asked band; None keeps the
     file's). Resampling never mixes nodata into valid pixels (GDAL skips them per band); the
     masks are warped with nearest-neighbour so each output pixel takes its source pixel's mask.
+    When the grid is the file's own lattice (same CRS and pixel size, whole-pixel offset) every
+    resampling reads the source pixels themselves, so a plain window read gives the same pixels and
+    masks without a warp. Local files stay open per thread (`open_dataset`), so overlapping ROIs reuse
+    GDAL's decompressed blocks.
     """
+    from rasterio.errors import RasterioError
+
+    idx = [int(i) for i in indexes]
+    overrides = _nodata_per_band(nodata, len(idx))
+    env = {**network_env(), **dict(gdal_env or {})}
+    try:
+        with _env(env):
+            src = open_dataset(path)
+            try:
+                win = _aligned_window(src, grid)
+                if win is not None:
+                    data, valid = _read_window(src, win, grid, idx, overrides)
+                else:
+                    data, valid = _read_through_warp(src, grid, idx, overrides, resampling)
+            finally:
+                if not _cacheable(path):
+                    src.close()
+    except RasterioError as exc:
+        raise _classify(exc, path) from None
+    valid &= np.isfinite(data)
+    return data, valid
+
+
+# ---------------------------------------------------------------- open datasets, per thread
+
+_MAX_OPEN = 64  # datasets kept open per thread (file handles and GDAL block caches)
+_open = threading.local()
+
+
+def _cacheable(path: str) -> bool:
+    """Local files are kept open (keyed by size and mtime); URLs are not: signed URLs expire."""
+    return "://" not in path and not path.startswith("/vsi")
+
+
+def _env(env: Mapping[str, str]) -> Any:
+    import contextlib
+
     import rasterio
+
+    return rasterio.Env(**env) if env else contextlib.nullcontext()
+
+
+def open_dataset(path: str) -> Any:
+    """An open rasterio dataset for `path`: for a local file, this thread's open one while the file is
+    unchanged (size and mtime), else a new one. Datasets are never shared between threads (GDAL
+    datasets are not thread-safe); the caller closes only what is not cached (`_cacheable`)."""
+    import rasterio
+
+    if not _cacheable(path):
+        return rasterio.open(path)
+    cache: OrderedDict[str, tuple[tuple[int, int, int], Any]] = getattr(_open, "datasets", None) or OrderedDict()
+    _open.datasets = cache
+    st = os.stat(path)
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    hit = cache.get(path)
+    if hit is not None and hit[0] == stamp and not hit[1].closed:
+        cache.move_to_end(path)
+        return hit[1]
+    if hit is not None:
+        hit[1].close()
+    ds = rasterio.open(path)
+    cache[path] = (stamp, ds)
+    while len(cache) > _MAX_OPEN:
+        cache.popitem(last=False)[1][1].close()
+    return ds
+
+
+def close_datasets() -> None:
+    """Close this thread's open datasets (tests that rewrite files in place; worker shutdown)."""
+    for _, ds in getattr(_open, "datasets", {}).values():
+        ds.close()
+    _open.datasets = OrderedDict()
+
+
+# ---------------------------------------------------------------- the two read paths
+
+
+def _aligned_window(src: Any, grid: GridSpec, tol: float = 1e-6) -> Any:
+    """The file window that *is* `grid` (possibly partly outside the file), when the grid lies on
+    the file's own pixel lattice; else None."""
+    from rasterio.crs import CRS
+    from rasterio.windows import Window
+
+    t = src.transform
+    if src.crs is None or t.b != 0 or t.d != 0 or abs(t.a - grid.res) > tol * grid.res \
+            or abs(-t.e - grid.yres) > tol * grid.yres:
+        return None
+    col, row = (grid.x0 - t.c) / t.a, (t.f - grid.y0) / -t.e
+    if abs(col - round(col)) > tol or abs(row - round(row)) > tol:
+        return None
+    try:
+        if CRS.from_user_input(grid.crs) != src.crs:
+            return None
+    except Exception:
+        return None
+    return Window(round(col), round(row), grid.width, grid.height)
+
+
+def _read_window(src: Any, win: Any, grid: GridSpec, idx: list[int], overrides: list[float | None]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Plain read of the part of `win` inside the file; the rest is invalid."""
+    from rasterio.enums import ColorInterp, MaskFlags
+    from rasterio.windows import Window
+
+    h, w = grid.height, grid.width
+    c0, r0 = max(0, win.col_off), max(0, win.row_off)
+    c1, r1 = min(src.width, win.col_off + w), min(src.height, win.row_off + h)
+    inside = (c0, r0, c1, r1) == (win.col_off, win.row_off, win.col_off + w, win.row_off + h)
+    valid = np.zeros((len(idx), h, w), bool)
+    if c1 <= c0 or r1 <= r0:
+        return np.zeros((len(idx), h, w), np.float32), valid
+    inner = Window(c0, r0, c1 - c0, r1 - r0)
+    ys, xs = slice(r0 - win.row_off, r1 - win.row_off), slice(c0 - win.col_off, c1 - win.col_off)
+    raw = src.read(idx, window=inner, out_dtype="float32")  # GDAL converts while it copies, as the warp does
+    if inside:
+        data = raw
+    else:
+        data = np.zeros((len(idx), h, w), np.float32)
+        data[:, ys, xs] = raw
+    # an alpha band (by colour interpretation) limits every band without a nodata override, as in the warp
+    alpha = None
+    if ColorInterp.alpha in src.colorinterp:
+        alpha = src.read(list(src.colorinterp).index(ColorInterp.alpha) + 1, window=inner) > 0
+    for k, band in enumerate(idx):  # an override replaces the file's own masks for its band
+        o = overrides[k]
+        flags = src.mask_flag_enums[band - 1]
+        if o is not None:
+            valid[k, ys, xs] = raw[k] != o
+            continue
+        if flags == [MaskFlags.all_valid]:
+            ok = np.ones(raw[k].shape, bool)
+        elif flags == [MaskFlags.nodata]:  # the mask GDAL would derive, without a second read
+            ok = raw[k] != src.nodatavals[band - 1]
+        else:  # internal mask, alpha band
+            ok = src.read_masks(band, window=inner) > 0
+        valid[k, ys, xs] = ok if alpha is None else ok & alpha
+    return data, valid
+
+
+def _read_through_warp(src: Any, grid: GridSpec, idx: list[int], overrides: list[float | None], resampling: str
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Any other grid: a WarpedVRT for the pixels, the per-band masks warped by nearest pixel."""
     from rasterio.enums import ColorInterp, Resampling
-    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+    from rasterio.errors import NotGeoreferencedWarning
     from rasterio.vrt import WarpedVRT
     from rasterio.warp import reproject, transform_bounds
 
     # rasterio warns that the in-memory mask arrays have no geotransform, though both transforms are
     # passed explicitly; catch_warnings is not thread-safe (reads run on fetch threads), so filter once
     warnings.filterwarnings("ignore", message="Dataset has no geotransform", category=NotGeoreferencedWarning)
-    idx = [int(i) for i in indexes]
-    overrides = _nodata_per_band(nodata, len(idx))
-    env = {**network_env(), **dict(gdal_env or {})}
     h, w = grid.height, grid.width
-    try:
-        with rasterio.Env(**env), rasterio.open(path) as src:
-            file_nodata = [src.nodatavals[i - 1] for i in idx]
-            per_band = [o if o is not None else f for o, f in zip(overrides, file_nodata)]
-            shared = per_band[0] if per_band and all(v == per_band[0] for v in per_band) else None
-            vrt_kw: dict[str, Any] = {"src_nodata": shared} if shared is not None else {}
-            has_alpha = ColorInterp.alpha in src.colorinterp
-            with WarpedVRT(src, crs=grid.crs, transform=grid.affine(), width=w, height=h, add_alpha=not has_alpha,
-                           resampling=Resampling[resampling], dtype="float32", **vrt_kw) as vrt:
-                data = vrt.read(idx)
-                # GDAL folds nodata, internal masks, alpha and "outside the source" into this band
-                alpha = vrt.read(list(vrt.colorinterp).index(ColorInterp.alpha) + 1) > 0
-            # per-band masks at source resolution over the ROI's window, warped by nearest pixel
-            left, bottom, right, top = transform_bounds(grid.crs, src.crs, *grid.bounds, densify_pts=21)
-            win = _source_window(src, left, bottom, right, top)
-            valid = np.zeros((len(idx), h, w), bool)
-            if win is not None:
-                for k, (band, nd) in enumerate(zip(idx, per_band)):
-                    if overrides[k] is not None:  # the override replaces the file's own masks
-                        vals = src.read(band, window=win, masked=False)
-                        mask = (vals != overrides[k]) & (np.isfinite(vals) if vals.dtype.kind == "f" else True)
-                        mask = np.asarray(mask, np.uint8)
-                    else:
-                        mask = (src.read_masks(band, window=win) > 0).astype(np.uint8)
-                    out = np.zeros((h, w), np.uint8)
-                    reproject(mask, out, src_transform=src.window_transform(win), src_crs=src.crs,
-                              dst_transform=grid.affine(), dst_crs=grid.crs, resampling=Resampling.nearest,
-                              src_nodata=None, dst_nodata=0)
-                    valid[k] = (out > 0) & (alpha if overrides[k] is None else True)
-    except RasterioError as exc:
-        raise _classify(exc, path) from None
-    valid &= np.isfinite(data)
+    file_nodata = [src.nodatavals[i - 1] for i in idx]
+    per_band = [o if o is not None else f for o, f in zip(overrides, file_nodata)]
+    shared = per_band[0] if per_band and all(v == per_band[0] for v in per_band) else None
+    vrt_kw: dict[str, Any] = {"src_nodata": shared} if shared is not None else {}
+    has_alpha = ColorInterp.alpha in src.colorinterp
+    with WarpedVRT(src, crs=grid.crs, transform=grid.affine(), width=w, height=h, add_alpha=not has_alpha,
+                   resampling=Resampling[resampling], dtype="float32", **vrt_kw) as vrt:
+        data = vrt.read(idx)
+        # GDAL folds nodata, internal masks, alpha and "outside the source" into this band
+        alpha = vrt.read(list(vrt.colorinterp).index(ColorInterp.alpha) + 1) > 0
+    # per-band masks at source resolution over the ROI's window, warped by nearest pixel in one call
+    left, bottom, right, top = transform_bounds(grid.crs, src.crs, *grid.bounds, densify_pts=21)
+    win = _source_window(src, left, bottom, right, top)
+    valid = np.zeros((len(idx), h, w), bool)
+    if win is None:
+        return data, valid
+    masks = np.empty((len(idx), int(win.height), int(win.width)), np.uint8)
+    for k, band in enumerate(idx):
+        if overrides[k] is not None:  # the override replaces the file's own masks
+            vals = src.read(band, window=win, masked=False)
+            masks[k] = (vals != overrides[k]) & (np.isfinite(vals) if vals.dtype.kind == "f" else True)
+        else:
+            masks[k] = src.read_masks(band, window=win) > 0
+    out = np.zeros((len(idx), h, w), np.uint8)
+    reproject(masks, out, src_transform=src.window_transform(win), src_crs=src.crs,
+              dst_transform=grid.affine(), dst_crs=grid.crs, resampling=Resampling.nearest,
+              src_nodata=None, dst_nodata=0)
+    for k in range(len(idx)):
+        valid[k] = (out[k] > 0) & (alpha if overrides[k] is None else True)
     return data, valid
 
 
@@ -144,7 +285,7 @@ def _source_window(src: Any, left: float, bottom: float, right: float, top: floa
     if left > right:  # the ROI crosses the antimeridian of this geographic source: all columns
         left, right = src.bounds.left, src.bounds.right
     inv = ~src.transform
-    cols, rows = zip(*(inv * (x, y) for x in (left, right) for y in (bottom, top)))
+    cols, rows = zip(*(inv @ (x, y) for x in (left, right) for y in (bottom, top)))
     c0, r0 = max(0, math.floor(min(cols)) - 1), max(0, math.floor(min(rows)) - 1)
     c1, r1 = min(src.width, math.ceil(max(cols)) + 1), min(src.height, math.ceil(max(rows)) + 1)
     if c1 <= c0 or r1 <= r0:
