@@ -43,6 +43,8 @@ def get_embeddings_batch(
     max_retries: int | None = None,
     min_valid_fraction: float = DEFAULT_MIN_VALID_FRACTION,
     on_low_valid: str = "warn",
+    workers: int | None = None,
+    precision: str = "fp32",
 ) -> list[Embedding]:
     """One embedding per ROI, in order. Distinct inputs are fetched once, concurrently, and the
     model runs on batches of `batch_size`.
@@ -54,13 +56,17 @@ def get_embeddings_batch(
     A failed ROI (after `max_retries` retries of transient provider errors) raises BatchError
     naming every failed ROI, unless `continue_on_error=True`, which returns ItemError records
     in their places. Inputs with less than `min_valid_fraction` valid pixels warn (once per
-    call), raise per item (`on_low_valid="error"`) or pass (`"allow"`).
+    call), raise per item (`on_low_valid="error"`) or pass (`"allow"`). `workers`: how many
+    fetch + preprocessing workers run ahead of the model (processes for local files, threads for
+    network providers; None = one per CPU this process may use, or the provider's own concurrency).
+    `precision`: "fp32" (default, reference-equal; TF32 off), "tf32", "bf16" or "fp16" (autocast),
+    refused where the device cannot do it and recorded in each embedding's meta.
     """
     return embed(  # type: ignore[return-value]
         model, spatials, temporal=temporal, output=output, backend=backend, device=device,
         input_prep=input_prep, sensor=sensor, variant=variant, preprocessing=preprocessing, weights=weights,
         batch_size=batch_size, progress=progress, continue_on_error=continue_on_error, max_retries=max_retries,
-        min_valid_fraction=min_valid_fraction, on_low_valid=on_low_valid,
+        min_valid_fraction=min_valid_fraction, on_low_valid=on_low_valid, workers=workers, precision=precision,
     )
 
 
@@ -80,6 +86,7 @@ def get_embedding(
     max_retries: int | None = None,
     min_valid_fraction: float = DEFAULT_MIN_VALID_FRACTION,
     on_low_valid: str = "warn",
+    precision: str = "fp32",
 ) -> Embedding:
     """The embedding of one ROI: exactly `get_embeddings_batch(model, [spatial], ...)[0]`.
 
@@ -92,6 +99,7 @@ def get_embedding(
             model, [spatial], temporal, output, backend, device, input_prep,
             sensor=sensor, variant=variant, preprocessing=preprocessing, weights=weights, progress=False,
             max_retries=max_retries, min_valid_fraction=min_valid_fraction, on_low_valid=on_low_valid,
+            precision=precision,
         )[0]
     except BatchError as exc:
         cause = exc.errors[0].cause

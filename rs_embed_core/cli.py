@@ -188,6 +188,16 @@ _roi_options = [
                       '"band_pattern": ...}}: the provider with these options (instead of --backend).'),
 ]
 
+# how the work runs (the same keywords as get_embeddings_batch / export_batch)
+_run_options = [
+    click.option("--workers", type=click.IntRange(min=1), default=None,
+                 help="Fetch + preprocessing workers (processes for local files, threads for network providers). "
+                      "[default: one per CPU, or the provider's own concurrency]"),
+    click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32",
+                 show_default=True, help="Model arithmetic: fp32 is reference-equal (TF32 off); tf32 on CUDA "
+                                         "tensor cores; bf16/fp16 by autocast."),
+]
+
 
 def _backend(backend: str, provider_config: str | None) -> Any:
     """--backend, or the provider --provider-config describes (its options are the provider's arguments)."""
@@ -252,9 +262,10 @@ def _with(options):
 @click.option("--out", "out_path", type=click.Path(dir_okay=False),
               help="Write .json or .npz; without it, JSON goes to stdout.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@_with(_run_options)
 def embed(model, points, bboxes, roi_file, buffer_m, start, end, year, backend, provider_config, mode, pooling,
           variant, device, batch_size, collection, bands, scale_m, composite, input_prep, weights, preprocessing,
-          out_path, quiet) -> None:
+          out_path, quiet, workers, precision) -> None:
     """Embed ROIs with MODEL and print or write the vectors with their metadata."""
     from .api import get_embeddings_batch
     from .specs import OutputSpec
@@ -271,7 +282,7 @@ def embed(model, points, bboxes, roi_file, buffer_m, start, end, year, backend, 
     steps = _preprocessing(preprocessing)
     embs = get_embeddings_batch(model, [r for _, r in rois], temporal, output, _backend(backend, provider_config),
                                 device, input_prep, sensor=sensor, variant=variant, preprocessing=steps,
-                                weights=weights, batch_size=batch_size,
+                                weights=weights, batch_size=batch_size, workers=workers, precision=precision,
                                 progress=False if quiet else None)
     names = [n for n, _ in rois]
     wrote = f"wrote {len(embs)} embedding{'s' if len(embs) != 1 else ''} {tuple(embs[0].shape)} to {out_path}"
@@ -381,8 +392,9 @@ def inspect(points, bboxes, roi_file, buffer_m, start, end, year, backend, provi
 @click.option("--save-inputs", is_flag=True, help="Also write each distinct fetched input as GeoTIFF.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted export in the same folder.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@_with(_run_options)
 def export(points, bboxes, roi_file, buffer_m, start, end, year, backend, provider_config, models, out_dir, layout,
-           fmt, mode, input_prep, device, batch_size, save_inputs, resume, quiet) -> None:
+           fmt, mode, input_prep, device, batch_size, save_inputs, resume, quiet, workers, precision) -> None:
     """Export embeddings of many ROIs x several models to a resumable dataset folder."""
     from .export import export_batch
     from .specs import OutputSpec
@@ -399,7 +411,8 @@ def export(points, bboxes, roi_file, buffer_m, start, end, year, backend, provid
     res = export_batch([r for _, r in rois], temporal, ids, out_dir, names=[n for n, _ in rois], layout=layout,
                        backend=_backend(backend, provider_config), save_inputs=save_inputs, resume=resume,
                        output=output, device=device,
-                       input_prep=input_prep, format=fmt, batch_size=batch_size, progress=False if quiet else None)
+                       input_prep=input_prep, format=fmt, batch_size=batch_size, workers=workers, precision=precision,
+                       progress=False if quiet else None)
     pairs = len(rois) * len(ids)
     click.echo(f"exported {len(rois)} ROI{'s' if len(rois) != 1 else ''} x {len(ids)} model{'s' if len(ids) != 1 else ''}"
                f" to {res.out}: {res.ok} of {pairs} ok, {res.failed} failed"

@@ -37,6 +37,8 @@ from .runner import (
     DEFAULT_BATCH_SIZE, DEFAULT_MIN_VALID_FRACTION, Job, _check_spatials, check_run_options, prepare_job,
     resolve_provider, run,
 )
+from .forward import check_precision
+from .workers import check_workers
 from .specs import BBox, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
 from .tiling import TileSpec
 
@@ -293,6 +295,8 @@ def export_batch(
     max_retries: int | None = None,
     min_valid_fraction: float = DEFAULT_MIN_VALID_FRACTION,
     on_low_valid: str = "warn",
+    workers: int | None = None,
+    precision: str = "fp32",
 ) -> ExportResult:
     """Embed every ROI with every model and write the results under `out` (see module docs).
 
@@ -301,7 +305,9 @@ def export_batch(
     per ROI (`OUT/items/<name>/<model>.tif`, per_item layout); format="npz" writes npz instead
     (`OUT/<model>.npz` combined, `OUT/items/<name>.npz` per item). `save_inputs` writes each
     distinct fetched input once as GeoTIFF with its grid (`OUT/inputs/`). `OUT/manifest.json`
-    records the request, versions, model cards and per-item status.
+    records the request, versions, model cards and per-item status. `workers` and `precision` mean
+    what they mean for get_embeddings_batch; a precision other than "fp32" is part of the request
+    (a resume must ask for the same).
     """
     t0 = time.perf_counter()
     spatials = _check_spatials(spatials)
@@ -316,6 +322,8 @@ def export_batch(
     if not (save_embeddings or save_inputs):
         raise SpecError("nothing to save: save_embeddings and save_inputs are both False")
     policy = check_run_options(max_retries, min_valid_fraction, on_low_valid)
+    workers = check_workers(workers)
+    precision = check_precision(precision)
     stems = check_names(names, len(spatials))
     shown = list(names) if names is not None else stems
     reqs = _requests(models)
@@ -330,13 +338,15 @@ def export_batch(
     provider = resolve_provider(backend)
     jobs = [prepare_job(r.model, output=r.output or output, provider=provider, device=device,
                         input_prep=r.input_prep or input_prep, sensor=r.sensor, variant=r.variant,
-                        preprocessing=r.preprocessing, weights=r.weights) for r in reqs]
+                        preprocessing=r.preprocessing, weights=r.weights, precision=precision) for r in reqs]
     for s in spatials:
         for job in jobs:
             grid_for(s, job.sensors[0].scale_m)  # size guard before any work
 
     request = _request_doc(spatials, shown, temporal, reqs, layout, fmt, output, input_prep, save_inputs,
                            save_embeddings, backend)
+    if precision != "fp32":  # only then: manifests written before the option existed still resume
+        request["precision"] = precision
     manifest_path = root / MANIFEST
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text())
@@ -376,7 +386,7 @@ def export_batch(
         sub_jobs = [jobs[j] for j in todo]
         stream = run(sub_jobs, [spatials[i] for i in items], temporal, provider,
                      names=[shown[i] for i in items], batch_size=batch_size, progress=progress, retry=policy,
-                     min_valid_fraction=min_valid_fraction, on_low_valid=on_low_valid,
+                     min_valid_fraction=min_valid_fraction, on_low_valid=on_low_valid, workers=workers,
                      on_input=lambda q, r, its, _items=items: on_input(q, r, its, _items))
         for k, jj, result in stream:
             i, r = items[k], reqs[todo[jj]]
@@ -690,6 +700,8 @@ def _manifest(request, reqs, jobs, spatials, shown, final, files, stats, skipped
                                                **({"path": w.path} if w.path else {})},
             "preprocessing": [s.to_dict() for s in job.steps],
             "sensors": [converter.unstructure(s) for s in job.sensors],
+            "device": job.device,
+            "precision": job.precision,
             "file": files.get(r.key),
         }
     items = []

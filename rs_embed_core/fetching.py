@@ -180,6 +180,27 @@ def fetch_one(provider: Provider, req: FetchRequest, policy: RetryPolicy = DEFAU
     return raster, attempts
 
 
+def fetch_task(provider: Provider, req: FetchRequest, policy: RetryPolicy, timeout_s: float | None,
+               specs: Sequence[tuple[Any, Any]] | None) -> tuple[Raster | BaseException, int, dict | None]:
+    """One unit of worker work: fetch `req`, then prepare every (key, PrepSpec) that needs only it.
+
+    Returns (raster or classified error, attempts, {key: Prepared} or None); never raises.
+    """
+    try:
+        raster, attempts = fetch_one(provider, req, policy, timeout_s)
+    except RsEmbedError as exc:
+        return exc, getattr(exc, "attempts", 1), None
+    except BaseException as exc:  # never let a worker die silently
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        return _classify(exc), 1, None
+    if not specs:
+        return raster, attempts, None
+    from .prepare import prepare
+
+    return raster, attempts, {key: prepare(spec, [raster]) for key, spec in specs}
+
+
 # ---------------------------------------------------------------- many requests, ahead of the consumer
 
 
@@ -191,7 +212,7 @@ class _Slot:
         self.raster: Raster | None = None
         self.error: BaseException | None = None
         self.attempts = 0
-        self.owner = owner  # the request index `then` ran for
+        self.owner = owner  # the request index the prepare specs were sent for
         self.then: Any = None
 
 
@@ -201,35 +222,36 @@ def fetch_stream(
     *,
     policy: RetryPolicy = DEFAULT_RETRY,
     window: int | None = None,
-    then: Callable[[int, Raster], Any] | None = None,
+    specs: Callable[[int], Sequence[tuple[Any, Any]]] | None = None,
+    workers: int | None = None,
 ) -> Iterator[tuple[int, Raster | BaseException, int, Any]]:
-    """Yield (index, raster or error, attempts, then-result) in request order, fetching ahead concurrently.
+    """Yield (index, raster or error, attempts, prepared) in request order, fetching ahead in parallel.
 
-    Distinct keys are fetched once; at most `window` distinct requests are in flight or waiting
-    to be consumed, so memory stays bounded whatever the number of requests. Errors are yielded,
-    not raised: the consumer decides what a failed item means. `then(index, raster)` runs on the
-    fetch thread right after a successful fetch (per-item work such as preprocessing, so it
-    overlaps inference); its result comes with the raster (None when it did not run for that index).
+    Distinct keys are fetched once; at most `window` distinct requests are in flight or waiting to be
+    consumed, so memory stays bounded whatever the number of requests. Errors are yielded, not raised:
+    the consumer decides what a failed item means. `specs(index)` lists the (key, PrepSpec) pairs to
+    prepare right after a successful fetch, in the worker (so it overlaps inference); their Prepared
+    results come with the raster as a dict (None when nothing was prepared for that index). The
+    workers are threads or processes (`rs_embed_core.workers.plan_workers`).
     """
+    from .workers import close_all, plan_workers, process_workers
+
     n = len(requests)
     timeout_s = fetch_timeout(provider)
-    workers = max(1, min(int(getattr(provider, "max_concurrency", 4)), n))
     if n == 1:  # the interactive single call: no pool at all
-        try:
-            raster, attempts = fetch_one(provider, requests[0], policy, timeout_s)
-        except RsEmbedError as exc:
-            yield 0, exc, getattr(exc, "attempts", 1), None
-            return
-        yield 0, raster, attempts, None
+        raster, attempts, pre = fetch_task(provider, requests[0], policy, timeout_s, specs(0) if specs else None)
+        yield 0, raster, attempts, pre
         return
-    window = window or 2 * workers
+    count, kind = plan_workers(provider, workers, n)
+    window = window or 2 * count
     remaining: dict[str, int] = {}
     for r in requests:
         remaining[r.key] = remaining.get(r.key, 0) + 1
     tasks: queue.SimpleQueue[tuple[FetchRequest, _Slot] | None] = queue.SimpleQueue()
     cancelled = threading.Event()
+    procs = process_workers(count, provider, fetch_task) if kind == "processes" else []
 
-    def work() -> None:
+    def work(run: Callable[..., tuple[Any, int, Any]]) -> None:
         while True:
             item = tasks.get()
             if item is None:
@@ -237,16 +259,18 @@ def fetch_stream(
             req, slot = item
             if not cancelled.is_set():
                 try:
-                    slot.raster, slot.attempts = fetch_one(provider, req, policy, timeout_s)
-                    if then is not None:
-                        slot.then = then(slot.owner, slot.raster)
-                except RsEmbedError as exc:
-                    slot.error, slot.attempts = exc, getattr(exc, "attempts", 1)
-                except BaseException as exc:  # never let a worker die silently
+                    result, slot.attempts, slot.then = run(req, policy, timeout_s,
+                                                           specs(slot.owner) if specs else None)
+                    if isinstance(result, BaseException):
+                        slot.error = result
+                    else:
+                        slot.raster = result
+                except BaseException as exc:  # never let a pool thread die silently
                     slot.error, slot.attempts = _classify(exc), 1
             slot.done.set()
 
-    threads = [threading.Thread(target=work, name="rs-embed-fetch", daemon=True) for _ in range(workers)]
+    runners = procs or [lambda *a: fetch_task(provider, *a)] * count
+    threads = [threading.Thread(target=work, args=(r,), name="rs-embed-fetch", daemon=True) for r in runners]
     for t in threads:
         t.start()
     slots: dict[str, _Slot] = {}
@@ -273,3 +297,4 @@ def fetch_stream(
         cancelled.set()  # queued work is skipped; running calls finish (or hang) on daemon threads
         for _ in threads:
             tasks.put(None)
+        close_all(procs)  # busy processes are terminated: nothing outlives the stream

@@ -14,7 +14,6 @@ results agree by construction.
 from __future__ import annotations
 
 import importlib.metadata as md
-import json
 import threading
 import warnings
 from functools import lru_cache
@@ -27,19 +26,23 @@ from attrs import frozen
 from . import __version__
 from .card import ModelCard, Step, Variant
 from .convert import converter
-from .embedder import BatchContext, Embedder, EmbedOutput
+from .embedder import BatchContext, Embedder
 from .embedding import Embedding
 from .errors import BatchError, ItemError, LowValidDataError, RsEmbedError, SpecError
 from .fetching import fetch_stream, raster_cache  # noqa: F401  (raster_cache: re-exported for tests)
 from .fetching import RasterCache  # noqa: F401
+from .forward import DEFAULT_PRECISION, check_device_precision, check_precision, forward
 from .grid import grid_for
-from .preprocess import apply_chain, chain_to_meta, check_chain
-from .providers import FetchRequest, Provider
+from .plan import plan_fetches, users_of
+from .prepare import PrepSpec, Prepared, prepare
+from .preprocess import chain_to_meta, check_chain
+from .providers import Provider
+from .workers import check_workers
 from .raster import Raster
 from .registry import embedder_class, embedder_plugin, provider_factory
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .specs import BBox, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
-from .tiling import TilePlan, check_input_prep, cut, plan_tiles, stitch
+from .tiling import TilePlan, check_input_prep, stitch
 
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_MIN_VALID_FRACTION = 0.2
@@ -194,6 +197,7 @@ class Job:
     output: OutputSpec
     input_prep: Any
     device: str
+    precision: str = DEFAULT_PRECISION
 
     @property
     def model_id(self) -> str:
@@ -201,6 +205,10 @@ class Job:
 
     def embedder(self) -> Embedder:
         return load_embedder(self.cls, self.variant, self.device)
+
+    def prep_spec(self, bands: Sequence[tuple[str, ...]], refuse_low_valid: float | None) -> PrepSpec:
+        return PrepSpec(tuple(bands), self.steps, self.input_prep, self.card.input.image_size,
+                        self.sensors[0].fill_value, refuse_low_valid)
 
     @property
     def want(self) -> str:
@@ -219,8 +227,10 @@ def prepare_job(
     variant: str | None = None,
     preprocessing: Sequence[Any] | None = None,
     weights: Any = None,
+    precision: str = DEFAULT_PRECISION,
 ) -> Job:
     """Validate one model request against the registry and the provider (headers only, no pixels)."""
+    precision = check_precision(precision)
     if not isinstance(output, OutputSpec):
         raise SpecError(f"output must be an OutputSpec (OutputSpec.pooled() / .grid()), got {output!r}")
     input_prep = check_input_prep(input_prep)
@@ -238,7 +248,8 @@ def prepare_job(
     for s in sensors:
         provider.check(s)
     dev = resolve_device(device, cls.uses_torch)
-    return Job(cls, card, var, sensors, tuple(steps), output, input_prep, dev)
+    precision = check_device_precision(precision, dev, bool(cls.uses_torch))
+    return Job(cls, card, var, sensors, tuple(steps), output, input_prep, dev, precision)
 
 
 @lru_cache(maxsize=None)
@@ -280,126 +291,10 @@ def job_meta(job: Job, provider: Provider, temporal: TemporalSpec, valid_policy:
         "input_prep": job.input_prep if isinstance(job.input_prep, str) else converter.unstructure(job.input_prep),
         "preprocessing": chain_to_meta(job.steps),
         "device": job.device,
+        "precision": job.precision,
         "valid_policy": valid_policy,
         "versions": _versions(job.cls, bool(job.cls.uses_torch)),
     }
-
-
-# ---------------------------------------------------------------- fetch planning (band-union dedupe)
-
-
-def _merge_key(req: FetchRequest) -> str:
-    d = converter.unstructure(req)
-    d["sensor"].pop("bands")
-    return json.dumps(d, sort_keys=True, default=str)
-
-
-@frozen
-class _Need:
-    """One input a (item, job) waits for: fetch `request` (position in the stream), slice `bands`."""
-
-    request: int
-    bands: tuple[str, ...]
-
-
-def plan_fetches(
-    jobs: Sequence[Job], spatials: Sequence[PointBuffer | BBox], temporal: TemporalSpec
-) -> tuple[list[FetchRequest], list[list[list[_Need]]]]:
-    """The distinct fetches in item order, and what each (item, job) takes from them.
-
-    Requests for the same grid, window and sensor settings that differ only in bands are merged
-    into one fetch of the union of bands (in order of first use), sliced per job afterwards.
-    """
-    requests: list[FetchRequest] = []
-    needs: list[list[list[_Need]]] = []
-    for s in spatials:
-        per_item: dict[str, tuple[int, list[str]]] = {}  # merge key -> (index in `requests`, union bands)
-        item_needs: list[list[tuple[str, tuple[str, ...]]]] = []
-        for job in jobs:
-            grid = grid_for(s, job.sensors[0].scale_m)
-            job_needs = []
-            for sensor in job.sensors:
-                req = FetchRequest(grid, temporal, sensor)
-                key = _merge_key(req)
-                if key not in per_item:
-                    per_item[key] = (len(requests), [])
-                    requests.append(req)
-                union = per_item[key][1]
-                union.extend(b for b in sensor.bands if b not in union)
-                job_needs.append((key, sensor.bands))
-            item_needs.append(job_needs)
-        for key, (idx, union) in per_item.items():
-            req = requests[idx]
-            if tuple(union) != req.sensor.bands:
-                requests[idx] = attrs.evolve(req, sensor=attrs.evolve(req.sensor, bands=tuple(union)))
-        needs.append([[_Need(per_item[k][0], bands) for k, bands in jn] for jn in item_needs])
-    return requests, needs
-
-
-def _slice(raster: Raster, bands: tuple[str, ...]) -> Raster:
-    if raster.bands == bands:
-        return raster
-    return raster.replace(data=raster.data[:, raster.band_index(bands)], bands=bands)
-
-
-def _merge(rasters: list[Raster]) -> Raster:
-    """Several sensors' rasters on one grid -> one raster: bands concatenated, valid where all are."""
-    if len(rasters) == 1:
-        return rasters[0]
-    t = {r.shape[0] for r in rasters}
-    if len(t) != 1:
-        raise SpecError(f"the sensors of a multi-sensor request delivered different frame counts {sorted(t)}")
-    valid = np.logical_and.reduce([r.valid for r in rasters])
-    meta = {**rasters[0].meta, "sensors": [r.meta for r in rasters]}
-    return Raster(np.concatenate([r.data for r in rasters], axis=1), tuple(b for r in rasters for b in r.bands),
-                  rasters[0].grid, rasters[0].times, valid, meta)
-
-
-# ---------------------------------------------------------------- forward
-
-
-def _to_numpy(a: Any) -> np.ndarray | None:
-    if a is None:
-        return None
-    if hasattr(a, "detach"):
-        a = a.detach().float().cpu().numpy()
-    return np.asarray(a, dtype=np.float32)
-
-
-_EXTRA_MAX = 256  # per-item extra values larger than this stay out of meta (e.g. per-frame grids)
-
-
-def _item_extras(extra: dict[str, Any], n: int) -> list[dict[str, Any]]:
-    """EmbedOutput.extra entries that hold one small value per batch item, split per item for meta."""
-    out: list[dict[str, Any]] = [{} for _ in range(n)]
-    for k, v in extra.items():
-        if hasattr(v, "detach"):
-            v = v.detach().cpu().numpy()
-        try:
-            if len(v) != n:
-                continue
-        except TypeError:
-            continue
-        for b in range(n):
-            item = v[b]
-            item = item.tolist() if hasattr(item, "tolist") else item
-            if len(json.dumps(item, default=str)) <= 8 * _EXTRA_MAX:
-                out[b][k] = item
-    return out
-
-
-def _forward(embedder: Embedder, x: np.ndarray, ctx: BatchContext) -> tuple[Any, Any, list[dict[str, Any]] | None]:
-    if embedder.uses_torch:
-        import torch
-
-        with torch.inference_mode():
-            out = embedder.forward(torch.from_numpy(x).to(embedder.device), ctx)
-    else:
-        out = embedder.forward(x, ctx)
-    if not isinstance(out, EmbedOutput):
-        raise TypeError(f"{type(embedder).__name__}.forward must return EmbedOutput, got {type(out).__name__}")
-    extras = _item_extras(out.extra, x.shape[0]) if out.extra else None
-    return _to_numpy(out.pooled), _to_numpy(out.grid), extras
 
 
 # ---------------------------------------------------------------- the stream
@@ -412,16 +307,6 @@ class _Piece:
     item: int
     tile: int
     prepped: Raster
-
-
-@frozen(eq=False)
-class _Prepared:
-    """An (item, job)'s input after merge, tiling and the chain; or the stage and error that stopped it."""
-
-    fetched: Raster | None
-    plan: TilePlan | None
-    prepped: tuple[Raster, ...]
-    error: tuple[str, BaseException] | None
 
 
 @attrs.define(eq=False)
@@ -451,6 +336,7 @@ def run(
     min_valid_fraction: float = DEFAULT_MIN_VALID_FRACTION,
     on_low_valid: str = "warn",
     on_input: Any = None,
+    workers: int | None = None,
 ) -> Iterator[tuple[int, int, Embedding | ItemError]]:
     """Yield (item index, job index, Embedding or ItemError) for every ROI x job, as batches finish.
 
@@ -464,11 +350,8 @@ def run(
     embedders = [job.embedder() for job in jobs]
     metas = [job_meta(job, provider, temporal, valid_policy) for job in jobs]
     requests, needs = plan_fetches(jobs, spatials, temporal)
-    users: dict[int, list[tuple[int, int]]] = {}  # request -> (item, job) that wait for it
-    for i, per_item in enumerate(needs):
-        for j, job_needs in enumerate(per_item):
-            for need in job_needs:
-                users.setdefault(need.request, []).append((i, j))
+    users = users_of(needs)  # request -> (item, job) that wait for it
+    refuse = min_valid_fraction if on_low_valid == "error" else None
 
     from tqdm.auto import tqdm
 
@@ -530,7 +413,6 @@ def run(
 
     def forward_group(j: int, group: list[_Piece], isolate: bool) -> Iterator[tuple[int, int, Embedding | ItemError]]:
         job = jobs[j]
-        x = np.stack([p.prepped.data for p in group])
         ctx = BatchContext(
             grids=tuple(p.prepped.grid for p in group),
             centers_lonlat=tuple(spatials[p.item].center for p in group),
@@ -542,7 +424,7 @@ def run(
             valid=np.stack([p.prepped.valid for p in group]),
         )
         try:
-            pooled, grid, extras = _forward(embedders[j], x, ctx)
+            pooled, grid, extras = forward(embedders[j], [p.prepped.data for p in group], ctx, job.precision)
             for arr in (pooled, grid):
                 if arr is not None and not np.isfinite(arr).all():
                     bad = [k for k in range(len(group)) if not np.isfinite(arr[k]).all()]
@@ -608,30 +490,12 @@ def run(
         except RsEmbedError as exc:
             return item_error(i, j, "model", exc)
 
-    def prepare(j: int, rasters: list[Raster]) -> _Prepared:
-        """Merge, plan tiles and run the chain: pure per-item work, done on the fetch threads when it can."""
-        job = jobs[j]
-        try:
-            fetched = _merge(rasters)
-        except RsEmbedError as exc:
-            return _Prepared(None, None, (), ("fetch", exc))
-        if fetched.valid_fraction < min_valid_fraction and on_low_valid == "error":
-            return _Prepared(fetched, None, (), None)  # refused in consume; no chain work
-        try:
-            plan = plan_tiles(job.input_prep, fetched.grid.shape, job.card.input.image_size)
-            if plan is None:
-                return _Prepared(fetched, None, (apply_chain(fetched, job.steps),), None)
-            tiles = cut(fetched, plan, job.sensors[0].fill_value)
-            return _Prepared(fetched, plan, tuple(apply_chain(t, job.steps) for t in tiles), None)
-        except RsEmbedError as exc:
-            return _Prepared(fetched, None, (), ("preprocess", exc))
+    def specs(r: int) -> list[tuple[tuple[int, int], PrepSpec]]:
+        """What the worker that fetches request r prepares: every (item, job) that needs only it."""
+        return [((i, j), jobs[j].prep_spec([needs[i][j][0].bands], refuse))
+                for i, j in users.get(r, []) if len(needs[i][j]) == 1]
 
-    def ahead(r: int, raster: Raster) -> dict[tuple[int, int], _Prepared]:
-        """On a fetch thread: prepare every (item, job) that needs only this raster."""
-        return {(i, j): prepare(j, [_slice(raster, needs[i][j][0].bands)])
-                for i, j in users.get(r, []) if len(needs[i][j]) == 1}
-
-    def consume(i: int, j: int, ready: _Prepared | None) -> Iterator[tuple[int, int, Embedding | ItemError]]:
+    def consume(i: int, j: int, ready: Prepared | None) -> Iterator[tuple[int, int, Embedding | ItemError]]:
         """Every input of (item i, job j) has arrived: check, queue its pieces for the model."""
         job = jobs[j]
         if ready is None:
@@ -641,8 +505,8 @@ def run(
                 if isinstance(r, BaseException):
                     yield finish(i, j, item_error(i, j, "fetch", r, attempts_of.get(need.request, 1)))
                     return
-                rasters.append(_slice(r, need.bands))
-            ready = prepare(j, rasters)
+                rasters.append(r)
+            ready = prepare(jobs[j].prep_spec([n.bands for n in needs[i][j]], refuse), rasters)
         if ready.error is not None:
             yield finish(i, j, item_error(i, j, *ready.error))
             return
@@ -666,7 +530,8 @@ def run(
                 yield from flush(j)
 
     try:
-        for r, result, attempts, pre in fetch_stream(provider, requests, policy=retry, then=ahead):
+        for r, result, attempts, pre in fetch_stream(provider, requests, policy=retry, specs=specs,
+                                                          workers=workers):
             got[r] = result
             attempts_of[r] = attempts
             if on_input is not None and isinstance(result, Raster):
@@ -756,6 +621,8 @@ def embed(
     max_retries: int | None = None,
     min_valid_fraction: float = DEFAULT_MIN_VALID_FRACTION,
     on_low_valid: str = "warn",
+    workers: int | None = None,
+    precision: str = DEFAULT_PRECISION,
 ) -> list[Embedding | ItemError]:
     """Embed every ROI with one model, in input order. Validation happens first; then load, fetch, infer.
 
@@ -768,15 +635,17 @@ def embed(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise SpecError(f"batch_size must be an int >= 1, got {batch_size!r}")
     policy = check_run_options(max_retries, min_valid_fraction, on_low_valid)
+    workers = check_workers(workers)
+    check_precision(precision)
     embedder_class(model)  # an unknown model is the first thing to say
     provider = resolve_provider(backend)
     job = prepare_job(model, output=output, provider=provider, device=device, input_prep=input_prep, sensor=sensor,
-                      variant=variant, preprocessing=preprocessing, weights=weights)
+                      variant=variant, preprocessing=preprocessing, weights=weights, precision=precision)
     for s in spatials:  # size guard before any model or network work
         grid_for(s, job.sensors[0].scale_m)
     results: list[Embedding | ItemError | None] = [None] * len(spatials)
     for i, _, r in run([job], spatials, temporal, provider, batch_size=batch_size, progress=progress, retry=policy,
-                       min_valid_fraction=min_valid_fraction, on_low_valid=on_low_valid):
+                       min_valid_fraction=min_valid_fraction, on_low_valid=on_low_valid, workers=workers):
         results[i] = r
     errors = [r for r in results if isinstance(r, ItemError)]
     if errors and not continue_on_error:

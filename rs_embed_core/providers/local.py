@@ -251,6 +251,19 @@ class LocalProvider:
         self._lock = threading.Lock()
         self._headers: dict[str, tuple[tuple[int, int] | None, _FileInfo]] = {}
 
+    # reads are GDAL decoding + numpy compositing: fetch and prepare run in worker processes
+    # (rs_embed_core.workers), which get this provider by fork, or pickled under "spawn"
+    parallel = "processes"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_lock")
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def __repr__(self) -> str:
         return f"LocalProvider({list(self.paths)!r}, collection={self.collection!r})"
 

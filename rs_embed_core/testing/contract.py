@@ -85,8 +85,9 @@ def check_embedder_contract(
 
     Checks: pooled shape (pooled_dim,), grid shape (grid_dim, h, w) with a GridSpec covering the
     input footprint, float32, all finite, two identical calls give identical output, every batch
-    item equals its single call (within rtol/atol of the output's scale), and meta names the
-    model, variant and preprocessing. Raises AssertionError saying which check failed.
+    item equals its single call (within rtol/atol of the output's scale), meta names the
+    model, variant, preprocessing and precision, and (torch models) bf16 / fp16 autocast on the CPU
+    stays within cosine 0.999 of fp32. Raises AssertionError saying which check failed.
     """
     from ..api import get_embedding, get_embeddings_batch
     from ..grid import grid_for
@@ -150,6 +151,7 @@ def check_embedder_contract(
     for i, (b, s) in enumerate(zip(pooled, singles)):
         worst = max(worst, same(b, s, "pooled", i))
     checks += ["deterministic", "batch == single (pooled)"]
+    checks += _check_precisions(card.id, rois, pooled, kw, who, bool(cls.uses_torch))
 
     # grid
     grids = get_embeddings_batch(card.id, rois, output=OutputSpec.grid(), **kw)
@@ -176,6 +178,34 @@ def check_embedder_contract(
         grid_shapes=tuple(shapes), max_batch_single_diff=worst,
         provider_calls=getattr(provider, "calls", 0) - calls_before, checks=tuple(checks),
     )
+
+
+MIN_PRECISION_COSINE = 0.999
+
+
+def _check_precisions(model: str, rois: Sequence[Any], fp32: Sequence[Any], kw: dict[str, Any], who: str,
+                      uses_torch: bool) -> list[str]:
+    """Every reduced precision the CPU can run stays within cosine MIN_PRECISION_COSINE of fp32."""
+    from ..api import get_embeddings_batch
+    from ..forward import PRECISIONS, _supported
+
+    _require(all(e.meta.get("precision") == "fp32" for e in fp32), f"{who}: meta['precision'] is not 'fp32'")
+    if not uses_torch:
+        return ["precision fp32 (numpy model)"]
+    done = []
+    for precision in PRECISIONS[2:]:  # bf16, fp16: TF32 exists on CUDA only
+        if _supported(precision, "cpu") is not None:
+            continue
+        low = get_embeddings_batch(model, rois, output=OutputSpec.pooled(), precision=precision, **kw)
+        for i, (a, b) in enumerate(zip(fp32, low)):
+            _require(b.meta.get("precision") == precision and b.data.dtype == np.float32,
+                     f"{who} {precision}[{i}]: meta precision {b.meta.get('precision')!r}, dtype {b.data.dtype}")
+            _require(bool(np.isfinite(b.data).all()), f"{who} {precision}[{i}]: non-finite values")
+            cos = float(np.dot(a.data, b.data) / max(np.linalg.norm(a.data) * np.linalg.norm(b.data), 1e-30))
+            _require(cos >= MIN_PRECISION_COSINE,
+                     f"{who} {precision}[{i}]: cosine to fp32 is {cos:.6f} < {MIN_PRECISION_COSINE}")
+        done.append(f"precision {precision} ~ fp32")
+    return done
 
 
 # --------------------------------------------------------------------------- random weights, strict loading

@@ -1,0 +1,212 @@
+"""Fetch + prepare in worker processes: same results for any `workers`, bad values refused before any
+fetch, a dying worker fails only its item, unpicklable errors still read well, Ctrl-C leaves no process
+behind; and the `precision=` option's validation and record."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rs_embed_baseline")
+
+from rs_embed import OutputSpec, PointBuffer, TemporalSpec, export_batch, get_embedding, get_embeddings_batch  # noqa: E402
+from rs_embed_core.errors import SpecError  # noqa: E402
+from rs_embed_core.providers.local import LocalProvider  # noqa: E402
+from rs_embed_core.raster import Raster  # noqa: E402
+from rs_embed_core.testing import FakeProvider  # noqa: E402
+from rs_embed_core.workers import WorkerDiedError, plan_workers  # noqa: E402
+
+T = TemporalSpec.range("2022-06-01", "2022-09-01")
+ROIS = [PointBuffer(121.47 + 0.006 * i, 31.17 + 0.004 * (i % 3), 300) for i in range(7)]
+
+
+@pytest.fixture(scope="module")
+def scene(sample_scene):
+    return sample_scene
+
+
+class PidProvider(LocalProvider):
+    """The local provider, noting in each raster's meta which process read it."""
+
+    def fetch(self, request):
+        r = super().fetch(request)
+        return r.replace(meta={**r.meta, "pid": os.getpid()})
+
+
+class DyingProvider(LocalProvider):
+    """Kills the process that reads the second of ROIS (centre 121.476 E), as the OOM killer would."""
+
+    def fetch(self, request):
+        west, _, east, _ = request.grid.footprint_lonlat()
+        if abs((west + east) / 2 - 121.476) < 0.001:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().fetch(request)
+
+
+class _Odd(Exception):
+    def __init__(self, a, b):  # two required arguments: cannot be rebuilt from its args when unpickled
+        super().__init__(f"odd failure {a}/{b}")
+
+
+class OddErrorProvider(LocalProvider):
+    def fetch(self, request):
+        raise _Odd(1, 2)
+
+
+def test_same_results_for_any_number_of_workers(scene):
+    runs = {w: get_embeddings_batch("spectral_stats", ROIS, T, OutputSpec.grid(), backend=LocalProvider(scene),
+                                    workers=w, progress=False) for w in (1, 2, 3, None)}
+    for w, embs in runs.items():
+        for a, b in zip(runs[1], embs):
+            np.testing.assert_array_equal(a.data, b.data, err_msg=f"workers={w}")
+            assert a.grid == b.grid
+
+
+def test_local_reads_run_in_worker_processes_and_workers_1_in_this_one(scene):
+    def pids(w):
+        embs = get_embeddings_batch("spectral_stats", ROIS, T, backend=PidProvider(scene), workers=w, progress=False)
+        return {e.meta["source"]["pid"] for e in embs}
+
+    assert pids(1) == {os.getpid()}
+    two = pids(2)
+    assert os.getpid() not in two and 1 <= len(two) <= 2
+    assert plan_workers(LocalProvider(scene), None, 100)[1] == "processes"
+    assert plan_workers(FakeProvider(), None, 100) == (16, "threads")  # network-like providers keep threads
+    assert plan_workers(LocalProvider(scene), 8, 3) == (3, "processes")  # never more workers than fetches
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_bad_workers_refused_before_any_fetch(bad):
+    fake = FakeProvider()
+    with pytest.raises(SpecError, match="workers"):
+        get_embeddings_batch("spectral_stats", ROIS[:2], T, backend=fake, workers=bad)
+    with pytest.raises(SpecError, match="workers"):
+        export_batch(ROIS[:2], T, ["spectral_stats"], "/nonexistent/never-written", backend=fake, workers=bad)
+    assert fake.calls == 0
+
+
+@pytest.mark.parametrize("bad", ["fp64", "FP8", None, 16])
+def test_bad_precision_refused_before_any_fetch(bad):
+    fake = FakeProvider()
+    with pytest.raises(SpecError, match="precision"):
+        get_embeddings_batch("spectral_stats", ROIS[:2], T, backend=fake, precision=bad)
+    with pytest.raises(SpecError, match="precision"):
+        get_embedding("spectral_stats", ROIS[0], T, backend=fake, precision=bad)
+    assert fake.calls == 0
+
+
+def test_numpy_models_record_fp32_whatever_is_asked():
+    e = get_embedding("spectral_stats", ROIS[0], T, backend=FakeProvider(), precision="bf16")
+    assert e.meta["precision"] == "fp32"
+
+
+def test_a_dead_worker_fails_only_its_item_and_a_fresh_one_carries_on(scene):
+    out = get_embeddings_batch("spectral_stats", ROIS, T, backend=DyingProvider(scene), workers=2,
+                               continue_on_error=True, progress=False)
+    failed = [i for i, e in enumerate(out) if not hasattr(e, "data")]
+    assert failed == [1]
+    err = out[1]
+    assert err.error_type == WorkerDiedError.__name__ and "SIGKILL" in err.message and err.stage == "fetch"
+    assert "PointBuffer" in err.spatial
+    ref = get_embeddings_batch("spectral_stats", [r for i, r in enumerate(ROIS) if i != 1], T,
+                               backend=LocalProvider(scene), workers=1, progress=False)
+    for a, b in zip([e for i, e in enumerate(out) if i != 1], ref):
+        np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_an_unpicklable_worker_error_still_reads_well(scene):
+    out = get_embeddings_batch("spectral_stats", ROIS[:3], T, backend=OddErrorProvider(scene), workers=2,
+                               continue_on_error=True, progress=False)
+    assert all(not hasattr(e, "data") for e in out)
+    assert all("_Odd" in e.message and "odd failure 1/2" in e.message for e in out)
+
+
+_CTRL_C = textwrap.dedent("""
+    import os, sys, time
+    from rs_embed import PointBuffer, TemporalSpec, get_embeddings_batch
+    from rs_embed_core.providers.local import LocalProvider
+
+    class Slow(LocalProvider):
+        def fetch(self, request):
+            with open(sys.argv[2], "a") as f:
+                f.write(f"{os.getpid()}\\n")
+            time.sleep(60)
+
+    rois = [PointBuffer(121.47 + 0.001 * i, 31.17, 100) for i in range(20)]
+    print("ready", flush=True)
+    get_embeddings_batch("spectral_stats", rois, TemporalSpec.year(2022), backend=Slow(sys.argv[1]), workers=2,
+                         progress=False)
+""")
+
+
+def test_ctrl_c_stops_every_worker_promptly(scene, tmp_path):
+    pidfile = tmp_path / "pids"
+    proc = subprocess.Popen([sys.executable, "-c", _CTRL_C, str(scene), str(pidfile)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not pidfile.exists() or len(pidfile.read_text().split()) < 2):
+            time.sleep(0.1)
+        workers = [int(p) for p in pidfile.read_text().split()]
+        assert len(workers) == 2 and proc.pid not in workers
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert time.monotonic() - t0 < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    time.sleep(0.5)
+    for pid in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_raster_travels_back_from_a_worker_intact(scene):
+    """What a worker process sends back is the raster the provider read (data, mask, grid, times, meta)."""
+    from rs_embed_core.fetching import fetch_stream
+    from rs_embed_core.grid import grid_for
+    from rs_embed_core.providers import FetchRequest
+    from rs_embed_core.specs import SensorSpec
+
+    sensor = SensorSpec("COPERNICUS/S2_SR_HARMONIZED", ("B4", "B8"), 10)
+    reqs = [FetchRequest(grid_for(r, 10), T, sensor) for r in ROIS[:4]]
+    here = [LocalProvider(scene).fetch(q) for q in reqs]
+    there = [r for _, r, _, _ in fetch_stream(LocalProvider(scene), reqs, workers=2)]
+    for a, b in zip(here, there):
+        assert isinstance(b, Raster)
+        np.testing.assert_array_equal(a.data, b.data)
+        np.testing.assert_array_equal(a.valid, b.valid)
+        assert (a.grid, a.times, a.bands, a.meta) == (b.grid, b.times, b.bands, b.meta)
+
+
+def test_cli_workers_and_precision(scene, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from rs_embed_core.cli import main
+
+    def embed(*extra):
+        out = tmp_path / f"e{len(extra)}{'_'.join(extra)}.json"
+        r = CliRunner().invoke(main, ["embed", "spectral_stats", "--backend", f"local:{scene}", "--point",
+                                      "121.48,31.18,300", "--point", "121.49,31.18,300", "--start", "2022-06-01",
+                                      "--end", "2022-09-01", "--quiet", "--out", str(out), *extra])
+        assert r.exit_code == 0, r.output
+        return json.loads(out.read_text())
+
+    one, two = embed("--workers", "1"), embed("--workers", "2", "--precision", "bf16")
+    assert len(one) == 2 and [e["embedding"] for e in one] == [e["embedding"] for e in two]
+    assert {e["meta"]["precision"] for e in two} == {"fp32"}  # numpy model
+    bad = CliRunner().invoke(main, ["embed", "spectral_stats", "--point", "121.48,31.18", "--year", "2022",
+                                    "--precision", "fp64"])
+    assert bad.exit_code == 2 and "fp64" in bad.output
