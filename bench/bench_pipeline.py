@@ -34,8 +34,10 @@ import inspect
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -286,7 +288,8 @@ def model_figures(model: str, scene: Path, rois: Sequence[Any], device: str, bat
 
     has_precision = api_takes("precision")
     out: dict[str, Any] = {}
-    with random_weights(model, None, cache_dir):
+    with random_weights(model, None, cache_dir), contextlib.ExitStack() as cleanup:
+        cleanup.callback(clear_model_cache)  # drop the model (GPU memory) however this ends
         fp32 = pipeline_vs_bare(model, scene, rois, device, batch_size, "fp32" if has_precision else None, repeats)
         out["fp32"] = fp32
         _print_model("(b)", model, "fp32" if has_precision else "fp32 (torch defaults: no precision= here)", fp32)
@@ -305,7 +308,6 @@ def model_figures(model: str, scene: Path, rois: Sequence[Any], device: str, bat
                 bf16["min_cosine_to_fp32"] = float(cos.min())
                 out["bf16"] = bf16
                 _print_model("(c)", model, "bf16", bf16)
-    clear_model_cache()
     for v in out.values():
         v.pop("_vectors", None)
     return out
@@ -441,19 +443,42 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     print(f"device {figures['device']}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"get_embeddings_batch takes workers= {figures['api']['workers']}, precision= {figures['api']['precision']}")
+    failed: list[str] = []
+
+    def part(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """One figure. A failure is printed and recorded, the parts after it still run, and the JSON is
+        rewritten after every part: one device run must bring back all it can."""
+        try:
+            out = fn()
+        except Exception as exc:
+            traceback.print_exc()
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            print(f"{name} failed: {type(exc).__name__}: {first}")
+            failed.append(name)
+            out = {"failed": f"{type(exc).__name__}: {exc}"}
+        return out
+
+    def save() -> None:
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2))
+
     with tempfile.TemporaryDirectory() as d:
         scene = Path(d) / "scene"
         files = make_sample_scene(scene)
         rois = scene_rois(files, rois_n)
-        figures["data_path"] = data_path(scene, rois, batch)
+        figures["data_path"] = part("(a)", lambda: data_path(scene, rois, batch))
+        save()
         figures["models"] = {}
         for m in models:
-            figures["models"][m] = model_figures(m, scene, rois, args.device, batch, repeats, str(Path(d) / m))
-        figures["read"] = read_comparison(files, rois[:args.read_rois or min(rois_n, 64)])
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
+            figures["models"][m] = part(f"(b)/(c) {m}", lambda m=m: model_figures(
+                m, scene, rois, args.device, batch, repeats, str(Path(d) / m)))
+            save()
+        figures["read"] = part("(d)", lambda: read_comparison(files, rois[:args.read_rois or min(rois_n, 64)]))
+        save()
+    figures["failed"] = failed
+    save()
     return figures
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if main()["failed"] else 0)

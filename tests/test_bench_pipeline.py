@@ -43,6 +43,7 @@ def _tiny_scene(out: Path, bench) -> list[Path]:
     return paths
 
 
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # rasterio's from_bounds on affine 3
 def test_read_comparison_times_the_same_composite(tmp_path):
     bench = _bench()
     files = _tiny_scene(tmp_path, bench)
