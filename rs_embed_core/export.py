@@ -387,7 +387,7 @@ def export_batch(
         stream = run(sub_jobs, [spatials[i] for i in items], temporal, provider,
                      names=[shown[i] for i in items], batch_size=batch_size, progress=progress, retry=policy,
                      min_valid_fraction=min_valid_fraction, on_low_valid=on_low_valid, workers=workers,
-                     on_input=lambda q, r, its, _items=items: on_input(q, r, its, _items))
+                     on_input=lambda q, r, its, _items=items: on_input(q, r, its, _items), input_pixels=save_inputs)
         for k, jj, result in stream:
             i, r = items[k], reqs[todo[jj]]
             if isinstance(result, ItemError):

@@ -22,9 +22,11 @@ import weakref
 from collections import OrderedDict
 from typing import Any, Callable, Iterator, Sequence
 
+import attrs
+
 from .errors import FetchTimeoutError, ProviderError, RsEmbedError, TransientProviderError
 from .providers import FetchRequest, Provider
-from .raster import Raster
+from .raster import Raster, RasterHead
 from .retry import DEFAULT_RETRY, RetryPolicy, with_retries
 
 DEFAULT_FETCH_TIMEOUT_S = 600.0
@@ -181,10 +183,13 @@ def fetch_one(provider: Provider, req: FetchRequest, policy: RetryPolicy = DEFAU
 
 
 def fetch_task(provider: Provider, req: FetchRequest, policy: RetryPolicy, timeout_s: float | None,
-               specs: Sequence[tuple[Any, Any]] | None) -> tuple[Raster | BaseException, int, dict | None]:
+               specs: Sequence[tuple[Any, Any]] | None = None, strip: bool = False
+               ) -> tuple[Raster | RasterHead | BaseException, int, dict | None]:
     """One unit of worker work: fetch `req`, then prepare every (key, PrepSpec) that needs only it.
 
-    Returns (raster or classified error, attempts, {key: Prepared} or None); never raises.
+    Returns (raster or classified error, attempts, {key: Prepared} or None); never raises. With
+    `strip`, the fetched rasters come back as RasterHeads (no pixels): the consumer asked only for
+    the prepared inputs, and a worker process then sends back just those.
     """
     try:
         raster, attempts = fetch_one(provider, req, policy, timeout_s)
@@ -198,7 +203,15 @@ def fetch_task(provider: Provider, req: FetchRequest, policy: RetryPolicy, timeo
         return raster, attempts, None
     from .prepare import prepare
 
-    return raster, attempts, {key: prepare(spec, [raster]) for key, spec in specs}
+    ready = {key: prepare(spec, [raster]) for key, spec in specs}
+    if not strip:
+        return raster, attempts, ready
+    heads: dict[int, RasterHead] = {id(raster): RasterHead.of(raster)}
+    for key, p in ready.items():
+        if p.fetched is not None:
+            head = heads.setdefault(id(p.fetched), RasterHead.of(p.fetched))
+            ready[key] = attrs.evolve(p, fetched=head)
+    return heads[id(raster)], attempts, ready
 
 
 # ---------------------------------------------------------------- many requests, ahead of the consumer
@@ -222,24 +235,25 @@ def fetch_stream(
     *,
     policy: RetryPolicy = DEFAULT_RETRY,
     window: int | None = None,
-    specs: Callable[[int], Sequence[tuple[Any, Any]]] | None = None,
+    specs: Callable[[int], tuple[Sequence[tuple[Any, Any]], bool]] | None = None,
     workers: int | None = None,
 ) -> Iterator[tuple[int, Raster | BaseException, int, Any]]:
     """Yield (index, raster or error, attempts, prepared) in request order, fetching ahead in parallel.
 
     Distinct keys are fetched once; at most `window` distinct requests are in flight or waiting to be
     consumed, so memory stays bounded whatever the number of requests. Errors are yielded, not raised:
-    the consumer decides what a failed item means. `specs(index)` lists the (key, PrepSpec) pairs to
-    prepare right after a successful fetch, in the worker (so it overlaps inference); their Prepared
-    results come with the raster as a dict (None when nothing was prepared for that index). The
-    workers are threads or processes (`rs_embed_core.workers.plan_workers`).
+    the consumer decides what a failed item means. `specs(index)` gives the (key, PrepSpec) pairs to
+    prepare right after a successful fetch, in the worker (so it overlaps inference), and whether the
+    pixels may stay there (a RasterHead comes back instead of the raster); the Prepared results come
+    with the raster as a dict (None when nothing was prepared for that index). The workers are threads
+    or processes (`rs_embed_core.workers.plan_workers`).
     """
     from .workers import close_all, plan_workers, process_workers
 
     n = len(requests)
     timeout_s = fetch_timeout(provider)
     if n == 1:  # the interactive single call: no pool at all
-        raster, attempts, pre = fetch_task(provider, requests[0], policy, timeout_s, specs(0) if specs else None)
+        raster, attempts, pre = fetch_task(provider, requests[0], policy, timeout_s, *(specs(0) if specs else ()))
         yield 0, raster, attempts, pre
         return
     count, kind = plan_workers(provider, workers, n)
@@ -260,7 +274,7 @@ def fetch_stream(
             if not cancelled.is_set():
                 try:
                     result, slot.attempts, slot.then = run(req, policy, timeout_s,
-                                                           specs(slot.owner) if specs else None)
+                                                           *(specs(slot.owner) if specs else ()))
                     if isinstance(result, BaseException):
                         slot.error = result
                     else:

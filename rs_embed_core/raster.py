@@ -74,3 +74,20 @@ class Raster:
     @property
     def valid_fraction(self) -> float:
         return float(self.valid.mean()) if self.valid.size else 0.0
+
+
+@frozen(eq=False)
+class RasterHead:
+    """A Raster without its pixels: all the runner keeps of an input a worker process already prepared
+    (grid, bands, times, provenance, valid fraction), so the pixels need not travel back to it."""
+
+    bands: tuple[str, ...]
+    grid: GridSpec
+    times: tuple[dt.datetime | None, ...]
+    shape: tuple[int, int, int, int]
+    valid_fraction: float
+    meta: dict[str, Any] = field(factory=dict)
+
+    @classmethod
+    def of(cls, raster: Raster) -> RasterHead:
+        return cls(raster.bands, raster.grid, raster.times, raster.shape, raster.valid_fraction, raster.meta)

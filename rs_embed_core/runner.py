@@ -38,7 +38,7 @@ from .prepare import PrepSpec, Prepared, prepare
 from .preprocess import chain_to_meta, check_chain
 from .providers import Provider
 from .workers import check_workers
-from .raster import Raster
+from .raster import Raster, RasterHead
 from .registry import embedder_class, embedder_plugin, provider_factory
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .specs import BBox, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
@@ -336,6 +336,7 @@ def run(
     min_valid_fraction: float = DEFAULT_MIN_VALID_FRACTION,
     on_low_valid: str = "warn",
     on_input: Any = None,
+    input_pixels: bool = False,
     workers: int | None = None,
 ) -> Iterator[tuple[int, int, Embedding | ItemError]]:
     """Yield (item index, job index, Embedding or ItemError) for every ROI x job, as batches finish.
@@ -343,7 +344,8 @@ def run(
     Models are loaded before the first fetch (weights errors come first). Memory stays flat in
     the number of ROIs: fetches run a bounded window ahead, and each job holds at most one batch.
     `on_input(request, raster, items)` is called once per distinct fetch that succeeded (export
-    saves inputs through it); `items` are the ROI indices that use it.
+    saves inputs through it); `items` are the ROI indices that use it. The raster holds its pixels
+    when `input_pixels`; otherwise it may be a RasterHead (the pixels stayed in a worker process).
     """
     spatials = list(spatials)
     valid_policy = {"min_valid_fraction": min_valid_fraction, "on_low_valid": on_low_valid}
@@ -490,10 +492,12 @@ def run(
         except RsEmbedError as exc:
             return item_error(i, j, "model", exc)
 
-    def specs(r: int) -> list[tuple[tuple[int, int], PrepSpec]]:
-        """What the worker that fetches request r prepares: every (item, job) that needs only it."""
-        return [((i, j), jobs[j].prep_spec([needs[i][j][0].bands], refuse))
-                for i, j in users.get(r, []) if len(needs[i][j]) == 1]
+    def specs(r: int) -> tuple[list[tuple[tuple[int, int], PrepSpec]], bool]:
+        """What the worker that fetches request r prepares (every (item, job) that needs only it), and
+        whether its pixels may stay in the worker (nobody here needs more than the prepared inputs)."""
+        pairs = [((i, j), jobs[j].prep_spec([needs[i][j][0].bands], refuse))
+                 for i, j in users.get(r, []) if len(needs[i][j]) == 1]
+        return pairs, not input_pixels and len(pairs) == len(users.get(r, []))
 
     def consume(i: int, j: int, ready: Prepared | None) -> Iterator[tuple[int, int, Embedding | ItemError]]:
         """Every input of (item i, job j) has arrived: check, queue its pieces for the model."""
@@ -534,7 +538,7 @@ def run(
                                                           workers=workers):
             got[r] = result
             attempts_of[r] = attempts
-            if on_input is not None and isinstance(result, Raster):
+            if on_input is not None and isinstance(result, (Raster, RasterHead)):
                 on_input(requests[r], result, sorted({i for i, _ in users.get(r, [])}))
             for i, j in users.get(r, []):
                 if all(n.request in got for n in needs[i][j]):

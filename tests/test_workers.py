@@ -210,3 +210,26 @@ def test_cli_workers_and_precision(scene, tmp_path):
     bad = CliRunner().invoke(main, ["embed", "spectral_stats", "--point", "121.48,31.18", "--year", "2022",
                                     "--precision", "fp64"])
     assert bad.exit_code == 2 and "fp64" in bad.output
+
+
+def test_pixels_stay_in_the_worker_unless_asked_for(scene):
+    """With every user prepared in the worker, only the prepared inputs and a RasterHead come back;
+    export with save_inputs still gets the pixels."""
+    from rs_embed_core.fetching import fetch_stream
+    from rs_embed_core.grid import grid_for
+    from rs_embed_core.providers import FetchRequest
+    from rs_embed_core.raster import RasterHead
+    from rs_embed_core.runner import prepare_job
+
+    prov = LocalProvider(scene)
+    job = prepare_job("spectral_stats", output=OutputSpec.pooled(), provider=prov)
+    reqs = [FetchRequest(grid_for(r, 10), T, job.sensors[0]) for r in ROIS[:3]]
+    spec = job.prep_spec([job.sensors[0].bands], None)
+    for strip in (True, False):
+        got = list(fetch_stream(prov, reqs, workers=2, specs=lambda r, s=strip: ([("k", spec)], s)))
+        for (_, raster, _, pre), q in zip(got, reqs):
+            assert isinstance(raster, RasterHead if strip else Raster)
+            full = prov.fetch(q)
+            assert raster.grid == full.grid and raster.valid_fraction == full.valid_fraction
+            assert isinstance(pre["k"].fetched, RasterHead if strip else Raster)
+            assert pre["k"].prepped[0].data.shape[1] == len(job.sensors[0].bands)
