@@ -171,3 +171,38 @@ def test_the_file_server_answers_416_for_a_range_past_the_end(files):
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(urllib.request.Request(files.url + "/f.bin", headers={"Range": "bytes=10-20"}))
     assert info.value.code == 416
+
+
+# ---------------------------------------------------------------- parity (item 10)
+
+
+def test_earth_search_planetary_computer_and_a_local_copy_agree(stac_api, files, kit, tmp_path):
+    """One ESA scene (baseline 05.10, DN = reflectance x 10000 + 1000) as each catalog publishes it, and a
+    harmonised local copy: the same harmonised DN from all three, to float32 rounding."""
+    from rs_embed import LocalProvider
+    from rs_embed_stac.catalogs import PLANETARY_COMPUTER
+
+    t = truth()
+    es = item(kit, files, "S2B_T32UPU_20220610T102559_L2A", "sentinel-2-c1-l2a", t + 1000,
+              **{"s2:processing_baseline": "05.10"})
+    pc_assets = {"B04": kit.asset(kit.publish(files, "pc/B04.tif", t + 1000)),  # no raster:bands, like PC
+                 "SCL": kit.asset(kit.publish(files, "pc/SCL.tif", np.full((100, 100), 4, np.uint8), res=20.0))}
+    pc = kit.make_item("S2B_MSIL2A_20220610T102559_R108_T32UPU_20240101T000000", "2022-06-10T10:00:00Z", pc_assets,
+                       collection="sentinel-2-l2a",
+                       **{"s2:product_uri": "S2B_MSIL2A_20220610T102559_N0510_R108_T32UPU_20240101T000000.SAFE"})
+    url = stac_api([es, pc])
+    local_file = kit.write_cog(tmp_path / "local" / "S2_20220610_B4.tif", t)
+    sensor = SensorSpec(S2, ("B4",), 10, cloud_mask=False)
+    request = FetchRequest(kit.GRID, WINDOW, sensor)
+    out = {
+        "earth-search": earth_search(url).fetch(request),
+        "planetary-computer": StacProvider(Catalog("planetary-computer", url, PLANETARY_COMPUTER.collections),
+                                           retry=FAST, http_timeout_s=5).fetch(request),
+        "local": LocalProvider(str(local_file), collection=S2, band_map={"B4": 1},
+                               dates={local_file.name: "2022-06-10"}).fetch(request),
+    }
+    ref = out["local"]
+    assert ref.valid.mean() > 0.9
+    for name, r in out.items():
+        assert np.array_equal(r.valid, ref.valid), name
+        assert np.allclose(r.data[0, 0][r.valid[0]], ref.data[0, 0][ref.valid[0]], atol=1e-3), name
