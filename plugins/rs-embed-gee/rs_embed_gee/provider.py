@@ -344,8 +344,6 @@ class GEEProvider:
     # ------------------------------------------------------------ fetch
 
     def fetch(self, request: FetchRequest) -> Raster:
-        import ee
-
         grid, sensor, window = request.grid, request.sensor, request.temporal
         method, threshold = self._plan(sensor)
         self._check_window(method, sensor, window)

@@ -10,11 +10,12 @@ facts about public catalogs, with where each came from:
   of the legacy `sentinel-2-l2a`, whose `earthsearch:boa_offset_applied` flag is wrong on some
   items (Element84/earth-search#66, #71: flag false, offset already removed, so shifting again
   sends half the values negative). Both name assets by common name (coastal, blue, ..., nir08,
-  swir16, scl; checked on published c1 item JSON, e.g. S2B_T38XNF_20250422T091553_L2A); c1 hrefs
-  are public https COGs on e84-earth-search-sentinel-data.s3.us-west-2.amazonaws.com. Collection 1 still has gaps where the reprocessing has not
-  been published (much of 2022 in places, early years; Element84/earth-search#29, #70): a window
-  there finds fewer scenes or none. The legacy collection stays available as the opt-in
-  EARTH_SEARCH_S2_LEGACY mapping, with the offset sanity check on. `landsat-c2-l2` uses the same common names plus lwir11 and
+  swir16, scl; checked on published c1 item JSON, e.g. S2B_T38XNF_20250422T091553_L2A); c1
+  hrefs are public https COGs on e84-earth-search-sentinel-data.s3.us-west-2.amazonaws.com.
+  Collection 1 still has gaps where the reprocessing has not been published (much of 2022 in
+  places, early years; Element84/earth-search#29, #70): a window there finds fewer scenes or
+  none. The legacy collection stays available as the opt-in EARTH_SEARCH_S2_LEGACY mapping,
+  with the offset sanity check on. `landsat-c2-l2` uses the same common names plus lwir11 and
   qa_pixel, but its hrefs point into the requester-pays bucket s3://usgs-landsat, so reading
   them needs AWS credentials (Element84/earth-search and odc-stac usage notes).
 - Planetary Computer (https://planetarycomputer.microsoft.com/api/stac/v1): `sentinel-2-l2a`

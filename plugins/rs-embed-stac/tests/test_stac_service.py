@@ -96,7 +96,8 @@ def test_legacy_collection_refuses_a_second_shift_and_says_so(stac_api, files, k
     assert r.meta["stac_collection"] == "sentinel-2-l2a" and r.meta["offset_refused"] == ["doubled"]
     assert scenes["doubled"]["offset_check"]["refused"] is True
     assert scenes["doubled"]["offset_check"]["negative_fraction"] > OFFSET_CHECK_MAX_NEGATIVE
-    assert scenes["doubled"]["dn_offset"]["B4"]["dn"] == 0.0 and "refused" in scenes["doubled"]["dn_offset"]["B4"]["why"]
+    doubled = scenes["doubled"]["dn_offset"]["B4"]
+    assert doubled["dn"] == 0.0 and "refused" in doubled["why"]
     assert scenes["honest"]["offset_check"] == {"negative_fraction": 0.0, "refused": False}
     assert scenes["honest"]["dn_offset"]["B4"]["dn"] == -1000.0
     ref = direct(kit, files, "sentinel-2-l2a/doubled/B04.tif")
@@ -114,7 +115,8 @@ def token_route(files, status=200):
         calls.append((path, handler.headers.get("Ocp-Apim-Subscription-Key")))
         if status != 200:
             return status, {}, b'{"message": "Forbidden"}'
-        return 200, {"Content-Type": "application/json"}, b'{"msft:expiry": "2099-01-01T00:00:00Z", "token": "se=x&sig=t"}'
+        body = b'{"msft:expiry": "2099-01-01T00:00:00Z", "token": "se=x&sig=t"}'
+        return 200, {"Content-Type": "application/json"}, body
 
     files.routes["/api/sas/v1/token/"] = route
     return calls
