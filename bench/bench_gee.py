@@ -33,7 +33,7 @@ def main() -> None:
                                                                          rng.uniform(20, 40, args.rois))]
     temporal = TemporalSpec.range("2022-06-01", "2022-07-01")
     with FakeEarthEngine(scenes={S2: month_scenes()}) as fake:
-        provider = fake.provider()
+        provider = fake.provider(listing_ttl_s=0)  # every call really made: no scene list reused between runs
         get_embedding(args.model, spatial=rois[0], temporal=temporal, backend=provider)  # sign in, load the model
         fake.latency_s = args.latency
 

@@ -55,6 +55,10 @@ CLOUD_MASK_BAND = {"scl": "SCL", "qa60": "QA60", "qa_pixel": "QA_PIXEL", "fmask"
 SCL_NOT_CLEAR = (0, 1, 3, 8, 9, 10)
 # Sentinel-2 QA60 bits: 10 opaque clouds, 11 cirrus (ESA L1C).
 QA60_NOT_CLEAR_BITS = (10, 11)
+# QA60 is empty (masked out) on Earth Engine from 2022-01-25 to 2024-02-28 inclusive: ESA stopped producing
+# the cloud polygons, and the legacy-consistent band from MSK_CLASSI starts after (Earth Engine catalogue,
+# COPERNICUS/S2_SR_HARMONIZED and S2_HARMONIZED band tables). A QA60 mask there would hide every pixel.
+QA60_GAP = ("2022-01-25", "2024-02-28")  # first and last day, inclusive
 # Landsat collection 2 QA_PIXEL bits: 0 fill, 1 dilated cloud, 2 cirrus, 3 cloud, 4 cloud shadow
 # (USGS Landsat 8-9 C2 L2 product guide).
 QA_PIXEL_NOT_CLEAR_BITS = (0, 1, 2, 3, 4)

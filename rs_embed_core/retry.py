@@ -3,7 +3,9 @@
 `with_retries(fn)` calls `fn` and retries it while it raises a `TransientProviderError`, at most
 `RetryPolicy.max_retries` more times, sleeping an exponentially growing, jittered delay between
 attempts (capped at `max_delay_s`; a server's Retry-After hint, when larger, wins). Anything else
-propagates at once. `TokenBucket` spaces requests out to a sustained rate with a burst allowance.
+propagates at once. `policy_for` picks another policy per error (e.g. a longer one for quota
+errors); each policy counts its own retries. `TokenBucket` spaces requests out to a sustained
+rate with a burst allowance.
 """
 
 from __future__ import annotations
@@ -63,21 +65,25 @@ def with_retries(
     *,
     sleep: Callable[[float], None] = time.sleep,
     on_retry: Callable[[int, TransientProviderError, float], None] | None = None,
+    policy_for: Callable[[TransientProviderError], RetryPolicy | None] | None = None,
 ) -> tuple[T, int]:
     """`(fn(), attempts)`, retrying transient failures. The last transient error is re-raised
-    with `.attempts` set once the retries are spent."""
+    with `.attempts` set once the retries are spent (of the policy that error falls under)."""
     attempt = 0
+    spent: dict[int, int] = {}  # retries made per policy (by identity)
     while True:
         attempt += 1
         try:
             return fn(), attempt
         except TransientProviderError as exc:
             exc.attempts = attempt  # type: ignore[attr-defined]
-            if attempt > policy.max_retries:
+            p = (policy_for(exc) if policy_for is not None else None) or policy
+            k = spent[id(p)] = spent.get(id(p), 0) + 1
+            if k > p.max_retries:
                 raise
-            wait = policy.delay(attempt)
+            wait = p.delay(k)
             if exc.retry_after_s is not None:
-                wait = max(wait, min(float(exc.retry_after_s), policy.max_delay_s))
+                wait = max(wait, min(float(exc.retry_after_s), p.max_delay_s))
             if on_retry is not None:
                 on_retry(attempt, exc, wait)
             sleep(wait)

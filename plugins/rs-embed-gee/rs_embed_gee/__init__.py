@@ -10,10 +10,18 @@ from __future__ import annotations
 
 from rs_embed_core.hookspecs import hookimpl
 
-from .errors import GEEAssetNotFoundError, GEEAuthError, GEEError, GEEPermissionError, GEEQuotaError
+from .errors import (
+    GEEAssetNotFoundError,
+    GEEAuthError,
+    GEEComputationTooHeavyError,
+    GEEError,
+    GEEPermissionError,
+    GEEQuotaError,
+)
 from .provider import GEEProvider
 
-__all__ = ["GEEProvider", "GEEError", "GEEAuthError", "GEEPermissionError", "GEEAssetNotFoundError", "GEEQuotaError"]
+__all__ = ["GEEProvider", "GEEError", "GEEAuthError", "GEEPermissionError", "GEEAssetNotFoundError", "GEEQuotaError",
+           "GEEComputationTooHeavyError"]
 
 
 @hookimpl

@@ -187,6 +187,22 @@ def _configure(ee: Any, http_timeout_s: float | None) -> None:
         ee.data.setDeadline(int(http_timeout_s * 1000))
 
 
+def size_pool(connections: int) -> None:
+    """Let the client's HTTP session keep `connections` connections per host (requests' default is 10, so
+    more calls in flight than that log "Connection pool is full" and open throwaway connections)."""
+    import ee
+    import requests.adapters
+
+    session = ee.data._get_state().requests_session  # the client keeps no public handle on it
+    if session is None:
+        return
+    with _lock:
+        for prefix in ("https://", "http://"):
+            current = session.get_adapter(prefix + "x")
+            if getattr(current, "_pool_maxsize", 0) < connections:
+                session.mount(prefix, requests.adapters.HTTPAdapter(pool_connections=10, pool_maxsize=connections))
+
+
 def reset() -> None:
     """Forget the initialisation (and reset the client): for tests that start a new fake server."""
     global _initialized

@@ -3,9 +3,13 @@
 `classify` maps what the earthengine-api client raises (an EEException whose context is the
 googleapiclient HttpError, or a ConnectionError / TimeoutError from its HTTP transport) onto:
 GEEAuthError (not signed in, no project, credentials rejected), GEEPermissionError (403),
-GEEAssetNotFoundError (a collection or image that does not exist), GEEQuotaError (429: retried),
-TransientProviderError (5xx, 408, timeouts, dropped connections: retried) and GEEError (the
-rest, e.g. a computation the server refused). Messages carry the server's reason, never a token.
+GEEAssetNotFoundError (a collection or image that does not exist), GEEQuotaError (429: retried
+with its own longer policy), GEEComputationTooHeavyError ("User memory limit exceeded",
+"Computation timed out": the provider splits the request), TransientProviderError (5xx, 408,
+timeouts, dropped connections: retried) and GEEError (the rest). The HTTP status decides first:
+a 401/403 is never read as a quota error because its text mentions a quota (Google's "requires
+a quota project" for application-default credentials is a 403 that retrying cannot fix).
+Messages carry the server's reason, never a token.
 """
 
 from __future__ import annotations
@@ -47,12 +51,19 @@ class GEERequestTooLargeError(GEEError):
     """A computePixels request over the server's per-request limits (HTTP 400); the provider splits it."""
 
 
+class GEEComputationTooHeavyError(GEEError):
+    """A computation over Earth Engine's per-request memory or time limit (HTTP 400); the provider splits it,
+    by frames first, then by window."""
+
+
 class GEEQuotaError(TransientProviderError):
     """A quota or rate limit (HTTP 429); retried with backoff, raised once the retries are spent."""
 
 
 _TOO_LARGE = re.compile(r"request size|must be less than or equal to \d+ bytes|request exceeds|too many bands|"
                         r"pixels? per side|dimensions? .*(?:exceed|too large)", re.I)
+_TOO_HEAVY = re.compile(r"memory limit exceeded|computation timed out", re.I)
+_QUOTA_PROJECT = re.compile(r"quota project", re.I)
 _NOT_FOUND = re.compile(r"not found|does not exist", re.I)
 _PROJECT = re.compile(r"not (?:been )?registered|has not been used in project", re.I)
 
@@ -109,20 +120,22 @@ def classify(exc: BaseException, what: str, project: str | None = None) -> Excep
     refresh = any(type(e).__name__ == "RefreshError" for e in _chain(exc))  # google-auth could not renew a token
     if status == 401 or refresh or "authorize access" in reason.lower():
         return GEEAuthError(f"Earth Engine rejected the credentials{where} while {what}: {reason}. " + NOT_SIGNED_IN)
-    if status == 429 or "quota" in reason.lower() or "too many concurrent" in reason.lower():
+    if status == 403 or (status is None and _PROJECT.search(reason)):
+        fix = ("Set the project the credentials bill: `gcloud auth application-default set-quota-project PROJECT`, "
+               "or pass backend='gee:PROJECT' / set EE_PROJECT." if _QUOTA_PROJECT.search(reason) else
+               "Check that the project is registered for Earth Engine (https://code.earthengine.google.com/register) "
+               "and that this account has the roles Earth Engine Resource Viewer and Service Usage Consumer on it.")
+        return GEEPermissionError(f"Earth Engine denied access{where} while {what}: {reason}. {fix}")
+    if status == 429 or (status is None and ("quota" in reason.lower() or "too many concurrent" in reason.lower())):
         return GEEQuotaError(
             f"Earth Engine quota or rate limit{where} while {what}: {reason}. Retried with backoff; lower "
-            "GEEProvider(max_concurrency=..., requests_per_s=...) or try again later.",
+            "GEEProvider(max_concurrency=..., max_inflight=..., requests_per_s=...) or try again later.",
             retry_after_s=retry_after,
         )
+    if _TOO_HEAVY.search(reason):
+        return GEEComputationTooHeavyError(f"Earth Engine, {what}: {reason}")
     if status is not None and (status == 408 or 500 <= status <= 599):
         return TransientProviderError(f"Earth Engine, {what}: HTTP {status}: {reason}", retry_after_s=retry_after)
-    if status == 403 or (status is None and _PROJECT.search(reason)):
-        return GEEPermissionError(
-            f"Earth Engine denied access{where} while {what}: {reason}. Check that the project is registered for "
-            "Earth Engine (https://code.earthengine.google.com/register) and that this account has the roles "
-            "Earth Engine Resource Viewer and Service Usage Consumer on it."
-        )
     if "no project" in reason.lower():
         return GEEAuthError(NO_PROJECT)
     if status == 400 and _TOO_LARGE.search(reason):

@@ -10,8 +10,10 @@
 
 Cloud masks (definitions in rs_embed_core.collections) are applied per image before compositing:
 Cloud Score+ joins each Sentinel-2 image to the Cloud Score+ image with the same id and keeps
-cs >= threshold (an image whose score is not published yet is fully masked); "scl" drops the SCL classes in SCL_NOT_CLEAR; "qa60", "qa_pixel" and "fmask" drop
-pixels with any of their not-clear bits set.
+cs >= threshold (an image whose score is not published yet is fully masked); "scl" drops the SCL
+classes in SCL_NOT_CLEAR; "qa60", "qa_pixel" and "fmask" drop pixels with any of their not-clear
+bits set. Bands with a wavelength are resampled as asked (Earth Engine's default is nearest;
+rs-embed's default is bilinear, like the STAC and local providers); QA/class bands stay nearest.
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ SCENE_CLOUD_PROPERTY = {
 }
 VALID = "valid"
 SAR_POLARISATIONS = ("VV", "VH", "HH", "HV")
+RESAMPLING = ("nearest", "bilinear", "bicubic")  # Image.resample modes, "nearest" = Earth Engine's default
+# Sentinel-1 GRD image properties (Earth Engine catalogue, COPERNICUS/S1_GRD) a homogeneous mosaic filters on.
+S1_GRD = "COPERNICUS/S1_GRD"
+S1_INSTRUMENT_MODES = ("IW", "EW", "SM")
+S1_RESOLUTIONS_M = (10, 25, 40)
+S1_ORBIT_PASSES = ("ASCENDING", "DESCENDING")
 
 
 def region(grid: GridSpec) -> Any:
@@ -55,8 +63,10 @@ def region(grid: GridSpec) -> Any:
     return ee.Geometry.Rectangle([left, bottom, right, top], grid.crs, False)
 
 
-def source_collection(sensor: SensorSpec, window: TemporalSpec, roi: Any, max_scenes: int) -> Any:
-    """The collection filtered to the window [start, end), the ROI and the scene cloud limit, oldest first."""
+def source_collection(sensor: SensorSpec, window: TemporalSpec, roi: Any, max_scenes: int,
+                      properties: dict[str, Any] | None = None) -> Any:
+    """The collection filtered to the window [start, end), the ROI, the scene cloud limit and `properties`
+    (name -> required value, e.g. Sentinel-1's instrumentMode), oldest first."""
     import ee
 
     col = ee.ImageCollection(sensor.collection).filterDate(window.start.isoformat(), window.end.isoformat())
@@ -67,21 +77,32 @@ def source_collection(sensor: SensorSpec, window: TemporalSpec, roi: Any, max_sc
         for band in sensor.bands:
             if band in SAR_POLARISATIONS:
                 col = col.filter(ee.Filter.listContains("transmitterReceiverPolarisation", band))
+    for name, value in (properties or {}).items():
+        col = col.filter(ee.Filter.eq(name, value))
     prop = SCENE_CLOUD_PROPERTY.get(sensor.collection)
     if sensor.max_cloud_fraction is not None and prop is not None:
         col = col.filter(ee.Filter.lte(prop, sensor.max_cloud_fraction * 100.0))
     return col.limit(max_scenes, "system:time_start")
 
 
-def masked(col: Any, bands: tuple[str, ...], method: str | None, threshold: float | None) -> Any:
-    """Each image cut to `bands`, with the per-pixel cloud mask `method` applied (None: no mask)."""
+def masked(col: Any, bands: tuple[str, ...], method: str | None, threshold: float | None,
+           resampling: str = "nearest", collection: str | None = None) -> Any:
+    """Each image cut to `bands`, its wavelength bands resampled with `resampling`, with the per-pixel
+    cloud mask `method` applied (None: no mask)."""
     import ee
 
     names = list(bands)
+    coll = known_collection(collection) if collection else None
+    smooth = [b for b in names if resampling != "nearest" and (
+        coll is None or b not in coll.band_names or coll.band(b).center_nm is not None)]
 
     def apply(image: Any) -> Any:
         img = ee.Image(image)
         out = img.select(names)
+        if smooth:
+            others = [b for b in names if b not in smooth]
+            out = img.select(smooth).resample(resampling)
+            out = (out.addBands(img.select(others)) if others else out).select(names)
         if method is None:
             return out
         if method == "cloud_score_plus":

@@ -3,16 +3,21 @@
 It serves what the real client needs to initialise (the Cloud API discovery document and the
 algorithm signatures that ship in the earthengine-api wheel, `ee/tests/`), and answers the two
 calls the provider makes:
-- `value:compute`: the scene list. The fake reads the collection id (`ImageCollection.load`) and
-  the date window (`DateRange`) out of the submitted graph and answers its own scripted scenes
-  (`FakeScene`) in that window, oldest first, as many as `Collection.limit` allows.
+- `value:compute`: the scene list. The fake reads the collection id (`ImageCollection.load`) out
+  of the submitted graph, evaluates every filter applied to that collection (date range, bounds,
+  property comparisons, list membership, not/and/or; an unknown filter is a 400, never ignored)
+  against its own scripted scenes (`FakeScene`: time, lon/lat bounds, properties, cloud cover),
+  and answers the matches oldest first, as many as `Collection.limit` allows.
 - `image:computePixels`: NPY bytes, one float32 field per requested band id, for the requested
   grid. Values are a function of the band id and the *global* pixel position (from the affine
   transform), so a client that splits a request and reassembles it wrongly gets wrong numbers:
   `value_of(band_id, gx, gy)`; bands named "*_valid" hold 1/0 from `valid_of(gx, gy)`.
-It records every request (path, decoded body, whether the bearer token was right), enforces
-Earth Engine's per-request limits (400 beyond them), checks the bearer token (401) and the
-project (403), and can be scripted to fail (`fail_next`), be slow (`latency_s`) or hang.
+It validates what the service validates, with the service's kind of message: the bearer token
+(401), the project (403), the concurrent-request quota (429 beyond `max_concurrent`, 40 by
+default like a project's), the file format, the CRS code, a non-degenerate affine transform,
+band ids the expression produces, and the per-request size limits (400s). It records every
+request (path, decoded body, whether the bearer token was right) and can be scripted to fail
+(`fail_next`), be slow (`latency_s`) or hang.
 
 The graph helpers (`calls`, `constants`) read the client's serialised expressions for assertions.
 """
@@ -39,10 +44,30 @@ TOKEN = "fake-ee-token"
 
 @define
 class FakeScene:
+    """One image: `cloud` answers the scene cloud-cover properties (CLOUDY_PIXEL_PERCENTAGE, CLOUD_COVER,
+    CLOUD_COVERAGE); `bounds` is its lon/lat footprint (None: everywhere); `properties` the others."""
+
     id: str
     time: dt.datetime
     clear: float = 1.0
     cloud: float | None = 10.0
+    bounds: tuple[float, float, float, float] | None = None
+    properties: dict[str, Any] = field(factory=dict)
+
+    def get(self, name: str) -> Any:
+        if name == "system:time_start":
+            return int(self.time.replace(tzinfo=dt.timezone.utc).timestamp() * 1000)
+        if name == "system:index":
+            return self.id
+        if name in CLOUD_PROPERTIES:
+            return self.cloud
+        return self.properties.get(name)
+
+
+CLOUD_PROPERTIES = ("CLOUDY_PIXEL_PERCENTAGE", "CLOUD_COVER", "CLOUD_COVERAGE")
+# ImageFileFormat values of the REST API (projects.image.computePixels); the fake serves NPY.
+FILE_FORMATS = ("JPEG", "PNG", "AUTO_JPEG_PNG", "NPY", "GEO_TIFF", "TF_RECORD_IMAGE", "MULTI_BAND_IMAGE_TILE",
+                "ZIPPED_GEO_TIFF", "ZIPPED_GEO_TIFF_PER_BAND")
 
 
 @define
@@ -120,6 +145,92 @@ def constants(expression: dict[str, Any], function: str, argument: str) -> list[
     return [constant(arg(expression, a[argument])) for f, a in calls(expression) if f == function and argument in a]
 
 
+class Unsupported(Exception):
+    """A filter the fake cannot evaluate: answered as a 400 rather than silently ignored."""
+
+
+def _invocation(expression: dict[str, Any], node: Any) -> tuple[str, dict[str, Any]]:
+    inv = (arg(expression, node) or {}).get("functionInvocationValue") or {}
+    return inv.get("functionName", ""), inv.get("arguments", {})
+
+
+def _base_collection(expression: dict[str, Any], node: Any) -> str | None:
+    """The id of the ImageCollection.load a chain of filters / limits / maps starts from."""
+    for _ in range(64):
+        name, args = _invocation(expression, node)
+        if name == "ImageCollection.load":
+            return constant(arg(expression, args.get("id")))
+        if name not in ("Collection.filter", "Collection.limit", "Collection.map") or "collection" not in args:
+            return None
+        node = args["collection"]
+    return None
+
+
+def collection_filters(expression: dict[str, Any], collection_id: str) -> list[Any]:
+    """The filter nodes applied (Collection.filter) to the collection loaded as `collection_id`."""
+    return [a["filter"] for f, a in calls(expression)
+            if f == "Collection.filter" and _base_collection(expression, a.get("collection")) == collection_id]
+
+
+def _lonlat_box(expression: dict[str, Any], node: Any) -> tuple[float, float, float, float]:
+    """The lon/lat bounding box of a geometry node (a Rectangle, possibly inside a Feature)."""
+    from pyproj import Transformer
+
+    name, args = _invocation(expression, node)
+    if name == "Feature":
+        return _lonlat_box(expression, args["geometry"])
+    if name != "GeometryConstructors.Rectangle":
+        raise Unsupported(f"geometry {name!r}")
+    x0, y0, x1, y1 = constant(arg(expression, args["coordinates"]))
+    crs = "EPSG:4326"
+    if "crs" in args:
+        _, pargs = _invocation(expression, args["crs"])
+        crs = constant(arg(expression, pargs.get("crs"))) or crs
+    if crs == "EPSG:4326":
+        return x0, y0, x1, y1
+    return Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform_bounds(x0, y0, x1, y1, densify_pts=21)
+
+
+def matches(expression: dict[str, Any], node: Any, scene: FakeScene) -> bool:
+    """Whether `scene` passes the serialised filter `node` (the subset of ee.Filter the provider uses)."""
+    name, args = _invocation(expression, node)
+
+    def const(key: str) -> Any:
+        return constant(arg(expression, args[key]))
+
+    if name == "Filter.not":
+        return not matches(expression, args["filter"], scene)
+    if name in ("Filter.and", "Filter.or"):
+        parts = [matches(expression, f, scene) for f in arg(expression, args["filters"]).get("arrayValue", {})
+                 .get("values", [])]
+        return all(parts) if name == "Filter.and" else any(parts)
+    if name == "Filter.dateRangeContains":
+        _, rng = _invocation(expression, args["leftValue"])
+        start = dt.datetime.fromisoformat(constant(arg(expression, rng["start"])))
+        end = dt.datetime.fromisoformat(constant(arg(expression, rng["end"])))
+        return const("rightField") == "system:time_start" and start <= scene.time < end
+    if name == "Filter.intersects":
+        if scene.bounds is None:
+            return True
+        w, s_, e, n = _lonlat_box(expression, args["rightValue"])
+        sw, ss, se, sn = scene.bounds
+        return not (e < sw or se < w or n < ss or sn < s_)
+    compare = {"Filter.equals": lambda a, b: a == b, "Filter.greaterThan": lambda a, b: a > b,
+               "Filter.lessThan": lambda a, b: a < b, "Filter.greaterThanOrEquals": lambda a, b: a >= b,
+               "Filter.lessThanOrEquals": lambda a, b: a <= b, "Filter.listContains": lambda a, b: b in a,
+               "Filter.inList": lambda a, b: a in b}
+    if name in compare and "leftField" in args and "rightValue" in args:
+        value = scene.get(const("leftField"))
+        return value is not None and bool(compare[name](value, const("rightValue")))
+    raise Unsupported(f"filter {name!r}")
+
+
+def produced_bands(expression: dict[str, Any]) -> set[str] | None:
+    """Band names the expression's images are renamed to (None when it renames nothing)."""
+    names = {n for v in constants(expression, "Image.rename", "names") if isinstance(v, list) for n in v}
+    return names or None
+
+
 # ---------------------------------------------------------------- the server
 
 
@@ -142,6 +253,7 @@ class FakeEarthEngine:
     max_bytes: int = 48 * 1024 * 1024
     max_dim: int = 32768
     max_bands: int = 1024
+    max_concurrent: int = 40
     requests: list[Recorded] = field(factory=list)
     _failures: deque = field(factory=deque)
     _lock: threading.Lock = field(factory=threading.Lock)
@@ -219,9 +331,13 @@ class FakeEarthEngine:
                     fake.requests.append(rec)
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                    over = fake.in_flight > fake.max_concurrent
                 try:
                     if fake.latency_s:
                         time.sleep(fake.latency_s)
+                    if over:
+                        return self._error(429, "Too many concurrent requests: the project's limit of "
+                                                f"{fake.max_concurrent} concurrent requests was exceeded.")
                     self._answer(rec, body, ok)
                 finally:
                     with fake._lock:
@@ -262,10 +378,13 @@ class FakeEarthEngine:
                 cid = self._collection(expression)
                 if cid is None:
                     return
-                start = dt.datetime.fromisoformat(constants(expression, "DateRange", "start")[0])
-                end = dt.datetime.fromisoformat(constants(expression, "DateRange", "end")[0])
+                filters = collection_filters(expression, cid)
                 limits = constants(expression, "Collection.limit", "limit")
-                rows = [s for s in sorted(fake.scenes[cid], key=lambda s: s.time) if start <= s.time < end]
+                try:
+                    rows = [s for s in sorted(fake.scenes[cid], key=lambda s: s.time)
+                            if all(matches(expression, f, s) for f in filters)]
+                except Unsupported as exc:
+                    return self._error(400, f"the fake cannot evaluate {exc}")
                 rows = rows[: min(limits)] if limits else rows
                 result = [{"id": s.id, "time": int(s.time.replace(tzinfo=dt.timezone.utc).timestamp() * 1000),
                            "clear": s.clear, **({"cloud": s.cloud} if s.cloud is not None else {})} for s in rows]
@@ -275,6 +394,20 @@ class FakeEarthEngine:
                 if self._collection(body["expression"]) is None:
                     return
                 grid, names = body["grid"], body.get("bandIds") or []
+                fmt = body.get("fileFormat")
+                if fmt not in FILE_FORMATS:
+                    return self._error(400, f"Invalid value at 'file_format' (type.googleapis.com/google.earthengine."
+                                            f"v1.ImageFileFormat), {json.dumps(fmt)}")
+                if fmt != "NPY":
+                    return self._error(400, f"the fake serves fileFormat NPY only, not {fmt}")
+                bad = self._grid_error(grid)
+                if bad:
+                    return self._error(400, bad)
+                produced = produced_bands(body["expression"])
+                missing = [n for n in names if produced is not None and n not in produced]
+                if missing:
+                    return self._error(400, f"Image.select: Pattern '{missing[0]}' did not match any bands. "
+                                            f"Available bands: {sorted(produced or ())}")
                 w, h = grid["dimensions"]["width"], grid["dimensions"]["height"]
                 size = w * h * 4 * len(names)
                 if size > fake.max_bytes:
@@ -289,6 +422,25 @@ class FakeEarthEngine:
                 buf = io.BytesIO()
                 np.save(buf, arr)
                 self._send(200, buf.getvalue(), "application/octet-stream")
+
+            @staticmethod
+            def _grid_error(grid: dict[str, Any]) -> str | None:
+                from pyproj import CRS
+                from pyproj.exceptions import CRSError
+
+                dims, a = grid.get("dimensions") or {}, grid.get("affineTransform") or {}
+                if not all(isinstance(dims.get(k), int) and dims[k] > 0 for k in ("width", "height")):
+                    return f"Invalid PixelGrid dimensions {dims}: width and height must be positive integers."
+                if not a.get("scaleX") or not a.get("scaleY"):
+                    return f"Invalid affine transform {a}: the transform is not invertible (zero scale)."
+                code = grid.get("crsCode")
+                if code is None and grid.get("crsWkt") is None:
+                    return "PixelGrid needs crsCode or crsWkt."
+                try:
+                    CRS.from_user_input(code if code is not None else grid["crsWkt"])
+                except CRSError:
+                    return f"Invalid CRS: {code or 'the given WKT'} is not a known coordinate reference system."
+                return None
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
@@ -336,11 +488,30 @@ def sample_grid() -> Any:
     return GridSpec("EPSG:32651", 356450.0, 3453380.0, 10.0, 64, 48)
 
 
+# lon/lat footprint of the sample scenes: eastern China, around sample_grid() and the benchmark's ROIs
+SAMPLE_BOUNDS = (100.0, 20.0, 125.0, 40.0)
+
+
 def month_scenes(prefix: str = "S2", days: tuple[int, ...] = (3, 8, 13, 18, 23, 28), year: int = 2022,
                  month: int = 6) -> list[FakeScene]:
-    """Scenes on these days of one month, clearer (and less cloudy by metadata) as the month goes on."""
+    """Scenes on these days of one month over sample_grid(), clearer (and less cloudy by metadata) as the
+    month goes on."""
     return [FakeScene(f"{year}{month:02d}{d:02d}T023100_{prefix}", dt.datetime(year, month, d, 2, 31),
-                      clear=round(0.3 + 0.1 * i, 3), cloud=70.0 - 10 * i) for i, d in enumerate(days)]
+                      clear=round(0.3 + 0.1 * i, 3), cloud=70.0 - 10 * i, bounds=SAMPLE_BOUNDS)
+            for i, d in enumerate(days)]
+
+
+def s1_scenes(year: int = 2022, month: int = 6) -> list[FakeScene]:
+    """Sentinel-1 GRD images over sample_grid() as the catalogue mixes them: IW 10 m dual-polarised, both
+    passes, plus an EW 40 m and an IW single-polarisation image (Earth Engine property names)."""
+    kinds = [("IW", 10, "ASCENDING", ["VV", "VH"]), ("IW", 10, "DESCENDING", ["VV", "VH"]),
+             ("EW", 40, "DESCENDING", ["HH", "HV"]), ("IW", 10, "ASCENDING", ["VV"]),
+             ("IW", 10, "DESCENDING", ["VV", "VH"])]
+    return [FakeScene(f"S1A_{mode}_GRDH_{year}{month:02d}{3 + 5 * i:02d}", dt.datetime(year, month, 3 + 5 * i, 22, 5),
+                      cloud=None, bounds=SAMPLE_BOUNDS,
+                      properties={"instrumentMode": mode, "resolution_meters": res, "orbitProperties_pass": orbit,
+                                  "transmitterReceiverPolarisation": pols})
+            for i, (mode, res, orbit, pols) in enumerate(kinds)]
 
 
 def stub_data_catalog() -> None:

@@ -6,23 +6,28 @@ one per window of the grid small enough for Earth Engine's per-request limits (b
 side, bands), reassembled exactly. Frames are planned on the client from the scene list with the
 core's own binning (rs_embed_core.providers.composite), so frames, empty frames and frame times
 mean what they mean for every provider; each frame is composited on the server from an explicit
-list of image ids. Every call is retried on 429 / 5xx / timeouts with rs_embed_core.retry, at most
-`max_inflight` calls are in flight (all fetches of this provider together) and optionally at most
-`requests_per_s` start per second.
+list of image ids. Every call is retried on 5xx / timeouts with `retry` and on 429 / quota errors
+with the longer `quota_retry` (rs_embed_core.retry); at most `max_inflight` calls are in flight for
+the project in this process (every provider signed in to it shares the bound), and optionally at
+most `requests_per_s` start per second. The scene list of a fetch is kept for `listing_ttl_s`, so
+the runner's retry of a failed fetch does not list the scenes again. A computation over the
+server's memory or time limit is split by frames, then by window, like one over its size limits.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from rs_embed_core.collections import CLOUD_SCORE_PLUS_DEFAULT_THRESHOLD, known_collection
+from rs_embed_core.collections import CLOUD_SCORE_PLUS_DEFAULT_THRESHOLD, QA60_GAP, known_collection
 from rs_embed_core.errors import DataNotFoundError, SpecError
 from rs_embed_core.grid import GridSpec
 from rs_embed_core.providers import FetchRequest
@@ -32,7 +37,15 @@ from rs_embed_core.retry import DEFAULT_RETRY, RetryPolicy, TokenBucket, with_re
 from rs_embed_core.specs import CLOUD_MASKS, SensorSpec
 
 from . import auth, expressions
-from .errors import GEEAuthError, GEEError, GEEPermissionError, GEERequestTooLargeError, classify
+from .errors import (
+    GEEAuthError,
+    GEEComputationTooHeavyError,
+    GEEError,
+    GEEPermissionError,
+    GEEQuotaError,
+    GEERequestTooLargeError,
+    classify,
+)
 
 T = TypeVar("T")
 
@@ -40,6 +53,49 @@ T = TypeVar("T")
 MAX_REQUEST_BYTES = 48 * 1024 * 1024
 MAX_REQUEST_DIM = 32768
 MAX_REQUEST_BANDS = 1024
+# 429s: the Earth Engine quota guide says its client retries with exponential backoff up to about a minute and
+# to add your own beyond that; rs-embed turns the client's retries off and retries here instead.
+QUOTA_RETRY = RetryPolicy(max_retries=6, base_delay_s=1.0, max_delay_s=60.0, jitter=0.5)
+
+
+class SharedLimit:
+    """At most `capacity` holders at once, shared by every provider signed in to one project and endpoint
+    (Earth Engine's concurrency quota is per project); the capacity is the smallest any of them asked for."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.held, self.most = capacity, 0, 0
+        self._cond = threading.Condition()
+
+    def tighten(self, capacity: int) -> None:
+        with self._cond:
+            self.capacity = min(self.capacity, capacity)
+
+    def __enter__(self) -> None:
+        with self._cond:
+            while self.held >= self.capacity:
+                self._cond.wait()
+            self.held += 1
+            self.most = max(self.most, self.held)
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._cond:
+            self.held -= 1
+            self._cond.notify()
+
+
+_LIMITS: dict[tuple[str | None, str | None], SharedLimit] = {}
+_LIMITS_LOCK = threading.Lock()
+
+
+def project_limit(project: str | None, url: str | None, capacity: int) -> SharedLimit:
+    """The in-flight bound of (project, endpoint) in this process, tightened to `capacity`."""
+    with _LIMITS_LOCK:
+        limit = _LIMITS.get((project, url))
+        if limit is None:
+            limit = _LIMITS[(project, url)] = SharedLimit(capacity)
+        else:
+            limit.tighten(capacity)
+        return limit
 
 
 def _positive_int(name: str, v: Any) -> int:
@@ -68,13 +124,18 @@ class GEEProvider:
 
     project: the Google Cloud project registered for Earth Engine (see rs_embed_gee.auth for the
     other places it is looked up). key_file: a service-account key. credentials: a google-auth
-    credentials object (skips the lookup). url: another Earth Engine endpoint (tests use a
-    loopback fake). max_concurrency: ROIs the runner fetches at once; max_inflight: Earth Engine
-    calls in flight at once (all fetches together; Earth Engine allows 40 concurrent requests per
-    project by default); requests_per_s: optional sustained rate of calls. retry: backoff on
-    429 / 5xx / timeouts. http_timeout_s: per-call deadline. max_scenes: images listed per fetch
-    (oldest first; meta says when the list was cut). max_request_bytes / max_request_dim /
-    max_request_bands: the per-request limits to split at (Earth Engine's by default).
+    credentials object (skips the lookup). url: another Earth Engine endpoint: the high-volume one
+    (https://earthengine-highvolume.googleapis.com) for bulk exports, or a loopback fake in tests.
+    max_concurrency: ROIs the runner fetches at once; max_inflight: Earth Engine calls in flight at
+    once for the project in this process (shared by every provider of the project; Earth Engine
+    allows 40 concurrent requests per project by default); requests_per_s: optional sustained rate
+    of calls. retry: backoff on 5xx / timeouts; quota_retry: backoff on 429 / quota errors.
+    http_timeout_s: per-call deadline. max_scenes: images listed per fetch (oldest first; meta says
+    when the list was cut). max_request_bytes / max_request_dim / max_request_bands: the
+    per-request limits to split at (Earth Engine's by default). resampling: of the wavelength bands
+    onto the grid ("bilinear" like the STAC and local providers, "nearest" = Earth Engine's own
+    default, "bicubic"). s1_instrument_mode / s1_resolution_m / s1_orbit_pass: which Sentinel-1 GRD
+    images may be mosaicked together (None: any). listing_ttl_s: how long a scene list is reused.
     """
 
     name = "gee"
@@ -96,6 +157,12 @@ class GEEProvider:
         max_request_dim: int = MAX_REQUEST_DIM,
         max_request_bands: int = MAX_REQUEST_BANDS,
         fetch_timeout_s: float | None = 900.0,
+        quota_retry: RetryPolicy = QUOTA_RETRY,
+        resampling: str = "bilinear",
+        s1_instrument_mode: str | None = "IW",
+        s1_resolution_m: int | None = 10,
+        s1_orbit_pass: str | None = None,
+        listing_ttl_s: float = 600.0,
     ) -> None:
         if project is not None and (not isinstance(project, str) or not project.strip()):
             raise SpecError(f"project must be a non-empty string, got {project!r}")
@@ -109,12 +176,29 @@ class GEEProvider:
         self.max_request_bands = _positive_int("max_request_bands", max_request_bands)
         if not (isinstance(http_timeout_s, (int, float)) and http_timeout_s > 0):
             raise SpecError(f"http_timeout_s must be > 0, got {http_timeout_s!r}")
-        if not isinstance(retry, RetryPolicy):
-            raise SpecError(f"retry must be a rs_embed_core.retry.RetryPolicy, got {retry!r}")
-        self.retry, self.http_timeout_s, self.fetch_timeout_s = retry, float(http_timeout_s), fetch_timeout_s
+        for name, policy in (("retry", retry), ("quota_retry", quota_retry)):
+            if not isinstance(policy, RetryPolicy):
+                raise SpecError(f"{name} must be a rs_embed_core.retry.RetryPolicy, got {policy!r}")
+        if resampling not in expressions.RESAMPLING:
+            raise SpecError(f"resampling must be one of {expressions.RESAMPLING}, got {resampling!r}")
+        for name, value, allowed in (("s1_instrument_mode", s1_instrument_mode, expressions.S1_INSTRUMENT_MODES),
+                                     ("s1_resolution_m", s1_resolution_m, expressions.S1_RESOLUTIONS_M),
+                                     ("s1_orbit_pass", s1_orbit_pass, expressions.S1_ORBIT_PASSES)):
+            if value is not None and (isinstance(value, bool) or value not in allowed):
+                raise SpecError(f"{name} must be one of {allowed} or None (any), got {value!r}")
+        if not (isinstance(listing_ttl_s, (int, float)) and listing_ttl_s >= 0):
+            raise SpecError(f"listing_ttl_s must be a number >= 0, got {listing_ttl_s!r}")
+        self.retry, self.quota_retry = retry, quota_retry
+        self.http_timeout_s, self.fetch_timeout_s = float(http_timeout_s), fetch_timeout_s
+        self.resampling = resampling
+        self.s1_filters = {k: v for k, v in (("instrumentMode", s1_instrument_mode),
+                                             ("resolution_meters", s1_resolution_m),
+                                             ("orbitProperties_pass", s1_orbit_pass)) if v is not None}
+        self.listing_ttl_s = float(listing_ttl_s)
+        self._listings: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self.requests_per_s = requests_per_s
         self._bucket = TokenBucket(requests_per_s, burst=self.max_inflight)
-        self._inflight = threading.BoundedSemaphore(self.max_inflight)
+        self._inflight: SharedLimit | None = None  # the project's bound, once signed in
         self._fatal: Exception | None = None  # an auth/permission failure: later fetches fail without a call
         self._signed_in: str | None = None
         self.calls = {"value:compute": 0, "image:computePixels": 0}  # attempts made, for provenance and benchmarks
@@ -166,6 +250,22 @@ class GEEProvider:
             raise SpecError(f"{len(sensor.bands)} bands exceed Earth Engine's {self.max_request_bands} bands per request")
         return method, threshold
 
+    @staticmethod
+    def _check_window(method: str | None, sensor: SensorSpec, window: Any) -> None:
+        """QA60 is empty on Earth Engine in QA60_GAP: a mask from it would hide every pixel of every scene."""
+        first, last = (dt.date.fromisoformat(d) for d in QA60_GAP)
+        if method == "qa60" and window.start <= last and window.end > first:
+            raise SpecError(
+                f"cloud_mask='qa60' cannot mask {sensor.collection} in [{window.start}, {window.end}): Earth Engine's "
+                f"QA60 band is empty from {first} to {last} inclusive (ESA stopped producing the cloud polygons), so "
+                "every pixel would be masked. Use cloud_mask='cloud_score_plus' (the default) or 'scl' (L2A), or "
+                "cloud_mask=False."
+            )
+
+    def _properties(self, sensor: SensorSpec) -> dict[str, Any]:
+        """Image properties the scenes must have: Sentinel-1 GRD mode, resolution and orbit pass."""
+        return dict(self.s1_filters) if sensor.collection == expressions.S1_GRD else {}
+
     def check(self, sensor: SensorSpec) -> None:
         """Fail before any network call: a mask this collection lacks, or no way to sign in."""
         self._plan(sensor)
@@ -188,6 +288,9 @@ class GEEProvider:
             except (GEEAuthError, GEEPermissionError) as exc:
                 self._fatal = exc
                 raise
+        if self._inflight is None:
+            self._inflight = project_limit(self._signed_in or None, self.url, self.max_inflight)
+            auth.size_pool(self._inflight.capacity)
         return self._signed_in or None
 
     def _call(self, kind: str, fn: Callable[[], T], what: str, retries: list[int]) -> T:
@@ -197,6 +300,7 @@ class GEEProvider:
             if self._fatal is not None:
                 raise self._fatal
             self._bucket.acquire()
+            assert self._inflight is not None  # set by _sign_in
             with self._inflight:
                 with self._count_lock:
                     self.calls[kind] += 1
@@ -214,25 +318,47 @@ class GEEProvider:
             with self._count_lock:
                 retries[0] += 1
 
-        return with_retries(attempt, self.retry, on_retry=count)[0]
+        def policy_for(exc: Exception) -> RetryPolicy:
+            return self.quota_retry if isinstance(exc, GEEQuotaError) else self.retry
+
+        return with_retries(attempt, self.retry, on_retry=count, policy_for=policy_for)[0]
+
+    def _scenes(self, table: Any, key: str, retries: list[int]) -> list[dict[str, Any]]:
+        """The scene list of one fetch, reused for `listing_ttl_s` (the runner retries failed fetches whole)."""
+        import ee
+
+        now = time.monotonic()
+        with self._count_lock:
+            hit = self._listings.get(key)
+            if hit is not None and now - hit[0] <= self.listing_ttl_s:
+                return hit[1]
+        rows = self._call("value:compute", lambda: ee.data.computeValue(table), "listing scenes", retries)
+        scenes = [_scene(r) for r in rows or []]
+        scenes.sort(key=lambda s: s["time"] or dt.datetime.min)
+        with self._count_lock:
+            if len(self._listings) >= 256:  # bounded: drop the oldest
+                self._listings.pop(min(self._listings, key=lambda k: self._listings[k][0]))
+            self._listings[key] = (now, scenes)
+        return scenes
 
     # ------------------------------------------------------------ fetch
 
     def fetch(self, request: FetchRequest) -> Raster:
-        import ee
-
         grid, sensor, window = request.grid, request.sensor, request.temporal
         method, threshold = self._plan(sensor)
+        self._check_window(method, sensor, window)
         self._sign_in()
         retries = [0]
         roi = expressions.region(grid)
-        images = expressions.masked(expressions.source_collection(sensor, window, roi, self.max_scenes),
-                                    tuple(sensor.bands), method, threshold)
+        properties = self._properties(sensor)
+        source = expressions.source_collection(sensor, window, roi, self.max_scenes, properties)
+        images = expressions.masked(source, tuple(sensor.bands), method, threshold, self.resampling, sensor.collection)
         cloud_property = expressions.SCENE_CLOUD_PROPERTY.get(sensor.collection)
         table = expressions.scene_table(images, roi, grid, cloud_property, self.max_scenes)
-        rows = self._call("value:compute", lambda: ee.data.computeValue(table), "listing scenes", retries)
-        scenes = [_scene(r) for r in rows or []]
-        scenes.sort(key=lambda s: s["time"] or dt.datetime.min)
+        key = json.dumps([self._signed_in, self.url, sensor.collection, list(sensor.bands), method, threshold,
+                          sensor.max_cloud_fraction, str(window.start), str(window.end), grid.crs, grid.x0, grid.y0,
+                          grid.res, grid.yres, grid.width, grid.height, properties, self.max_scenes, self.resampling])
+        scenes = self._scenes(table, key, retries)
         if not scenes:
             raise DataNotFoundError(
                 f"Earth Engine: no {sensor.collection} image over the ROI in [{window.start}, {window.end}) "
@@ -256,6 +382,7 @@ class GEEProvider:
             "collection": sensor.collection,
             "cloud_mask": method,
             "cloud_threshold": threshold,
+            "resampling": self.resampling,
             "scenes": [{**s, "time": s["time"].isoformat() if s["time"] else None} for s in scenes],
             "image_ids": used,
             "scenes_listed": len(scenes),
@@ -265,6 +392,8 @@ class GEEProvider:
         })
         if cloud_property:
             meta["scene_cloud_property"] = cloud_property
+        if properties:
+            meta["scene_properties"] = properties
         return Raster(data, tuple(sensor.bands), grid, tuple(times), valid, meta)
 
     def _frames(self, scenes: list[dict[str, Any]], sensor: SensorSpec, window: Any
@@ -304,13 +433,21 @@ class GEEProvider:
         todo = [k for k, ids in enumerate(plan) if ids]
         per_group = max(1, self.max_request_bands // (c + 1))
         groups = [todo[i:i + per_group] for i in range(0, len(todo), per_group)]
-        jobs = []
-        for frames in groups:
+
+        def build(frames: list[int]) -> tuple[Any, list[str]]:
             image = expressions.pixel_image(
                 [(k, expressions.frame_composite(images, plan[k], sensor.composite)) for k in frames], sensor.bands)
-            ids = [expressions.band_id(k, ch) for k in frames for ch in [*range(c), None]]
+            return image, [expressions.band_id(k, ch) for k in frames for ch in [*range(c), None]]
+
+        jobs = []
+        for frames in groups:
+            image, ids = build(frames)
             for window in split_grid(h, w, len(ids), self.max_request_bytes, self.max_request_dim):
                 jobs.append((image, frames, ids, window))
+
+        def halves(r0: int, c0: int, th: int, tw: int) -> list[tuple[int, int, int, int]]:
+            return ([(r0, c0, th // 2, tw), (r0 + th // 2, c0, th - th // 2, tw)] if th >= tw
+                    else [(r0, c0, th, tw // 2), (r0, c0 + tw // 2, th, tw - tw // 2)])
 
         def run(job: tuple[Any, list[int], list[str], tuple[int, int, int, int]]) -> None:
             image, frames, ids, (r0, c0, th, tw) = job
@@ -323,11 +460,26 @@ class GEEProvider:
                 if th * tw == 1:
                     raise
                 # the server's limits are tighter than configured: halve the longer side and try again
-                halves = ([(r0, c0, th // 2, tw), (r0 + th // 2, c0, th - th // 2, tw)] if th >= tw
-                          else [(r0, c0, th, tw // 2), (r0, c0 + tw // 2, th, tw - tw // 2)])
                 with self._count_lock:
                     self.splits += 1
-                for half in halves:
+                for half in halves(r0, c0, th, tw):
+                    run((image, frames, ids, half))
+                return
+            except GEEComputationTooHeavyError:
+                # over the memory or time limit: fewer frames per request first (each composite is the work),
+                # then smaller windows
+                if len(frames) > 1:
+                    with self._count_lock:
+                        self.splits += 1
+                    for part in (frames[: len(frames) // 2], frames[len(frames) // 2:]):
+                        part_image, part_ids = build(part)
+                        run((part_image, part, part_ids, (r0, c0, th, tw)))
+                    return
+                if th * tw == 1:
+                    raise
+                with self._count_lock:
+                    self.splits += 1
+                for half in halves(r0, c0, th, tw):
                     run((image, frames, ids, half))
                 return
             arr = _npy(raw, (th, tw), ids)

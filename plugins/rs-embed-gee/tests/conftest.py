@@ -50,7 +50,7 @@ def req():
 
 @pytest.fixture
 def provider(fake):
-    return fake.provider(retry=quick_retry())
+    return fake.provider(retry=quick_retry(), quota_retry=quick_retry())
 
 
 @pytest.fixture

@@ -118,7 +118,7 @@ def test_credentials_never_reach_logs_or_errors(fake, req, caplog):
     provider = fake.provider(retry=quick_retry())
     fake.fail_next("computePixels", 500, n=1)
     provider.fetch(req())
-    fake.fail_next("computePixels", 400, message="User memory limit exceeded.")
+    fake.fail_next("computePixels", 400, message="Image.select: Pattern 'B99' did not match any bands.")
     with pytest.raises(Exception) as info:
         provider.fetch(req(SensorSpec("COPERNICUS/S2_SR_HARMONIZED", ("B8",), 10)))
     assert TOKEN not in caplog.text and TOKEN not in str(info.value) and TOKEN not in repr(provider)
@@ -127,7 +127,7 @@ def test_credentials_never_reach_logs_or_errors(fake, req, caplog):
 
 def test_client_errors_without_an_http_status_are_classified_by_their_text():
     from rs_embed_core.errors import TransientProviderError
-    from rs_embed_gee.errors import GEEError, classify
+    from rs_embed_gee.errors import GEEComputationTooHeavyError, GEEError, classify
 
     def kind(exc):
         return type(classify(exc, "testing", "p"))
@@ -136,6 +136,8 @@ def test_client_errors_without_an_http_status_are_classified_by_their_text():
     assert kind(ee.EEException("ee.Initialize: no project found. Call with project=")) is GEEAuthError
     assert kind(ee.EEException("Image asset 'projects/p/assets/x' not found.")) is GEEAssetNotFoundError
     assert kind(ee.EEException("Project 'p' is not registered to use Earth Engine.")) is GEEPermissionError
-    assert kind(ee.EEException("User memory limit exceeded.")) is GEEError
+    assert kind(ee.EEException("User memory limit exceeded.")) is GEEComputationTooHeavyError
+    assert kind(ee.EEException("Computation timed out.")) is GEEComputationTooHeavyError
+    assert kind(ee.EEException("Image.select: Pattern 'B99' did not match any bands.")) is GEEError
     assert kind(TimeoutError("read timed out")) is TransientProviderError
     assert classify(KeyError("a bug of ours"), "testing") is None  # not the client's: propagates as is

@@ -5,9 +5,20 @@ from __future__ import annotations
 import pytest
 
 from rs_embed_core.collections import CLOUD_SCORE_PLUS_COLLECTION, SCL_NOT_CLEAR
-from rs_embed_core.errors import SpecError
-from rs_embed_core.specs import SensorSpec
-from rs_embed_gee.fake import L8, S2, arg, calls, constant, constants, sample_grid
+from rs_embed_core.errors import DataNotFoundError, SpecError
+from rs_embed_core.specs import SensorSpec, TemporalSpec
+from rs_embed_gee.fake import (
+    L8,
+    S2,
+    arg,
+    calls,
+    constant,
+    constants,
+    month_scenes,
+    quick_retry,
+    s1_scenes,
+    sample_grid,
+)
 
 GRID = sample_grid()
 
@@ -72,7 +83,9 @@ def test_scl_qa60_and_landsat_qa_pixel_masks(fake, provider, req):
     assert ["SCL"] in constants(e, "Image.select", "bandSelectors")
     assert constants(e, "Image.remap", "from") == [list(SCL_NOT_CLEAR)]
     assert CLOUD_SCORE_PLUS_COLLECTION not in constants(e, "ImageCollection.load", "id")
-    provider.fetch(req(SensorSpec(S2, ("B4",), 10, cloud_mask="qa60")))
+    fake.scenes[S2] += month_scenes(year=2021)  # QA60 is empty on Earth Engine from 2022-01-25 to 2024-02-28
+    provider.fetch(req(SensorSpec(S2, ("B4",), 10, cloud_mask="qa60"), temporal=TemporalSpec.range("2021-06-01",
+                                                                                                "2021-07-01")))
     e = fake.of("computePixels")[-1].body["expression"]
     assert ["QA60"] in constants(e, "Image.select", "bandSelectors")
     provider.fetch(req(SensorSpec(L8, ("SR_B4",), 30)))  # True -> the collection's default
@@ -140,9 +153,35 @@ def test_check_refuses_masks_and_thresholds_the_collection_lacks(provider, fake,
 
 
 def test_sentinel1_keeps_images_with_every_asked_polarisation(fake, provider, req):
-    fake.scenes["COPERNICUS/S1_GRD"] = list(fake.scenes[S2])
-    provider.fetch(req(SensorSpec("COPERNICUS/S1_GRD", ("VV", "VH", "angle"), 10)))
+    fake.scenes["COPERNICUS/S1_GRD"] = s1_scenes()
+    r = provider.fetch(req(SensorSpec("COPERNICUS/S1_GRD", ("VV", "VH", "angle"), 10, composite="mosaic")))
     e = fake.of("compute")[-1].body["expression"]
     assert sorted(constants(e, "Filter.listContains", "rightValue")) == ["VH", "VV"]
     assert constants(e, "Filter.listContains", "leftField") == ["transmitterReceiverPolarisation"] * 2
     assert "Image.updateMask" not in names(e)  # SAR: no cloud mask
+    # the single-polarisation and the EW image are not mosaicked in
+    ids = [s.id for s in fake.scenes["COPERNICUS/S1_GRD"]]
+    assert r.meta["image_ids"] == [ids[0], ids[1], ids[4]]
+
+
+def test_sentinel1_mosaics_one_instrument_mode_and_resolution(fake, req):
+    """The catalogue warns that a mosaic needs a homogeneous set: IW at 10 m by default, orbit pass optional."""
+    fake.scenes["COPERNICUS/S1_GRD"] = scenes = s1_scenes()
+    ids = [s.id for s in scenes]
+    vv = SensorSpec("COPERNICUS/S1_GRD", ("VV",), 10, composite="mosaic")
+    r = fake.provider(retry=quick_retry()).fetch(req(vv))
+    assert r.meta["scene_properties"] == {"instrumentMode": "IW", "resolution_meters": 10}
+    assert r.meta["image_ids"] == [ids[0], ids[1], ids[3], ids[4]]  # not the EW 40 m image
+    e = fake.of("compute")[-1].body["expression"]
+    assert sorted(constants(e, "Filter.equals", "leftField")) == ["instrumentMode", "resolution_meters"]
+    r = fake.provider(retry=quick_retry(), s1_orbit_pass="DESCENDING").fetch(req(vv))
+    assert r.meta["image_ids"] == [ids[1], ids[4]]
+    assert r.meta["scene_properties"]["orbitProperties_pass"] == "DESCENDING"
+    hh = SensorSpec("COPERNICUS/S1_GRD", ("HH",), 10, composite="mosaic")
+    with pytest.raises(DataNotFoundError):  # the only HH image is EW 40 m
+        fake.provider(retry=quick_retry()).fetch(req(hh))
+    r = fake.provider(retry=quick_retry(), s1_instrument_mode="EW", s1_resolution_m=40).fetch(req(hh))
+    assert r.meta["image_ids"] == [ids[2]]
+    for bad in ({"s1_instrument_mode": "XX"}, {"s1_resolution_m": 20}, {"s1_orbit_pass": "up"}):
+        with pytest.raises(SpecError, match=next(iter(bad))):
+            fake.provider(**bad)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from rs_embed_core.hookspecs import hookimpl
 
-from .catalogs import EARTH_SEARCH, PLANETARY_COMPUTER, PRESETS, Catalog, CollectionMap
+from .catalogs import EARTH_SEARCH, EARTH_SEARCH_S2_LEGACY, PLANETARY_COMPUTER, PRESETS, Catalog, CollectionMap
 from .provider import StacProvider
 from .signing import PlanetaryComputerSigner
 
 __all__ = ["StacProvider", "Catalog", "CollectionMap", "PlanetaryComputerSigner", "PRESETS", "EARTH_SEARCH",
-           "PLANETARY_COMPUTER"]
+           "EARTH_SEARCH_S2_LEGACY", "PLANETARY_COMPUTER"]
 
 
 def _factory(preset: str | None = None, **options) -> StacProvider:

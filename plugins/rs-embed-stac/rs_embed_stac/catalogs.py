@@ -4,10 +4,18 @@ Core collection ids and band names are the ones in `rs_embed_core.collections` (
 names); a `CollectionMap` says how one STAC catalog serves one of them. The two presets are
 facts about public catalogs, with where each came from:
 
-- Earth Search v1 (Element 84, https://earth-search.aws.element84.com/v1): `sentinel-2-l2a`
-  assets are named by common name (coastal, blue, ..., nir08, swir16, scl), hrefs are public
-  https COGs on sentinel-cogs.s3.us-west-2.amazonaws.com (seen in published item JSON, e.g.
-  S2A_39QTA_20230628_0_L2A). `landsat-c2-l2` uses the same common names plus lwir11 and
+- Earth Search v1 (Element 84, https://earth-search.aws.element84.com/v1): Sentinel-2 L2A comes
+  from `sentinel-2-c1-l2a` (ESA's reprocessed Collection 1: the -1000 DN offset is not pre-applied
+  and raster:bands scale/offset are right), the collection Element 84 names as the replacement
+  of the legacy `sentinel-2-l2a`, whose `earthsearch:boa_offset_applied` flag is wrong on some
+  items (Element84/earth-search#66, #71: flag false, offset already removed, so shifting again
+  sends half the values negative). Both name assets by common name (coastal, blue, ..., nir08,
+  swir16, scl; checked on published c1 item JSON, e.g. S2B_T38XNF_20250422T091553_L2A); c1
+  hrefs are public https COGs on e84-earth-search-sentinel-data.s3.us-west-2.amazonaws.com.
+  Collection 1 still has gaps where the reprocessing has not been published (much of 2022 in
+  places, early years; Element84/earth-search#29, #70): a window there finds fewer scenes or
+  none. The legacy collection stays available as the opt-in EARTH_SEARCH_S2_LEGACY mapping,
+  with the offset sanity check on. `landsat-c2-l2` uses the same common names plus lwir11 and
   qa_pixel, but its hrefs point into the requester-pays bucket s3://usgs-landsat, so reading
   them needs AWS credentials (Element84/earth-search and odc-stac usage notes).
 - Planetary Computer (https://planetarycomputer.microsoft.com/api/stac/v1): `sentinel-2-l2a`
@@ -62,6 +70,9 @@ class CollectionMap:
     require: property -> accepted values; an item with the property set to another value is
     dropped (e.g. Landsat tier T1). transform: "dn" keeps digital numbers; "db" converts linear
     power to decibels. requester_pays: s3:// hrefs are read with AWS_REQUEST_PAYER=requester.
+    verify_offset: before shifting a scene's DN by a negative offset, check that the shift does not send
+    many valid pixels negative (pixels.offset_check); if it would, the offset was already removed and the
+    scene is kept as read (meta says so). needs: what reading this collection needs, shown in errors.
     """
 
     stac_collection: str
@@ -71,6 +82,8 @@ class CollectionMap:
     require: dict[str, tuple[str, ...]] = field(factory=dict, converter=lambda v: {k: tuple(x) for k, x in v.items()})
     transform: str = "dn"
     requester_pays: bool = False
+    verify_offset: bool = False
+    needs: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.stac_collection, str) or not self.stac_collection:
@@ -156,11 +169,14 @@ def _landsat(n: int, requester_pays: bool) -> CollectionMap:
                          require=_T1, requester_pays=requester_pays)
 
 
+# Opt-in: StacProvider("earth-search", collections={S2_L2A: EARTH_SEARCH_S2_LEGACY}) for scenes Collection 1 lacks.
+EARTH_SEARCH_S2_LEGACY = CollectionMap("sentinel-2-l2a", _S2_EARTH_SEARCH, verify_offset=True)
+
 EARTH_SEARCH = Catalog(
     "earth-search",
     "https://earth-search.aws.element84.com/v1",
     {
-        S2_L2A: CollectionMap("sentinel-2-l2a", _S2_EARTH_SEARCH),
+        S2_L2A: CollectionMap("sentinel-2-c1-l2a", _S2_EARTH_SEARCH),
         L8_L2: _landsat(8, requester_pays=True),
         L9_L2: _landsat(9, requester_pays=True),
     },
@@ -178,7 +194,10 @@ PLANETARY_COMPUTER = Catalog(
         S2_L2A: CollectionMap("sentinel-2-l2a", _S2_PLANETARY),
         L8_L2: _landsat(8, requester_pays=False),
         L9_L2: _landsat(9, requester_pays=False),
-        S1_GRD: CollectionMap("sentinel-1-rtc", {"VV": "vv", "VH": "vh", "HH": "hh", "HV": "hv"}, transform="db"),
+        S1_GRD: CollectionMap("sentinel-1-rtc", {"VV": "vv", "VH": "vh", "HH": "hh", "HV": "hv"}, transform="db",
+                              needs="a Planetary Computer subscription key in $PC_SDK_SUBSCRIPTION_KEY (the "
+                              "sentinel-1-rtc assets are not served to anonymous SAS tokens in practice; "
+                              "the collection's own example asks for one)"),
     },
     signer="planetary-computer",
     cloud_query=True,

@@ -14,6 +14,13 @@ place gives the same numbers from Earth Engine, STAC and local files:
   when raster:bands still lists -0.1), 0 when the baseline is below 04.00, else the item's
   raster:bands offset / scale, else -1000 for a baseline >= 04.00 (Planetary Computer items
   carry no raster:bands offset).
+- The legacy Earth Search `sentinel-2-l2a` collection (CollectionMap.verify_offset) has items
+  whose flag says false while their COGs already lack the offset (Element84/earth-search#66,
+  #71). `offset_check` refuses a negative shift that would send more than
+  OFFSET_CHECK_MAX_NEGATIVE of a scene's valid pixels below zero: real L2A reflectance is
+  almost never negative, while a shifted-twice scene loses everything darker than 0.1. It can
+  only catch scenes with dark pixels in the ROI (water, shadow, the blue band); a bright-only
+  ROI passes either way.
 - Other optical collections: when the asset's raster:bands scale equals the core scale, DN
   shifts by (offset - core offset) / scale (Landsat C2 L2: 2.75e-5 / -0.2 on both sides, so 0).
   Otherwise (thermal bands, a different scale) DN are kept as read.
@@ -79,6 +86,21 @@ def dn_shift(scene: Scene, band: str, ref: AssetRef, collection: str) -> tuple[f
     if ref.scale and ref.offset is not None and math.isclose(ref.scale, coll.reflectance_scale, rel_tol=1e-6):
         return (ref.offset - coll.reflectance_offset) / coll.reflectance_scale, "raster:bands offset"
     return 0.0, "DN as read"
+
+
+OFFSET_CHECK_MAX_NEGATIVE = 0.05
+
+
+def offset_check(bands: list[tuple[np.ndarray, np.ndarray, float]]) -> dict[str, float | bool]:
+    """Whether to refuse the shifts of one scene: `bands` holds (DN as read, valid, shift) for each band
+    to be shifted; the share of their valid pixels that the shift would send below zero decides."""
+    below = total = 0
+    for data, valid, shift in bands:
+        px = data[valid]
+        below += int(np.count_nonzero(px + shift < 0))
+        total += px.size
+    fraction = below / total if total else 0.0
+    return {"negative_fraction": round(fraction, 4), "refused": fraction > OFFSET_CHECK_MAX_NEGATIVE}
 
 
 def to_db(data: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import threading
+import warnings
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -29,7 +30,7 @@ from rs_embed_core.retry import DEFAULT_RETRY, RetryPolicy, TokenBucket, with_re
 from rs_embed_core.specs import SensorSpec
 
 from .catalogs import MASK_BANDS, PRESETS, Catalog, CollectionMap
-from .pixels import clear_mask, dn_shift, to_db
+from .pixels import OFFSET_CHECK_MAX_NEGATIVE, clear_mask, dn_shift, offset_check, to_db
 from .search import AssetRef, Scene, open_client, search
 from .signing import PlanetaryComputerSigner
 
@@ -44,7 +45,7 @@ def _unsigned(href: str) -> str:
     return href.split("?", 1)[0]
 
 
-def classify_read_error(exc: BaseException, href: str) -> ProviderError:
+def classify_read_error(exc: BaseException, href: str, needs: str | None = None) -> ProviderError:
     """A GDAL/rasterio read failure as TransientProviderError (429, 408, 5xx, network) or ProviderError."""
     texts = []
     e: BaseException | None = exc
@@ -59,7 +60,8 @@ def classify_read_error(exc: BaseException, href: str) -> ProviderError:
         status = int(m.group(1))
         if status in (408, 429) or 500 <= status <= 599:
             return TransientProviderError(f"reading {where}: HTTP {status}")
-        hint = " (a missing or expired signature, or a requester-pays bucket without AWS credentials)" \
+        hint = (f" (this collection needs {needs})" if needs else
+                " (a missing or expired signature, or a requester-pays bucket without AWS credentials)") \
             if status in (401, 403) else ""
         return ProviderError(f"reading {where}: HTTP {status}{hint}")
     if _NETWORK.search(text):
@@ -119,6 +121,7 @@ class StacProvider:
         self.signer = signer
         self._reads = threading.BoundedSemaphore(read_workers)
         self._bucket = TokenBucket(requests_per_s, burst=read_workers)
+        self._warned: set[str] = set()
         self._client: Any = None
         self._client_lock = threading.Lock()
 
@@ -188,8 +191,14 @@ class StacProvider:
         return cmap, mask
 
     def check(self, sensor: SensorSpec) -> None:
-        """Fail before any network call if this catalog cannot serve `sensor`."""
-        self._plan(sensor)
+        """Fail before any network call if this catalog cannot serve `sensor`; warn once when the collection
+        needs something this provider lacks (a Planetary Computer subscription key for sentinel-1-rtc)."""
+        cmap, _ = self._plan(sensor)
+        signer_key = getattr(self.signer, "subscription_key", "") if self.signer is not None else ""
+        if cmap.needs and signer_key is None and cmap.stac_collection not in self._warned:
+            self._warned.add(cmap.stac_collection)
+            warnings.warn(f"{self.catalog.name} {cmap.stac_collection} needs {cmap.needs}; none is set, so reads may "
+                          "be refused with HTTP 403", UserWarning, stacklevel=2)
 
     # ------------------------------------------------------------ network
 
@@ -228,7 +237,7 @@ class StacProvider:
                 try:
                     data, valid = read_warped(path, grid, [1], resampling=resampling, nodata=ref.nodata, gdal_env=env)
                 except Exception as exc:
-                    raise classify_read_error(exc, ref.href) from exc
+                    raise classify_read_error(exc, ref.href, cmap.needs) from exc
             return data[0], valid[0]
 
         def count(*_: Any) -> None:
@@ -260,18 +269,31 @@ class StacProvider:
                 return out
         data = np.empty((len(bands), h, w), np.float32)
         valid = np.ones((h, w), bool) if clear is None else clear.copy()
+        shifts: dict[str, tuple[float, str]] = {}
         for i, band in enumerate(bands):
             d, v = self._read_asset(scene.assets[band], grid, resampling_for(band), cmap, retries)
-            shift, why = dn_shift(scene, band, scene.assets[band], collection)
-            if shift:
-                d = d + np.float32(round(shift, 6))
-                out["shifts"][band] = {"dn": round(shift, 6), "why": why}
+            shifts[band] = dn_shift(scene, band, scene.assets[band], collection)
             if cmap.transform == "db":
                 d, v = to_db(d, v)
             data[i] = d
             valid &= v
             if i == 0 and clear is None and not valid.any():
                 return out  # outside the footprint or all nodata: the other bands add nothing
+        if cmap.verify_offset and any(shift < 0 for shift, _ in shifts.values()):
+            check = offset_check([(data[i], valid, shifts[b][0]) for i, b in enumerate(bands) if shifts[b][0] < 0])
+            out["offset_check"] = check
+            if check["refused"]:
+                shifts = {b: (0.0, f"refused: the shift would send {check['negative_fraction']:.0%} of the valid "
+                                   f"pixels below zero (> {OFFSET_CHECK_MAX_NEGATIVE:.0%}): the catalog had removed "
+                                   "the offset already") if shift < 0 else (shift, why)
+                          for b, (shift, why) in shifts.items()}
+        for i, band in enumerate(bands):
+            shift, why = shifts[band]
+            if shift:
+                data[i] += np.float32(round(shift, 6))
+                out["shifts"][band] = {"dn": round(shift, 6), "why": why}
+            elif why.startswith("refused"):
+                out["shifts"][band] = {"dn": 0.0, "why": why}
         out["data"], out["valid"] = data, valid
         return out
 
@@ -326,6 +348,8 @@ class StacProvider:
                 s["clear_fraction"] = r["clear_fraction"]
             if r["shifts"]:
                 s["dn_offset"] = r["shifts"]
+            if "offset_check" in r:
+                s["offset_check"] = r["offset_check"]
             scenes.append(s)
         meta = {
             "provider": self.name,
@@ -345,4 +369,7 @@ class StacProvider:
         }
         if cmap.transform == "db":
             meta["units"] = "dB (10*log10 of the catalog's linear backscatter)"
+        refused = [s["id"] for s in scenes if s.get("offset_check", {}).get("refused")]
+        if refused:
+            meta["offset_refused"] = refused
         return Raster(data, tuple(sensor.bands), grid, times, ok, meta)

@@ -4,9 +4,12 @@ The facts (from microsoft/planetary-computer-sdk-for-python, planetary_computer/
 hrefs live on `<account>.blob.core.windows.net/<container>/...`; a token for that container
 comes from GET `<token_url>/<account>/<container>` as JSON `{"msft:expiry": RFC 3339,
 "token": "<query string>"}`; the signed href is `href + "?" + token`; an optional subscription
-key goes in the `Ocp-Apim-Subscription-Key` header. Tokens are reused until `refresh_margin_s`
-before their expiry, so long runs sign every read with a live token and the endpoint is asked
-once per container and token lifetime.
+key goes in the `Ocp-Apim-Subscription-Key` header. Like the SDK, the endpoint and the key come
+from $PC_SDK_SAS_URL and $PC_SDK_SUBSCRIPTION_KEY when not given, and an href that already
+carries a SAS signature (`se` and `sig` in its query) is read as it is. Tokens are reused until
+`refresh_margin_s` before their expiry, so long runs sign every read with a live token and the
+endpoint is asked once per container and token lifetime. Some collections (sentinel-1-rtc) need
+the subscription key in practice: a 401/403 from the endpoint names the variable.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from rs_embed_core.errors import ProviderError
 from rs_embed_core.retry import DEFAULT_RETRY, RetryPolicy, with_retries
@@ -26,6 +29,13 @@ from .search import classify_http_error
 PC_TOKEN_URL = "https://planetarycomputer.microsoft.com/api/sas/v1/token"
 PC_BLOB_SUFFIX = ".blob.core.windows.net"
 SUBSCRIPTION_KEY_ENV = "PC_SDK_SUBSCRIPTION_KEY"
+SAS_URL_ENV = "PC_SDK_SAS_URL"
+
+
+def already_signed(href: str) -> bool:
+    """Whether an href carries a SAS token already (its expiry `se` and signature `sig`)."""
+    query = parse_qs(urlsplit(href).query)
+    return "se" in query and "sig" in query
 
 
 class PlanetaryComputerSigner:
@@ -35,10 +45,10 @@ class PlanetaryComputerSigner:
     since the epoch (tests move time forward to expire tokens).
     """
 
-    def __init__(self, token_url: str = PC_TOKEN_URL, *, blob_suffix: str = PC_BLOB_SUFFIX,
+    def __init__(self, token_url: str | None = None, *, blob_suffix: str = PC_BLOB_SUFFIX,
                  timeout_s: float = 30.0, refresh_margin_s: float = 60.0, retry: RetryPolicy = DEFAULT_RETRY,
                  subscription_key: str | None = None, clock: Callable[[], float] = time.time) -> None:
-        self.token_url = token_url.rstrip("/")
+        self.token_url = (token_url or os.environ.get(SAS_URL_ENV) or PC_TOKEN_URL).rstrip("/")
         self.blob_suffix = blob_suffix
         self.timeout_s = timeout_s
         self.refresh_margin_s = refresh_margin_s
@@ -63,7 +73,7 @@ class PlanetaryComputerSigner:
 
     def sign(self, href: str) -> str:
         url = self._container_url(href)
-        if url is None:
+        if url is None or already_signed(href):
             return href
         token = self._token(url)
         return f"{href}{'&' if '?' in href else '?'}{token}"
@@ -95,7 +105,14 @@ class PlanetaryComputerSigner:
             resp.raise_for_status()
             body = resp.json()
         except Exception as exc:
-            raise classify_http_error(exc, "Planetary Computer SAS token request") from exc
+            error = classify_http_error(exc, "Planetary Computer SAS token request")
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            if status in (401, 403):
+                fix = ("the subscription key was refused: check $" + SUBSCRIPTION_KEY_ENV) if self.subscription_key \
+                    else (f"this container needs a subscription key (sentinel-1-rtc does): set ${SUBSCRIPTION_KEY_ENV} "
+                          "or PlanetaryComputerSigner(subscription_key=...)")
+                raise ProviderError(f"{error}; {fix}") from exc
+            raise error from exc
         token, raw = body.get("token"), body.get("msft:expiry")
         if not isinstance(token, str) or not token or not isinstance(raw, str):
             raise ProviderError(f"Planetary Computer SAS token endpoint answered without token/msft:expiry: {body!r}")

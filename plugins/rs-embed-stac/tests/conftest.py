@@ -104,6 +104,8 @@ class FileServer:
                 if rng and rng.startswith("bytes="):
                     a, _, b = rng[6:].split(",")[0].partition("-")
                     start = int(a)
+                    if start >= len(data):  # S3 and Azure answer 416 Range Not Satisfiable
+                        return self._reply(416, {"Content-Range": f"bytes */{len(data)}"}, b"", head, path, q)
                     end = min(int(b) if b else len(data) - 1, len(data) - 1)
                     body = data[start:end + 1]
                     return self._reply(206, {"Accept-Ranges": "bytes", "Content-Type": "image/tiff",
