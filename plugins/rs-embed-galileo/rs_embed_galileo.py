@@ -315,7 +315,8 @@ class Galileo(Embedder):
             self.load()
         pooled, grid = self.model(pixels, visible, months, location, p, res)  # type: ignore[misc]
         return EmbedOutput(pooled=pooled, grid=grid if ctx.want == "grid" else None,
-                           extra={"groups": groups, "months": months.tolist()})
+                           extra={"groups": [groups] * b, "months": months.tolist(),
+                                  "masked_tokens": (~visible).sum(dim=(1, 2, 3)).tolist()})
 
 
 @hookimpl
