@@ -349,3 +349,21 @@ def test_listing_models_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_export_with_another_model_equals_single_calls(small_registered, tmp_path):
+    pytest.importorskip("rs_embed_baseline")
+    from rs_embed import export_batch, get_embedding
+    from rs_embed_core.export import load_export
+
+    provider = FakeProvider(bands=rg.S2_BANDS)
+    rois = [ROI, PointBuffer(11.62, 48.1, 160)]
+    when = TemporalSpec.range("2022-03-01", "2022-06-01")
+    with random_weights("galileo_small_test", "small", tmp_path / "w", seed=5):
+        export_batch(spatials=rois, names=["a", "b"], temporal=when, models=["galileo_small_test", "mosaiks"],
+                     out=tmp_path / "x", layout="combined", backend=provider, format="npz", device="cpu")
+        single = get_embedding("galileo_small_test", rois[1], when, backend=provider, device="cpu")
+    got = load_export(tmp_path / "x")
+    assert set(got.embeddings) == {"galileo_small_test", "mosaiks"}
+    assert list(got.status["galileo_small_test"]) == ["ok", "ok"]
+    np.testing.assert_allclose(got.embeddings["galileo_small_test"][1], single.data, rtol=1e-5, atol=1e-6)
