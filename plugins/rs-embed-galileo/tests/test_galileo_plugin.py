@@ -367,3 +367,41 @@ def test_export_with_another_model_equals_single_calls(small_registered, tmp_pat
     assert set(got.embeddings) == {"galileo_small_test", "mosaiks"}
     assert list(got.status["galileo_small_test"]) == ["ok", "ok"]
     np.testing.assert_allclose(got.embeddings["galileo_small_test"][1], single.data, rtol=1e-5, atol=1e-6)
+
+
+class _CloudyProvider(FakeProvider):
+    """FakeProvider whose frame 1 is empty (an empty temporal bin) and whose top-left patch is clouded in frame 0."""
+
+    def fetch(self, request):  # type: ignore[no-untyped-def]
+        raster = super().fetch(request)
+        valid = raster.valid.copy()
+        valid[1] = False
+        valid[0, :8, :8] = False
+        return raster.replace(valid=valid, data=np.where(valid[:, None], raster.data, 0.0).astype(np.float32))
+
+
+def test_empty_frames_and_clouded_patches_become_masked_tokens_through_the_api(small_registered, tmp_path):
+    from rs_embed import get_embedding
+    from rs_embed_core.runner import load_embedder
+
+    provider = _CloudyProvider(bands=rg.S2_BANDS)
+    sensor = SensorSpec(rg.S2_COLLECTION, rg.S2_BANDS, 10, frames=3)
+    when = TemporalSpec.range("2022-01-01", "2022-04-01")
+    with random_weights("galileo_small_test", "small", tmp_path, seed=6):
+        emb = get_embedding("galileo_small_test", ROI, when, backend=provider, sensor=sensor, device="cpu",
+                            on_low_valid="allow")
+        net = load_embedder(SmallGalileo, SmallGalileo.card.variant("small"), "cpu").model
+    assert emb.meta["model_extra"]["masked_tokens"] == 16 + 1  # frame 1 (4 x 4 patches) + one patch of frame 0
+    raster = provider.fetch(FetchRequest(grid_for(ROI, 10.0), when, sensor))
+    pre = apply_chain(raster, rg.Galileo.card.preprocessing)
+    x = torch.from_numpy(pre.data)[None]
+    groups = {g: x[:, :, [pre.bands.index(b) for b in dict(rg.SPACE_TIME_GROUPS)[g]]]
+              for g in ("S2_RGB", "S2_Red_Edge", "S2_NIR_10m", "S2_NIR_20m", "S2_SWIR", "NDVI")}
+    visible = torch.ones(1, 3, 4, 4, dtype=torch.bool)
+    visible[0, 1] = False
+    visible[0, 0, 0, 0] = False
+    loc = lonlat_to_xyz(torch.tensor([ROI.lon]), torch.tensor([ROI.lat]))
+    months = torch.tensor([[t.month - 1 for t in raster.times]])
+    with torch.inference_mode():
+        expected = net(groups, visible, months, loc, 8, torch.tensor([10.0], dtype=torch.float64))[0][0].numpy()
+    np.testing.assert_allclose(emb.data, expected, rtol=1e-5, atol=1e-5)
