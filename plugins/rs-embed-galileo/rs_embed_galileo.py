@@ -115,10 +115,6 @@ VARIANTS = tuple(_variant(s) for s in ("nano", "tiny", "base"))
 # ---- preprocessing steps ----
 
 
-def _group_of(band: str) -> str:
-    return next(g for g, bands in SPACE_TIME_GROUPS if band in bands)
-
-
 def present_groups(bands: tuple[str, ...] | list[str]) -> list[str]:
     """The space-time groups whose bands are all in `bands` (in the authors' group order); refuses other
     bands and partial groups by name (a group is embedded whole or masked)."""

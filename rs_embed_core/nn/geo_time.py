@@ -33,7 +33,8 @@ def month_table(dim: int) -> torch.Tensor:
 def lonlat_to_xyz(lon: torch.Tensor, lat: torch.Tensor) -> torch.Tensor:
     """Degrees -> (..., 3) unit vectors (cos lat cos lon, cos lat sin lon, sin lat); refuses values off the globe."""
     if bool(((lat < -90) | (lat > 90)).any()) or bool(((lon < -180) | (lon > 180)).any()):
-        raise SpecError(f"location must be lon -180..180, lat -90..90 degrees; got lon {lon.tolist()}, lat {lat.tolist()}")
+        raise SpecError(f"location must be lon -180..180, lat -90..90 degrees; got lon {lon.tolist()}, "
+                        f"lat {lat.tolist()}")
     lat_r, lon_r = torch.deg2rad(lat), torch.deg2rad(lon)
     return torch.stack([lat_r.cos() * lon_r.cos(), lat_r.cos() * lon_r.sin(), lat_r.sin()], dim=-1)
 
