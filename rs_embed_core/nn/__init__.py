@@ -4,20 +4,23 @@ Parameter names follow open_clip's checkpoints (`ln_1`, `attn.in_proj_weight`, `
 model built from these parts loads an open_clip-format state dict strictly, key for key.
 """
 
+from .flexi import FlexiPatchEmbed, resize_patch_kernel
 from .fourier import fourier_features, in_fourier_range
+from .geo_time import lonlat_to_xyz, month_table, months_of
 from .hypernet import KernelGenerator, PostNormEncoderLayer, ResidualMlp, generated_kernel
 from .layer_scale import LayerScale, LayerScaleBlock
 from .patch_embed import PatchEmbed
 from .patch_embed_3d import PatchEmbed3D
 from .pos_embed import sincos_1d, sincos_2d, sincos_3d
 from .timm_block import TimmAttention, TimmBlock, TimmMlp
-from .tokens import grid_to_tokens, pool_tokens, prepend_tokens, split_prefix, tokens_to_grid
+from .tokens import grid_to_tokens, patch_missing, pool_tokens, prepend_tokens, split_prefix, tokens_to_grid
 from .transformer import ACTIVATIONS, Attention, Block, Mlp, QuickGELU, Transformer, activation
 
 __all__ = [
     "ACTIVATIONS",
     "Attention",
     "Block",
+    "FlexiPatchEmbed",
     "KernelGenerator",
     "LayerScale",
     "LayerScaleBlock",
@@ -36,8 +39,13 @@ __all__ = [
     "generated_kernel",
     "grid_to_tokens",
     "in_fourier_range",
+    "lonlat_to_xyz",
+    "month_table",
+    "months_of",
+    "patch_missing",
     "pool_tokens",
     "prepend_tokens",
+    "resize_patch_kernel",
     "sincos_1d",
     "sincos_2d",
     "sincos_3d",

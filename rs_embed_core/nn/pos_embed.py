@@ -17,39 +17,49 @@ from ..errors import SpecError
 _BASE = 10000.0
 
 
-def sincos_1d(dim: int, positions: torch.Tensor | list[float] | int) -> torch.Tensor:
-    """(M, dim) embedding of M (possibly fractional) positions; an int n means positions 0..n-1."""
+def sincos_1d(dim: int, positions: torch.Tensor | list[float] | int, exponent_scale: float = 1.0) -> torch.Tensor:
+    """(M, dim) embedding of M (possibly fractional) positions; an int n means positions 0..n-1.
+
+    `exponent_scale` multiplies the frequency exponent i/k: Galileo's tables use
+    w_i = 10000^(-i/(2 dim)), i.e. exponent_scale = 0.25 (slower frequencies than MAE's).
+    """
     if dim <= 0 or dim % 2:
         raise SpecError(f"sin-cos embedding dim must be a positive even number, got {dim}")
     pos = torch.arange(positions) if isinstance(positions, int) else torch.as_tensor(positions)
     pos = pos.to(torch.float64).reshape(-1)
     half = dim // 2
-    omega = 1.0 / _BASE ** (torch.arange(half, dtype=torch.float64) / half)
+    omega = 1.0 / _BASE ** (exponent_scale * torch.arange(half, dtype=torch.float64) / half)
     angles = pos[:, None] * omega[None, :]
     return torch.cat([angles.sin(), angles.cos()], dim=1).to(torch.float32)
 
 
-def _grid(sizes: dict[str, int], dims: dict[str, int], concat: str) -> torch.Tensor:
-    """Row-major tokens over the axes in `sizes` order; channel blocks in `concat` order."""
+def _grid(sizes: dict[str, int], dims: dict[str, int], concat: str, step: float = 1.0,
+          exponent_scale: float = 1.0) -> torch.Tensor:
+    """Row-major tokens over the axes in `sizes` order; channel blocks in `concat` order.
+
+    Token i of an axis sits at position i * step."""
     if sorted(concat) != sorted(sizes):
         raise SpecError(f"concat order {concat!r} must name each axis of {''.join(sizes)} once")
-    coords = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in sizes.values()], indexing="ij")
+    coords = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) * step for n in sizes.values()], indexing="ij")
     by_axis = dict(zip(sizes, coords))
-    return torch.cat([sincos_1d(dims[a], by_axis[a].reshape(-1)) for a in concat], dim=1)
+    return torch.cat([sincos_1d(dims[a], by_axis[a].reshape(-1), exponent_scale) for a in concat], dim=1)
 
 
 def _with_cls(emb: torch.Tensor, cls_token: bool) -> torch.Tensor:
     return torch.cat([emb.new_zeros(1, emb.shape[1]), emb], dim=0) if cls_token else emb
 
 
-def sincos_2d(dim: int, h: int, w: int, cls_token: bool = False, concat: str = "wh") -> torch.Tensor:
+def sincos_2d(dim: int, h: int, w: int, cls_token: bool = False, concat: str = "wh", *, step: float = 1.0,
+              exponent_scale: float = 1.0) -> torch.Tensor:
     """(h*w [+1], dim): half the channels per axis; MAE order (x block, then y block) by default.
 
-    With `cls_token`, a zero row is prepended for the class token.
+    With `cls_token`, a zero row is prepended for the class token. `step` spaces the tokens
+    (resolution-aware tables: a token's ground size over a reference size, as Galileo and
+    Scale-MAE scale positions); `exponent_scale` as in `sincos_1d`.
     """
     if dim % 4:
         raise SpecError(f"2D sin-cos embedding dim must be a multiple of 4, got {dim}")
-    emb = _grid({"h": h, "w": w}, {"h": dim // 2, "w": dim // 2}, concat)
+    emb = _grid({"h": h, "w": w}, {"h": dim // 2, "w": dim // 2}, concat, step, exponent_scale)
     return _with_cls(emb, cls_token)
 
 

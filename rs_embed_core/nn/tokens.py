@@ -46,3 +46,14 @@ def pool_tokens(tokens: torch.Tensor, mode: str = "mean") -> torch.Tensor:
     if mode == "max":
         return tokens.amax(dim=1)
     raise SpecError(f"pooling must be 'mean' or 'max', got {mode!r}")
+
+
+def patch_missing(valid: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, T, H, W) valid pixels -> (B, T, H/patch, W/patch) bool: True where a (frame, patch) token has no
+    valid pixel while the patch has one in some other frame (an empty bin, a fully clouded patch). A patch
+    never valid stays unmasked, so every item keeps tokens (they describe the fill value)."""
+    b, t, h, w = valid.shape
+    if h % patch or w % patch:
+        raise SpecError(f"input {h}x{w} is not a multiple of the patch size {patch}")
+    seen = valid.reshape(b, t, h // patch, patch, w // patch, patch).any(dim=5).any(dim=3)
+    return ~seen & seen.any(dim=1, keepdim=True)
