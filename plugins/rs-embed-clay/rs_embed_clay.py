@@ -278,7 +278,7 @@ class Clay(Embedder):
             torch.tensor(gsds, dtype=torch.float32, device=dev), torch.tensor(meta, dtype=torch.float32, device=dev),
         )
         return EmbedOutput(pooled=pooled, grid=grid if ctx.want == "grid" else None,
-                           extra={"gsd_m": gsds, "wavelengths": list(waves)})
+                           extra={"gsd_m": gsds, "wavelengths": [list(waves)] * len(gsds)})  # per item
 
 
 @hookimpl
