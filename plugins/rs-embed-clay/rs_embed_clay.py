@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
 
 from rs_embed_core.card import InputSpec, ModelCard, Step, Variant, WeightsSpec
 from rs_embed_core.collections import delivering_sensor
-from rs_embed_core.embedder import BatchContext, Embedder, EmbedOutput, check_single_frame
+from rs_embed_core.embedder import BatchContext, Embedder, EmbedOutput, check_single_frame, requested_bands
 from rs_embed_core.errors import SpecError
 from rs_embed_core.hookspecs import hookimpl
 from rs_embed_core.specs import SensorSpec
@@ -255,8 +255,7 @@ class Clay(Embedder):
             if s.composite == "none" or s.frames != 1:
                 raise SpecError(f"Clay takes one composited frame per item; sensor {s.collection} asks for "
                                 f"composite={s.composite!r}, frames={s.frames}")
-        selected = next((Step.of(s).params.get("bands") for s in steps if Step.of(s).name == "select_bands"), None)
-        bands = tuple(selected) if selected else tuple(b for s in sensors for b in s.bands)
+        bands = requested_bands(sensors, steps)
         band_inputs(sensors, bands)
 
     def load(self) -> None:
