@@ -253,7 +253,8 @@ def test_export_with_another_model_equals_get_embeddings_batch(tiny_registered, 
     try:
         with random_weights("clay_tiny_test", "tiny", tmp_path / "w", seed=3):
             provider = FakeProvider()
-            res = export_batch(spatials, WHEN, models, tmp_path / "out", backend=provider, batch_size=2)
+            res = export_batch(spatials, WHEN, models, tmp_path / "out", backend=provider, batch_size=2,
+                               format="npz")
             ref = get_embeddings_batch("clay_tiny_test", spatials, WHEN, backend=FakeProvider(), batch_size=2)
     finally:
         if added:
