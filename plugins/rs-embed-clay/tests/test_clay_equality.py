@@ -11,6 +11,7 @@ filename, loaded strictly (decoder, teacher and projection dropped by name).
 from __future__ import annotations
 
 import gc
+import shutil
 
 import attrs
 import pytest
@@ -135,9 +136,13 @@ def test_full_size_checkpoint_loads_strictly_offline_and_equals_claymodel(cm, tm
     spec = weights_spec_for(rc.REPO_ID, rev, rc.WEIGHTS.filename, path)
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "rs-embed"))
     emb = rc.Clay(attrs.evolve(rc.Clay.card.variant(), weights=spec), "cpu")
-    with offline_hub(tmp_path / "hub"):
-        emb.load()
-    path.unlink()
+    try:
+        with offline_hub(tmp_path / "hub"):
+            emb.load()
+    finally:  # ~1.6 GB each: the Hub copy and the converted file (the loaded tensors stay valid)
+        path.unlink()
+        shutil.rmtree(tmp_path / "hub")
+        shutil.rmtree(tmp_path / "rs-embed", ignore_errors=True)
     net = emb.model
     encoder_keys = {k[len(rcm.PREFIX):] for k in keys if k.startswith(rcm.PREFIX)}
     assert set(net.state_dict()) == encoder_keys
