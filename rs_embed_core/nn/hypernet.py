@@ -1,8 +1,8 @@
 """The DOFA family's patch-kernel hypernetwork, with the parameter names of its checkpoints.
 
-DOFA and its descendants (Copernicus-FM, Clay's `DynamicEmbedding`) do not store a patch-embedding kernel: they generate one
-slice per input band from a code of that band (a wavelength code, a Fourier code of wavelength and
-bandwidth, a language embedding...). Parts, named as the released checkpoints name them:
+DOFA and its descendants (Copernicus-FM, Clay's `DynamicEmbedding`) do not store a patch-embedding
+kernel: they generate one slice per input band from a code of that band (a wavelength code, a Fourier
+code of wavelength and bandwidth, a language embedding...). Parts, named as the released checkpoints name them:
 
 - `ResidualMlp` (`w1`, `w2`): x + relu(w2(relu(w1(x)))), applied to the band codes (`fclayer`).
   Clay names its layers `l1`, `l2` and uses GELU: `names=("l1", "l2"), activation="gelu"`.

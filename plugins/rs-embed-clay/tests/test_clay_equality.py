@@ -60,7 +60,8 @@ def _codes(b: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _compare(net, ref, x, waves, gsd: float, time, latlon) -> tuple[float, float]:
     b, d = x.shape[0], net.dim
     with torch.inference_mode():
-        out = ref({"pixels": x, "time": time, "latlon": latlon, "gsd": torch.tensor(gsd), "waves": torch.tensor(waves)})[0]
+        cube = {"pixels": x, "time": time, "latlon": latlon, "gsd": torch.tensor(gsd), "waves": torch.tensor(waves)}
+        out = ref(cube)[0]
         pooled, grid = net(x, torch.tensor(waves), torch.full((b,), gsd), torch.cat([time, latlon], dim=1))
     h, w = x.shape[-2] // 8, x.shape[-1] // 8
     ref_grid = out[:, 1:].transpose(1, 2).reshape(b, d, h, w)
