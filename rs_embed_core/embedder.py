@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from attrs import field, frozen
 
-from .card import ModelCard, Variant
+from .card import ModelCard, Step, Variant
 from .grid import GridSpec
 from .specs import SensorSpec, TemporalSpec
 
@@ -91,3 +91,10 @@ def check_single_frame(x: Any, ctx: BatchContext, model: str) -> None:
                         "Use a compositing sensor (composite='median' or 'mosaic', frames=1).")
     if len(ctx.band_names) != x.shape[2]:
         raise SpecError(f"{model} got {x.shape[2]} channels but {len(ctx.band_names)} band names {list(ctx.band_names)}")
+
+
+def requested_bands(sensors: tuple[SensorSpec, ...], steps: tuple[Any, ...]) -> tuple[str, ...]:
+    """The bands a model will see, as `check_request` knows them before any fetch: a `select_bands`
+    step's list when the chain has one, else every sensor's bands in order."""
+    selected = next((Step.of(s).params.get("bands") for s in steps if Step.of(s).name == "select_bands"), None)
+    return tuple(selected) if selected else tuple(b for s in sensors for b in s.bands)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from rs_embed_core.card import InputSpec, ModelCard, Step, Variant, WeightsSpec
 from rs_embed_core.collections import band_entry, delivering_sensor
-from rs_embed_core.embedder import BatchContext, Embedder, EmbedOutput, check_single_frame
+from rs_embed_core.embedder import BatchContext, Embedder, EmbedOutput, check_single_frame, requested_bands
 from rs_embed_core.errors import SpecError
 from rs_embed_core.hookspecs import hookimpl
 from rs_embed_core.specs import SensorSpec
@@ -225,8 +225,7 @@ class CopernicusFM(Embedder):
     @classmethod
     def check_request(cls, variant: Variant, sensors: tuple[SensorSpec, ...], steps: tuple[Any, ...]) -> None:
         """Every band the model will see needs a wavelength and a bandwidth: refuse before any fetch."""
-        selected = next((Step.of(s).params.get("bands") for s in steps if Step.of(s).name == "select_bands"), None)
-        bands = tuple(selected) if selected else tuple(b for s in sensors for b in s.bands)
+        bands = requested_bands(sensors, steps)
         spectral_inputs(sensors, bands)
 
     def load(self) -> None:

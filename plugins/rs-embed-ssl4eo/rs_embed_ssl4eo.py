@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from rs_embed_core.card import InputSpec, ModelCard, Step, Variant, WeightsSpec
-from rs_embed_core.embedder import BatchContext, Embedder, EmbedOutput
+from rs_embed_core.embedder import BatchContext, Embedder, EmbedOutput, requested_bands
 from rs_embed_core.errors import SpecError, WeightsError
 from rs_embed_core.hookspecs import hookimpl
 from rs_embed_core.specs import SensorSpec
@@ -141,8 +141,7 @@ class SSL4EO(Embedder):
     @classmethod
     def check_request(cls, variant: Variant, sensors: tuple[SensorSpec, ...], steps: tuple[Any, ...]) -> None:
         """The encoders take exactly the 13 Sentinel-2 L1C bands in the pre-training order: refuse anything else."""
-        selected = next((Step.of(s).params.get("bands") for s in steps if Step.of(s).name == "select_bands"), None)
-        bands = tuple(selected) if selected else tuple(b for s in sensors for b in s.bands)
+        bands = requested_bands(sensors, steps)
         collections = {s.collection for s in sensors}
         if collections != {S2_COLLECTION} or bands != S2_BANDS:
             raise SpecError(

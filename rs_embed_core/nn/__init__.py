@@ -5,16 +5,18 @@ model built from these parts loads an open_clip-format state dict strictly, key 
 """
 
 from .flexi import FlexiPatchEmbed, resize_patch_kernel
+from .cyclic import latlon_code, week_hour_code
 from .fourier import fourier_features, in_fourier_range
 from .geo_time import lonlat_to_xyz, month_table, months_of
 from .hypernet import KernelGenerator, PostNormEncoderLayer, ResidualMlp, generated_kernel
 from .layer_scale import LayerScale, LayerScaleBlock
 from .patch_embed import PatchEmbed
 from .patch_embed_3d import PatchEmbed3D
-from .pos_embed import sincos_1d, sincos_2d, sincos_3d
+from .pos_embed import sincos_1d, sincos_2d, sincos_2d_gsd, sincos_3d
 from .timm_block import TimmAttention, TimmBlock, TimmMlp
 from .tokens import grid_to_tokens, patch_missing, pool_tokens, prepend_tokens, split_prefix, tokens_to_grid
 from .transformer import ACTIVATIONS, Attention, Block, Mlp, QuickGELU, Transformer, activation
+from .vitpytorch import VitPytorchAttention, VitPytorchFeedForward, VitPytorchTransformer
 
 __all__ = [
     "ACTIVATIONS",
@@ -34,6 +36,9 @@ __all__ = [
     "TimmBlock",
     "TimmMlp",
     "Transformer",
+    "VitPytorchAttention",
+    "VitPytorchFeedForward",
+    "VitPytorchTransformer",
     "activation",
     "fourier_features",
     "generated_kernel",
@@ -43,12 +48,15 @@ __all__ = [
     "month_table",
     "months_of",
     "patch_missing",
+    "latlon_code",
     "pool_tokens",
     "prepend_tokens",
     "resize_patch_kernel",
     "sincos_1d",
     "sincos_2d",
+    "sincos_2d_gsd",
     "sincos_3d",
     "split_prefix",
     "tokens_to_grid",
+    "week_hour_code",
 ]
