@@ -56,6 +56,8 @@ def get_embeddings_batch(
     in their places. Inputs with less than `min_valid_fraction` valid pixels warn (once per
     call), raise per item (`on_low_valid="error"`) or pass (`"allow"`).
     """
+    if isinstance(temporal, TemporalSpec) and str(model).lower() in tables().embedders:
+        embedder_class(model).check_temporal(temporal)  # a window the model cannot serve fails before any fetch
     return embed(  # type: ignore[return-value]
         model, spatials, temporal=temporal, output=output, backend=backend, device=device,
         input_prep=input_prep, sensor=sensor, variant=variant, preprocessing=preprocessing, weights=weights,
