@@ -26,6 +26,7 @@ import numpy as np
 
 from .embedder import BatchContext, Embedder, EmbedOutput
 from .errors import DataNotFoundError, SpecError
+from .grid import GridSpec
 from .raster import Raster
 from .specs import SensorSpec, TemporalSpec
 
@@ -36,21 +37,55 @@ def years_text(years: tuple[int, ...]) -> str:
     return ", ".join(str(y) for y in years)
 
 
-def product_year(temporal: TemporalSpec, years: tuple[int, ...], product: str) -> int:
+def product_year(temporal: TemporalSpec, years: tuple[int, ...] | None, product: str) -> int:
     """The product year a window selects: TemporalSpec.year(Y), or any window inside year Y.
 
     A window across years is refused (SpecError naming the years available), never resolved
-    silently to its first year; so is a year the product does not have.
+    silently to its first year; so is a year the product does not have. `years=None`: the
+    product's catalogue knows them (its provider checks the year), only the one-year rule applies.
     """
     first, last = temporal.start.year, (temporal.end - dt.timedelta(days=1)).year
+    available = "see the product's catalogue" if years is None else years_text(years)
     if first != last:
         raise SpecError(
             f"{product} is an annual product: the window [{temporal.start}, {temporal.end}) spans the years "
-            f"{first}-{last}; ask for one year with TemporalSpec.year(Y) (available: {years_text(years)})"
+            f"{first}-{last}; ask for one year with TemporalSpec.year(Y) (available: {available})"
         )
-    if first not in years:
-        raise SpecError(f"{product} has no year {first}; available: {years_text(years)}")
+    if years is not None and first not in years:
+        raise SpecError(f"{product} has no year {first}; available: {available}")
     return first
+
+
+def nearest_cells(grid: GridSpec, crs: str, transform: Any, height: int, width: int, *, wrap_lon: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, col, inside) of the source raster cell holding each pixel centre of `grid` (each (H, W)).
+
+    Nearest-cell sampling of a product raster (`crs`, north-up affine `transform`, `height` x
+    `width`) onto a request grid, exact (no approximate warp transformer). `wrap_lon`: the source
+    is a global lon/lat map, so column indices wrap across the antimeridian.
+    """
+    from .grid import _transformer
+
+    xs, ys = np.meshgrid(np.asarray(grid.x_coords()), np.asarray(grid.y_coords()))
+    if crs != grid.crs:
+        xs, ys = (np.asarray(v) for v in _transformer(grid.crs, crs).transform(xs, ys))
+    a = transform
+    if a.b or a.d:
+        raise SpecError(f"product raster in {crs} is not north-up (transform {tuple(a)[:6]})")
+    col = np.floor((xs - a.c) / a.a).astype(np.int64)
+    row = np.floor((ys - a.f) / a.e).astype(np.int64)
+    if wrap_lon:
+        col %= width
+    inside = (row >= 0) & (row < height) & (col >= 0) & (col < width)
+    return row, col, inside
+
+
+def column_runs(cols: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted unique column indices -> [start, stop) runs of consecutive columns (one windowed read each)."""
+    breaks = np.flatnonzero(np.diff(cols) != 1)
+    starts = np.concatenate([[0], breaks + 1])
+    stops = np.concatenate([breaks, [len(cols) - 1]])
+    return [(int(cols[a]), int(cols[b]) + 1) for a, b in zip(starts, stops)]
 
 
 class ProductEmbedder(Embedder):

@@ -24,9 +24,9 @@ import numpy as np
 
 from rs_embed_core.card import InputSpec, ModelCard, Variant, WeightsSpec
 from rs_embed_core.errors import DataNotFoundError, ProviderError, SpecError, UnknownBandError
-from rs_embed_core.grid import GridSpec, _transformer
+from rs_embed_core.grid import GridSpec
 from rs_embed_core.hookspecs import hookimpl
-from rs_embed_core.products import ProductEmbedder, ProductProvider, product_year
+from rs_embed_core.products import ProductEmbedder, ProductProvider, column_runs, nearest_cells, product_year
 from rs_embed_core.raster import Raster
 from rs_embed_core.specs import SensorSpec
 
@@ -73,14 +73,6 @@ class CopernicusEmbed(ProductEmbedder):
     years = YEARS
 
 
-def _runs(cols: np.ndarray) -> list[tuple[int, int]]:
-    """Sorted unique column indices -> [start, stop) runs of consecutive columns."""
-    breaks = np.flatnonzero(np.diff(cols) != 1)
-    starts = np.concatenate([[0], breaks + 1])
-    stops = np.concatenate([breaks, [len(cols) - 1]])
-    return [(int(cols[a]), int(cols[b]) + 1) for a, b in zip(starts, stops)]
-
-
 class CopernicusEmbedProvider(ProductProvider):
     """Reads Copernicus-Embed onto request grids. `fallback`: the backend for every other collection.
     `map_file`: the pinned file (tests pass their own synthetic one)."""
@@ -117,23 +109,18 @@ class CopernicusEmbedProvider(ProductProvider):
         sensor: SensorSpec = request.sensor
         self.check_product(sensor)
         year = product_year(request.temporal, YEARS, CARD.id)
-        xs, ys = np.meshgrid(np.asarray(grid.x_coords()), np.asarray(grid.y_coords()))
-        lon, lat = (np.asarray(v) for v in _transformer(grid.crs, "EPSG:4326").transform(xs, ys))
         with rasterio.open(self.path()) as src:
             a = src.transform
-            if src.crs is None or src.crs.to_epsg() != 4326 or src.count != DIM or a.b or a.d:
-                raise ProviderError(f"{self.path()} is not the Copernicus-Embed layout (EPSG:4326, north-up, "
-                                    f"{DIM} bands): crs {src.crs}, {src.count} bands, transform {tuple(a)[:6]}")
-            col = np.floor((lon - a.c) / a.a).astype(np.int64)
-            row = np.floor((lat - a.f) / a.e).astype(np.int64)
-            if abs(src.width * a.a - 360.0) < 1e-6:  # a global map: longitudes wrap
-                col %= src.width
-            inside = (row >= 0) & (row < src.height) & (col >= 0) & (col < src.width)
+            if src.crs is None or src.crs.to_epsg() != 4326 or src.count != DIM:
+                raise ProviderError(f"{self.path()} is not the Copernicus-Embed layout (EPSG:4326, {DIM} bands): "
+                                    f"crs {src.crs}, {src.count} bands")
+            row, col, inside = nearest_cells(grid, "EPSG:4326", a, src.height, src.width,
+                                             wrap_lon=abs(src.width * a.a - 360.0) < 1e-6)  # a global map wraps
             index = [BANDS.index(b) + 1 for b in sensor.bands]
             data = np.zeros((len(index), grid.height, grid.width), np.float32)
             if inside.any():
                 r0, r1 = int(row[inside].min()), int(row[inside].max()) + 1
-                for c0, c1 in _runs(np.unique(col[inside])):
+                for c0, c1 in column_runs(np.unique(col[inside])):
                     block = src.read(index, window=Window(c0, r0, c1 - c0, r1 - r0), out_dtype=np.float32)
                     take = inside & (col >= c0) & (col < c1)
                     data[:, take] = block[:, row[take] - r0, col[take] - c0]
