@@ -80,6 +80,19 @@ def nearest_cells(grid: GridSpec, crs: str, transform: Any, height: int, width: 
     return row, col, inside
 
 
+def snapped_grid(crs: str, bounds: tuple[float, float, float, float], transform: Any) -> GridSpec:
+    """The grid on a product raster's lattice (`transform`: origin and pixel size) that covers `bounds`
+    (left, bottom, right, top in `crs`), snapped outward: the product's native grid over an ROI."""
+    import math
+
+    a = transform
+    res_x, res_y = a.a, -a.e
+    c0, c1 = math.floor((bounds[0] - a.c) / res_x), math.ceil((bounds[2] - a.c) / res_x)
+    r0, r1 = math.floor((a.f - bounds[3]) / res_y), math.ceil((a.f - bounds[1]) / res_y)
+    return GridSpec(crs, a.c + c0 * res_x, a.f - r0 * res_y, res_x, max(1, c1 - c0), max(1, r1 - r0),
+                    None if math.isclose(res_x, res_y) else res_y)
+
+
 def column_runs(cols: np.ndarray) -> list[tuple[int, int]]:
     """Sorted unique column indices -> [start, stop) runs of consecutive columns (one windowed read each)."""
     breaks = np.flatnonzero(np.diff(cols) != 1)
@@ -142,18 +155,26 @@ class ProductProvider:
 
     Subclasses set `name` and `collection` and implement `check_product` (cheap, no I/O) and
     `fetch_product`. `fallback`: None, a provider, or a backend string ("gee", "local:DIR").
+    `native=True`: the product's pixels come back on the product's own grid (its CRS and lattice,
+    covering the ROI) instead of the request's UTM grid; the Embedding's GridSpec is then that
+    grid. As a backend string: "NAME:native" or "NAME:native:FALLBACK".
     """
 
     name: ClassVar[str]
     collection: ClassVar[str]
     max_concurrency: int = 4
 
-    def __init__(self, fallback: Any = None) -> None:
+    def __init__(self, fallback: Any = None, *, native: bool = False) -> None:
+        if isinstance(fallback, str):
+            head, _, rest = fallback.partition(":")
+            if head.strip().lower() == "native":
+                native, fallback = True, rest
         if isinstance(fallback, str) and fallback:
             from .runner import resolve_provider
 
             fallback = resolve_provider(fallback)
         self.fallback = fallback or None
+        self.native = bool(native)
 
     def _other(self, sensor: SensorSpec) -> Any:
         if self.fallback is None:
@@ -181,7 +202,7 @@ class ProductProvider:
         return token(request) if callable(token) else ""
 
     def product_token(self) -> str:
-        return self.name
+        return f"{self.name}:native" if self.native else self.name
 
     def check_product(self, sensor: SensorSpec) -> None:
         raise NotImplementedError

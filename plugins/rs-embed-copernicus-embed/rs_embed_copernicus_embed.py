@@ -12,7 +12,8 @@ UTM grid (2.5 km pixels) takes the value of the 0.25 degree cell it falls in (ne
 wrapped, so an ROI across the antimeridian reads both edges of the map), read with windowed reads
 of just the rows and column runs the ROI touches. Pooled output is then the mean over the ROI weighted
 by the area each cell covers. An ROI smaller than a cell gets that cell's vector, with a note in
-`meta["source"]["note"]`.
+`meta["source"]["note"]`. `CopernicusEmbedProvider(native=True)` (backend "copernicus_embed:native")
+returns the map's own 0.25 degree cells over the ROI instead, georeferenced in EPSG:4326.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from rs_embed_core.card import InputSpec, ModelCard, Variant, WeightsSpec
 from rs_embed_core.errors import DataNotFoundError, ProviderError, SpecError, UnknownBandError
 from rs_embed_core.grid import GridSpec
 from rs_embed_core.hookspecs import hookimpl
-from rs_embed_core.products import ProductEmbedder, ProductProvider, column_runs, nearest_cells, product_year
+from rs_embed_core.products import (ProductEmbedder, ProductProvider, column_runs, nearest_cells, product_year,
+                                    snapped_grid)
 from rs_embed_core.raster import Raster
 from rs_embed_core.specs import SensorSpec
 
@@ -80,13 +82,13 @@ class CopernicusEmbedProvider(ProductProvider):
     name = "copernicus_embed"
     collection = COLLECTION
 
-    def __init__(self, fallback: Any = None, *, map_file: WeightsSpec = MAP_FILE) -> None:
-        super().__init__(fallback)
+    def __init__(self, fallback: Any = None, *, native: bool = False, map_file: WeightsSpec = MAP_FILE) -> None:
+        super().__init__(fallback, native=native)
         self.map_file = map_file
         self._path: Path | None = None
 
     def product_token(self) -> str:
-        return f"{self.name}:{self.map_file.revision}:{self.map_file.sha256}"
+        return f"{super().product_token()}:{self.map_file.revision}:{self.map_file.sha256}"
 
     def check_product(self, sensor: SensorSpec) -> None:
         unknown = [b for b in sensor.bands if b not in BANDS]
@@ -109,11 +111,14 @@ class CopernicusEmbedProvider(ProductProvider):
         sensor: SensorSpec = request.sensor
         self.check_product(sensor)
         year = product_year(request.temporal, YEARS, CARD.id)
+        roi_lonlat = grid.footprint_lonlat()
         with rasterio.open(self.path()) as src:
             a = src.transform
             if src.crs is None or src.crs.to_epsg() != 4326 or src.count != DIM:
                 raise ProviderError(f"{self.path()} is not the Copernicus-Embed layout (EPSG:4326, {DIM} bands): "
                                     f"crs {src.crs}, {src.count} bands")
+            if self.native:  # the map's own cells over the ROI (longitudes may run past 180 across the antimeridian)
+                grid = snapped_grid("EPSG:4326", roi_lonlat, a)
             row, col, inside = nearest_cells(grid, "EPSG:4326", a, src.height, src.width,
                                              wrap_lon=abs(src.width * a.a - 360.0) < 1e-6)  # a global map wraps
             index = [BANDS.index(b) + 1 for b in sensor.bands]
@@ -129,7 +134,7 @@ class CopernicusEmbedProvider(ProductProvider):
         if nodata is not None:
             valid &= ~(data == np.float32(nodata)).all(axis=0)
         if not valid.any():
-            lo0, la0, lo1, la1 = grid.footprint_lonlat()
+            lo0, la0, lo1, la1 = roi_lonlat
             raise DataNotFoundError(f"no Copernicus-Embed data over the ROI (lon {lo0:.3f}..{lo1:.3f}, lat "
                                     f"{la0:.3f}..{la1:.3f}): {COVERAGE}")
         cells = sorted({(int(r), int(c)) for r, c in zip(row[valid], col[valid])})
@@ -138,10 +143,11 @@ class CopernicusEmbedProvider(ProductProvider):
             "file": {"repo_id": self.map_file.repo_id, "revision": self.map_file.revision,
                      "filename": self.map_file.filename, "sha256": self.map_file.sha256},
             "native_crs": "EPSG:4326", "native_res_deg": CELL_DEG, "native_cells": len(cells),
-            "resampling": "nearest 0.25 degree cell of each request pixel centre",
+            "resampling": "none: the map's own cells (native grid)" if self.native
+            else "nearest 0.25 degree cell of each request pixel centre",
             "valid_fraction": float(valid.mean()),
         }
-        lo0, la0, lo1, la1 = grid.footprint_lonlat()
+        lo0, la0, lo1, la1 = roi_lonlat
         if lo1 - lo0 < CELL_DEG and la1 - la0 < CELL_DEG:
             meta["note"] = (f"the ROI is smaller than one {CELL_DEG} degree cell: this is the vector of the cell it "
                             "lies in" if len(cells) == 1 else

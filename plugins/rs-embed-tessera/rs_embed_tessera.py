@@ -15,6 +15,8 @@ sampling, rs_embed_core.products.nearest_cells),
 so tiles of several UTM zones, or both sides of the antimeridian, are stitched onto the request's one
 UTM grid in a single pass, without a warning-and-resample. Pixels whose vector is all zero (or not
 finite) are invalid. Files missing from the cache are downloaded and hash-checked by geotessera.
+`TesseraProvider(native=True)` (backend "tessera:native") returns the tiles' own UTM grid over the ROI
+instead (one zone only: an ROI across zones is refused there, and stitched on the request grid).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from rs_embed_core.card import InputSpec, ModelCard, Variant
 from rs_embed_core.errors import DataNotFoundError, ProviderError, SpecError, UnknownBandError
 from rs_embed_core.grid import GridSpec
 from rs_embed_core.hookspecs import hookimpl
-from rs_embed_core.products import ProductEmbedder, ProductProvider, nearest_cells, product_year, years_text
+from rs_embed_core.products import (ProductEmbedder, ProductProvider, nearest_cells, product_year, snapped_grid,
+                                    years_text)
 from rs_embed_core.raster import Raster
 from rs_embed_core.specs import SensorSpec
 
@@ -95,7 +98,8 @@ class TesseraProvider(ProductProvider):
 
     embeddings_dir: geotessera's tile cache ($TESSERA_EMBEDDINGS_DIR, else <rs-embed cache>/tessera);
     registry_dir: a folder with registry.parquet and landmasks.parquet (else geotessera downloads and
-    caches them in `cache_dir`); client: a ready `geotessera.GeoTessera` (overrides the rest).
+    caches them in `cache_dir`); client: a ready `geotessera.GeoTessera` (overrides the rest);
+    native: return the tiles' own grid instead of the request's.
     `fallback`: the backend for every other collection.
     """
 
@@ -104,8 +108,8 @@ class TesseraProvider(ProductProvider):
 
     def __init__(self, fallback: Any = None, *, embeddings_dir: str | os.PathLike | None = None,
                  registry_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
-                 client: Any = None) -> None:
-        super().__init__(fallback)
+                 native: bool = False, client: Any = None) -> None:
+        super().__init__(fallback, native=native)
         if embeddings_dir is None:
             env = os.environ.get(EMBEDDINGS_DIR_ENV, "").strip()
             if env:
@@ -121,7 +125,7 @@ class TesseraProvider(ProductProvider):
         self._lock = threading.Lock()
 
     def product_token(self) -> str:
-        return f"{self.name}:{DATASET_VERSION}:{self.embeddings_dir}"
+        return f"{super().product_token()}:{DATASET_VERSION}:{self.embeddings_dir}"
 
     def check_product(self, sensor: SensorSpec) -> None:
         unknown = [b for b in sensor.bands if b not in BANDS]
@@ -154,41 +158,62 @@ class TesseraProvider(ProductProvider):
                 found[(round(float(lon), 2), round(float(lat), 2))] = None
         return sorted(found)
 
-    def fetch_product(self, request: Any) -> Raster:
-        import geotessera
+    def _tile(self, lon: float, lat: float, year: int) -> tuple[Any, Any, str, Any]:
+        """(quantised, scales) memory-mapped, and the tile's CRS and transform (from its landmask)."""
         import rasterio
 
-        grid: GridSpec = request.grid
+        registry = self.client().registry
+        q_path = registry.fetch(year=year, lon=lon, lat=lat, is_scales=False, progressbar=False)
+        s_path = registry.fetch(year=year, lon=lon, lat=lat, is_scales=True, progressbar=False)
+        with rasterio.open(registry.fetch_landmask(lon=lon, lat=lat, progressbar=False)) as mask:
+            crs, transform = mask.crs.to_string(), mask.transform
+        return (np.load(q_path, mmap_mode="r", allow_pickle=False), np.load(s_path, mmap_mode="r", allow_pickle=False),
+                crs, transform)
+
+    def _native_grid(self, grid: GridSpec, tiles: dict[tuple[float, float], Any]) -> GridSpec:
+        """The tiles' own UTM grid over the ROI: one zone and one pixel lattice, or a SpecError."""
+        from rasterio.warp import transform_bounds
+
+        crss = sorted({t[2] for t in tiles.values()})
+        if len(crss) != 1:
+            raise SpecError(f"the ROI spans TESSERA tiles in {crss}: a native grid is one UTM grid; ask for the "
+                            "request's grid instead (native=False), which stitches them")
+        transforms = [t[3] for t in tiles.values()]
+        ref = transforms[0]
+        if any(t.a != ref.a or t.e != ref.e or (t.c - ref.c) % ref.a or (t.f - ref.f) % ref.e for t in transforms):
+            raise SpecError("the ROI's TESSERA tiles do not share one pixel lattice; ask for the request's grid "
+                            "(native=False)")
+        return snapped_grid(crss[0], transform_bounds(grid.crs, crss[0], *grid.bounds, densify_pts=21), ref)
+
+    def fetch_product(self, request: Any) -> Raster:
+        import geotessera
+
         sensor: SensorSpec = request.sensor
         self.check_product(sensor)
         year = product_year(request.temporal, None, CARD.id)
         years = self.years()
         if year not in years:
             raise SpecError(f"tessera has no year {year}; available: {years_text(years)}")
-        tiles = self.tiles(grid, year)
-        if not tiles:
-            lo, la0, hi, la1 = grid.footprint_lonlat()
+        listed = set(self.tiles(request.grid, year))
+        owner_lon, owner_lat = _owning_tiles(request.grid)
+        owners = sorted({(float(a), float(b)) for a, b in zip(owner_lon.ravel(), owner_lat.ravel())} & listed)
+        if not owners:
+            lo, la0, hi, la1 = request.grid.footprint_lonlat()
             raise DataNotFoundError(f"no TESSERA tile for {year} over the ROI (lon {lo:.3f}..{hi:.3f}, lat {la0:.3f}.."
                                     f"{la1:.3f}): TESSERA covers the 0.1 degree tiles listed in geotessera's "
                                     f"registry ({DATASET_VERSION}, years {years_text(years)})")
-        registry = self.client().registry
+        opened = {key: self._tile(*key, year) for key in owners}
+        grid = self._native_grid(request.grid, opened) if self.native else request.grid
+        if self.native:
+            owner_lon, owner_lat = _owning_tiles(grid)
         index = [BANDS.index(b) for b in sensor.bands]
         data = np.zeros((len(index), grid.height, grid.width), np.float32)
         valid = np.zeros(grid.shape, bool)
-        owner_lon, owner_lat = _owning_tiles(grid)
         used = []
-        for lon, lat in tiles:
-            own = (owner_lon == lon) & (owner_lat == lat)
-            if not own.any():
-                continue
-            q_path = registry.fetch(year=year, lon=lon, lat=lat, is_scales=False, progressbar=False)
-            s_path = registry.fetch(year=year, lon=lon, lat=lat, is_scales=True, progressbar=False)
-            with rasterio.open(registry.fetch_landmask(lon=lon, lat=lat, progressbar=False)) as mask:
-                crs, transform = mask.crs.to_string(), mask.transform
-            quantised = np.load(q_path, mmap_mode="r", allow_pickle=False)
-            scales = np.load(s_path, mmap_mode="r", allow_pickle=False)
+        for lon, lat in sorted({(float(a), float(b)) for a, b in zip(owner_lon.ravel(), owner_lat.ravel())} & listed):
+            quantised, scales, crs, transform = opened.get((lon, lat)) or self._tile(lon, lat, year)
             row, col, inside = nearest_cells(grid, crs, transform, quantised.shape[0], quantised.shape[1])
-            take = own & inside
+            take = (owner_lon == lon) & (owner_lat == lat) & inside
             if not take.any():
                 continue
             rows, cols = row[take], col[take]  # only the pixels the grid samples are read and dequantised
@@ -200,12 +225,13 @@ class TesseraProvider(ProductProvider):
             used.append({"lon": lon, "lat": lat, "crs": crs, "pixels": int(ok.sum())})
         if not valid.any():
             raise DataNotFoundError(f"the TESSERA tiles over the ROI hold no valid pixel for {year} "
-                                    f"(tiles {[(t['lon'], t['lat']) for t in used] or sorted(tiles)})")
+                                    f"(tiles {[(t['lon'], t['lat']) for t in used] or owners})")
         meta = {
             "provider": self.name, "collection": COLLECTION, "dataset_version": DATASET_VERSION, "year": year,
             "tiles": used, "embeddings_dir": str(self.embeddings_dir),
             "dequantisation": "int8 x scales (geotessera.dequantize_embedding)",
-            "resampling": "nearest tile pixel of each request pixel centre",
+            "resampling": "none: the tiles' own grid (native)" if self.native
+            else "nearest tile pixel of each request pixel centre",
             "geotessera": getattr(geotessera, "__version__", "unknown"),
             "valid_fraction": float(valid.mean()),
         }

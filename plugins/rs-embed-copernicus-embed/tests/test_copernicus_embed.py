@@ -168,3 +168,33 @@ def test_other_collections_need_a_fallback_backend(hub, plugin, tmp_path):
         alone.check(SensorSpec("COPERNICUS/S2_SR_HARMONIZED", ("B4",), 10))
     chained = resolve_provider(f"copernicus_embed:local:{tmp_path}")
     assert chained.fallback.name == "local"
+
+
+def test_native_grid_is_the_maps_own_cells_over_the_roi(hub, plugin, embed_map):
+    _, patches = embed_map
+    r0, c0, values = patches["shanghai"]
+    lon, lat = centre_of(r0 + 3, c0 + 2)
+    provider = resolve_provider("copernicus_embed:native")
+    provider.map_file = hub
+    emb = get_embedding("copernicus", PointBuffer(lon, lat, 30_000), Y2021, output=OutputSpec.grid(),
+                        backend=provider)
+    g = emb.grid
+    assert g.crs == "EPSG:4326" and g.res == 0.25
+    col0, row0 = round((g.x0 - ORIGIN[0]) / 0.25), round((ORIGIN[1] - g.y0) / 0.25)
+    assert (g.x0 - ORIGIN[0]) / 0.25 == col0 and (ORIGIN[1] - g.y0) / 0.25 == row0  # on the map's lattice
+    assert (row0, col0) == (r0 + 3 - g.height // 2, c0 + 2 - g.width // 2) and g.width == g.height == 3
+    np.testing.assert_array_equal(emb.data, values[:, row0 - r0:row0 - r0 + 3, col0 - c0:col0 - c0 + 3])
+    assert emb.meta["source"]["resampling"].startswith("none")
+
+
+def test_native_grid_across_the_antimeridian_runs_past_180(hub, plugin, embed_map):
+    _, patches = embed_map
+    provider = ce.CopernicusEmbedProvider(native=True, map_file=hub)
+    emb = get_embedding("copernicus", BBox(179.6, -0.4, -179.6, 0.4), Y2021, output=OutputSpec.grid(),
+                        backend=provider)
+    g = emb.grid
+    assert g.x0 == pytest.approx(179.375) and g.x0 + g.width * g.res == pytest.approx(180.625)
+    east, west = patches["east_edge"][2], patches["west_edge"][2]
+    row = round((ORIGIN[1] - g.y0) / 0.25) - patches["east_edge"][0]
+    np.testing.assert_array_equal(emb.data[:, 0, :2], east[:, row, 2:4])  # cells centred 179.5, 179.75
+    np.testing.assert_array_equal(emb.data[:, 0, 2:], west[:, row, 0:3])  # 180 (= -180), 180.25, 180.5

@@ -144,3 +144,23 @@ def test_export_mixes_the_product_with_a_model_reading_it_once_per_roi(cache, pl
     export_batch(spatials=rois, names=["a", "b"], temporal=Y2024, models=["tessera", "spectral_stats"],
                  out=str(tmp_path / "x"), layout="combined", backend=provider)
     assert len(reads) == 2 and fallback.calls == 2
+
+
+def test_native_grid_is_the_tiles_own_utm_lattice(cache, plugin, offline, tmp_path):
+    root, tiles = cache
+    provider = rt.TesseraProvider("native", embeddings_dir=root / "embeddings", registry_dir=root / "registry",
+                                  cache_dir=tmp_path / "c")
+    emb = get_embedding("tessera", PointBuffer(120.05, 30.05, 300), Y2024, output=OutputSpec.grid(),
+                        backend=provider)
+    q, s, crs, t = tiles[(120.05, 30.05, 2024)]
+    g = emb.grid
+    assert g.crs == crs == "EPSG:32651" and g.res == 40.0  # the tile's own pixels (40 m in this test cache)
+    c0, r0 = (g.x0 - t.c) / t.a, (t.f - g.y0) / -t.e
+    assert c0 == int(c0) and r0 == int(r0)
+    c0, r0 = int(c0), int(r0)
+    want = (q[r0:r0 + g.height, c0:c0 + g.width].astype(np.float32) * s[r0:r0 + g.height, c0:c0 + g.width, None])
+    ok = want.any(axis=2)
+    np.testing.assert_array_equal(emb.data, np.where(ok, want.transpose(2, 0, 1), 0))
+    with pytest.raises(SpecError, match="a native grid is one UTM grid"):
+        get_embedding("tessera", BBox(119.99, 30.03, 120.01, 30.05), Y2024, output=OutputSpec.grid(),
+                      backend=provider)
