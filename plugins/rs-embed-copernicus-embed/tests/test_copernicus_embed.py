@@ -198,3 +198,12 @@ def test_native_grid_across_the_antimeridian_runs_past_180(hub, plugin, embed_ma
     row = round((ORIGIN[1] - g.y0) / 0.25) - patches["east_edge"][0]
     np.testing.assert_array_equal(emb.data[:, 0, :2], east[:, row, 2:4])  # cells centred 179.5, 179.75
     np.testing.assert_array_equal(emb.data[:, 0, 2:], west[:, row, 0:3])  # 180 (= -180), 180.25, 180.5
+
+
+def test_passes_the_embedder_contract(provider, embed_map):
+    from rs_embed_core.testing import check_embedder_contract
+
+    _, patches = embed_map
+    r0, c0, _ = patches["shanghai"]
+    rois = [PointBuffer(*centre_of(r0 + 2, c0 + 2), 20_000), PointBuffer(*centre_of(r0 + 5, c0 + 5), 20_000)]
+    assert check_embedder_contract("copernicus", provider=provider, temporal=Y2021, spatials=rois).checks

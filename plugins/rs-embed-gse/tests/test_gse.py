@@ -107,3 +107,11 @@ def test_export_mixes_the_product_with_a_model_and_reads_it_once_per_roi(provide
     assert len(gse_windows(fake)) == 2  # one scene listing (and one read) per ROI
     gse_reads = [r for r in fake.of("computePixels") if GSE in constants(r.body["expression"], "ImageCollection.load", "id")]
     assert len(gse_reads) == 2
+
+
+def test_passes_the_embedder_contract(provider):
+    from rs_embed_core.testing import check_embedder_contract
+
+    report = check_embedder_contract("gse", provider=provider, temporal=TemporalSpec.year(2022),
+                                     spatials=[ROI, PointBuffer(120.5, 30.2, 150)])
+    assert report.checks

@@ -164,3 +164,10 @@ def test_native_grid_is_the_tiles_own_utm_lattice(cache, plugin, offline, tmp_pa
     with pytest.raises(SpecError, match="a native grid is one UTM grid"):
         get_embedding("tessera", BBox(119.99, 30.03, 120.01, 30.05), Y2024, output=OutputSpec.grid(),
                       backend=provider)
+
+
+def test_passes_the_embedder_contract(provider):
+    from rs_embed_core.testing import check_embedder_contract
+
+    rois = [PointBuffer(120.03, 30.03, 200), PointBuffer(120.07, 30.06, 200)]
+    assert check_embedder_contract("tessera", provider=provider, temporal=Y2024, spatials=rois).checks
