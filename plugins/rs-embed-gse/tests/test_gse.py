@@ -115,3 +115,10 @@ def test_passes_the_embedder_contract(provider):
     report = check_embedder_contract("gse", provider=provider, temporal=TemporalSpec.year(2022),
                                      spatials=[ROI, PointBuffer(120.5, 30.2, 150)])
     assert report.checks
+
+
+def test_a_year_without_an_image_over_the_roi_is_a_data_not_found_error(provider):
+    from rs_embed_core.errors import DataNotFoundError
+
+    with pytest.raises(DataNotFoundError, match="no GOOGLE/SATELLITE_EMBEDDING/V1/ANNUAL image over the ROI"):
+        get_embedding("gse", ROI, TemporalSpec.year(2023), backend=provider)  # the fake has 2021 and 2022 only
