@@ -66,7 +66,9 @@ CARD = ModelCard(
     citation="Wang et al. 2025, Towards a Unified Copernicus Foundation Model for Earth Vision, ICCV, arXiv:2503.11849",
     homepage="https://github.com/zhu-xlab/Copernicus-FM/tree/main/Copernicus-Embed-025deg",
     notes="Precomputed product: no weights, no sensor= or preprocessing=. One year, 2021. Needs "
-          "backend='copernicus_embed' (or 'copernicus_embed:gee' etc. to mix with models on another backend).",
+          "backend='copernicus_embed' (or 'copernicus_embed:gee' etc. to mix with models on another backend; "
+          "'copernicus_embed:native' for the 0.25 degree cells in EPSG:4326). Map file: "
+          f"{MAP_FILE.repo_id} (dataset) @ {MAP_FILE.revision} / {MAP_FILE.filename}, sha256 {MAP_FILE.sha256}.",
 )
 
 
