@@ -207,3 +207,20 @@ def test_passes_the_embedder_contract(provider, embed_map):
     r0, c0, _ = patches["shanghai"]
     rois = [PointBuffer(*centre_of(r0 + 2, c0 + 2), 20_000), PointBuffer(*centre_of(r0 + 5, c0 + 5), 20_000)]
     assert check_embedder_contract("copernicus", provider=provider, temporal=Y2021, spatials=rois).checks
+
+
+def test_native_grids_export_as_georeferenced_geotiffs(hub, plugin, embed_map, tmp_path):
+    import rasterio
+
+    _, patches = embed_map
+    r0, c0, values = patches["shanghai"]
+    provider = ce.CopernicusEmbedProvider(native=True, map_file=hub)
+    export_batch(spatials=[PointBuffer(*centre_of(r0 + 3, c0 + 2), 30_000)], names=["a"], temporal=Y2021,
+                 models=["copernicus"], out=str(tmp_path / "x"), layout="per_item", output=OutputSpec.grid(),
+                 backend=provider, save_inputs=True)
+    tifs = sorted((tmp_path / "x").rglob("*.tif"))
+    emb_tif = [p for p in tifs if "copernicus" in p.name and "input" not in str(p)]
+    assert emb_tif, tifs
+    with rasterio.open(emb_tif[0]) as src:
+        assert src.crs.to_epsg() == 4326 and src.res == (0.25, 0.25) and src.count == ce.DIM
+        np.testing.assert_array_equal(src.read(1), values[0, 2:5, 1:4])
