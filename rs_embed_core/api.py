@@ -62,6 +62,8 @@ def get_embeddings_batch(
     `precision`: "fp32" (default, reference-equal; TF32 off), "tf32", "bf16" or "fp16" (autocast),
     refused where the device cannot do it and recorded in each embedding's meta.
     """
+    if isinstance(temporal, TemporalSpec) and str(model).lower() in tables().embedders:
+        embedder_class(model).check_temporal(temporal)  # a window the model cannot serve fails before any fetch
     return embed(  # type: ignore[return-value]
         model, spatials, temporal=temporal, output=output, backend=backend, device=device,
         input_prep=input_prep, sensor=sensor, variant=variant, preprocessing=preprocessing, weights=weights,

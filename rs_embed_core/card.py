@@ -58,8 +58,11 @@ class WeightsSpec:
     sha256: str  # 64 hex digits; or a prefix of at least 8 where the publisher pins only that (torchgeo)
     license: str
     path: str | None = None
+    repo_type: str = "model"  # "dataset" for a file of a Hub dataset repository (a precomputed product)
 
     def __attrs_post_init__(self) -> None:
+        if self.repo_type not in ("model", "dataset"):
+            raise SpecError(f"weights repo_type must be 'model' or 'dataset', got {self.repo_type!r}")
         if len(self.revision) != 40 or any(c not in "0123456789abcdef" for c in self.revision):
             raise SpecError(f"weights revision must be a 40-hex commit sha, got {self.revision!r}")
         if not 8 <= len(self.sha256) <= 64 or any(c not in "0123456789abcdef" for c in self.sha256):

@@ -31,9 +31,11 @@ class Collection:
     reflectance_scale: float = 1.0
     reflectance_offset: float = 0.0
     description: str = ""
-    kind: str = "optical"  # "optical" or "sar"
+    kind: str = "optical"  # "optical", "sar" or "embedding" (a precomputed embedding product)
     # per-pixel cloud masks this collection supports (CLOUD_MASK_BAND keys), the default first
     cloud_masks: tuple[str, ...] = ()
+    # one image per year (stamped 1 January): a window inside a year selects that year's image
+    annual: bool = False
 
     @property
     def band_names(self) -> tuple[str, ...]:
@@ -141,6 +143,11 @@ _MODIS_SR = tuple(
     )
 ) + (Band("StateQA", 500, None, "500 m state flags (cloud, shadow, snow)"),)
 
+# Google Satellite Embedding V1 (AlphaEarth Foundations), Earth Engine's GOOGLE/SATELLITE_EMBEDDING/V1/ANNUAL:
+# 64 unit-length axes A00-A63 in [-1, 1], 10 m, one image per UTM zone tile and year (catalogue page).
+SATELLITE_EMBEDDING = "GOOGLE/SATELLITE_EMBEDDING/V1/ANNUAL"
+_GSE_BANDS = tuple(Band(f"A{k:02d}", 10, None, f"embedding axis {k}") for k in range(64))
+
 COLLECTIONS: dict[str, Collection] = {
     c.id: c
     for c in (
@@ -188,6 +195,8 @@ COLLECTIONS: dict[str, Collection] = {
                    description="Sentinel-1 C-band SAR ground range detected, backscatter in dB"),
         Collection("MODIS/061/MOD09A1", _MODIS_SR, reflectance_scale=1e-4,
                    description="MODIS Terra surface reflectance, 8-day composite, 500 m"),
+        Collection(SATELLITE_EMBEDDING, _GSE_BANDS, kind="embedding", annual=True,
+                   description="Google Satellite Embedding V1 (AlphaEarth Foundations), annual, 10 m, 64 axes"),
     )
 }
 

@@ -70,6 +70,13 @@ class Embedder:
         checks here that the sensors can give them.
         """
 
+    @classmethod
+    def check_temporal(cls, temporal: TemporalSpec) -> None:
+        """Refuse, before any fetch, a time window this model cannot serve (raise SpecError).
+
+        The default accepts every window; an annual product refuses a window across years.
+        """
+
     def load(self) -> None:
         """Build the network and load weights (strictly). Called once, lazily, before forward."""
 

@@ -26,8 +26,11 @@ KNOWN_MODELS: dict[str, str] = {
     "olmoearth": "rs-embed-olmoearth", "croma": "rs-embed-croma", "panopticon": "rs-embed-panopticon",
     "copernicusfm": "rs-embed-copernicusfm", "ssl4eo": "rs-embed-ssl4eo", "galileo": "rs-embed-galileo",
     "clay": "rs-embed-clay",
+    "gse": "rs-embed-gse", "gse_annual": "rs-embed-gse", "tessera": "rs-embed-tessera",
+    "copernicus": "rs-embed-copernicus-embed", "copernicus_embed": "rs-embed-copernicus-embed",
 }
-KNOWN_PROVIDERS: dict[str, str] = {"gee": "rs-embed-gee", "stac": "rs-embed-stac"}
+KNOWN_PROVIDERS: dict[str, str] = {"gee": "rs-embed-gee", "stac": "rs-embed-stac",
+                                   "copernicus_embed": "rs-embed-copernicus-embed", "tessera": "rs-embed-tessera"}
 
 
 def _install_hint(dist: str) -> str:

@@ -93,7 +93,7 @@ def _hf_cache_path(spec: WeightsSpec) -> Path:
 
     org, name = _repo_parts(spec)
     return Path(constants.HF_HUB_CACHE).joinpath(
-        f"models--{org}--{name}", "snapshots", spec.revision, *_file_parts(spec)
+        f"{spec.repo_type}s--{org}--{name}", "snapshots", spec.revision, *_file_parts(spec)
     )
 
 
@@ -203,7 +203,8 @@ def _unavailable(spec: WeightsSpec, reason: str, checked: list[Path]) -> Weights
         "Place the file in one of these locations:",
         f"  - the Hugging Face cache: {_hf_cache_path(spec)}",
         f"    (on a machine with Hub access: hf download {spec.repo_id} {spec.filename} "
-        f"--revision {spec.revision}, then copy the cache folder; HF_HUB_CACHE selects it)",
+        f"--revision {spec.revision}{' --repo-type dataset' if spec.repo_type == 'dataset' else ''}, then copy "
+        "the cache folder; HF_HUB_CACHE selects it)",
         f"  - a local folder: set {WEIGHTS_DIR_ENV}=<dir> and put it at "
         f"{where}/{org}__{name}/{spec.filename} (or {where}/{spec.filename})",
         f"Expected sha256: {spec.sha256}.",
@@ -257,7 +258,8 @@ def _download(spec: WeightsSpec, checked: list[Path]) -> Path:
         raise _unavailable(spec, "the Hugging Face Hub cannot be reached from here and the file is not cached",
                            checked)
     try:
-        return Path(hf_hub_download(spec.repo_id, spec.filename, revision=spec.revision, local_files_only=offline))
+        return Path(hf_hub_download(spec.repo_id, spec.filename, revision=spec.revision, repo_type=spec.repo_type,
+                                    local_files_only=offline))
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
         if offline:
             reason = "offline (HF_HUB_OFFLINE is set) and not in the local cache"

@@ -71,6 +71,12 @@ class ContractReport:
     checks: tuple[str, ...]
 
 
+def _calls(provider: Any) -> int:
+    """Fetches a provider made so far: an int (FakeProvider) or per-call-kind counts (the gee provider)."""
+    calls = getattr(provider, "calls", 0)
+    return sum(calls.values()) if isinstance(calls, dict) else int(calls)
+
+
 def check_embedder_contract(
     model: str | type,
     *,
@@ -110,7 +116,7 @@ def check_embedder_contract(
     rois = list(spatials) if spatials is not None else default_spatials(card)
     when = temporal or TemporalSpec.range(*DEFAULT_TEMPORAL)
     kw = dict(temporal=when, backend=provider, device="cpu", variant=var.name)
-    calls_before = getattr(provider, "calls", 0)
+    calls_before = _calls(provider)
     checks: list[str] = []
     worst = 0.0
     who = f"{card.id}/{var.name}"
@@ -176,7 +182,7 @@ def check_embedder_contract(
     return ContractReport(
         model=card.id, variant=var.name, rois=len(rois), pooled_dim=var.pooled_dim,
         grid_shapes=tuple(shapes), max_batch_single_diff=worst,
-        provider_calls=getattr(provider, "calls", 0) - calls_before, checks=tuple(checks),
+        provider_calls=_calls(provider) - calls_before, checks=tuple(checks),
     )
 
 

@@ -28,8 +28,10 @@ def _names(repo_id: str, revision: str, filename: str) -> tuple[str, str, list[s
     return org, name, _file_parts(spec)
 
 
-def build_hf_cache(cache_dir: str | Path, repo_id: str, revision: str, files: Mapping[str, bytes | Path]) -> Path:
+def build_hf_cache(cache_dir: str | Path, repo_id: str, revision: str, files: Mapping[str, bytes | Path],
+                   repo_type: str = "model") -> Path:
     """Write `files` (name -> bytes, or a file to copy) into a Hub cache at `cache_dir`; return the snapshot folder.
+    `repo_type="dataset"` writes a dataset repository's cache (a precomputed product's file).
 
     Files are written as plain files in the snapshot (no blob symlinks), which
     `hf_hub_download(..., revision=<commit sha>)` serves as-is and which works on any file system.
@@ -39,7 +41,7 @@ def build_hf_cache(cache_dir: str | Path, repo_id: str, revision: str, files: Ma
     snapshot = Path()
     for filename, content in files.items():
         org, name, parts = _names(repo_id, revision, filename)
-        repo = Path(cache_dir) / f"models--{org}--{name}"
+        repo = Path(cache_dir) / f"{repo_type}s--{org}--{name}"
         snapshot = repo / "snapshots" / revision
         dest = snapshot.joinpath(*parts)
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ rs-embed's default is bilinear, like the STAC and local providers); QA/class ban
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from rs_embed_core.collections import (
@@ -69,9 +70,12 @@ def source_collection(sensor: SensorSpec, window: TemporalSpec, roi: Any, max_sc
     (name -> required value, e.g. Sentinel-1's instrumentMode), oldest first."""
     import ee
 
-    col = ee.ImageCollection(sensor.collection).filterDate(window.start.isoformat(), window.end.isoformat())
-    col = col.filterBounds(roi)
     coll = known_collection(sensor.collection)
+    start, end = window.start, window.end
+    if coll is not None and coll.annual:  # images stamped 1 January: a window inside a year selects that year
+        start, end = dt.date(start.year, 1, 1), dt.date((end - dt.timedelta(days=1)).year + 1, 1, 1)
+    col = ee.ImageCollection(sensor.collection).filterDate(start.isoformat(), end.isoformat())
+    col = col.filterBounds(roi)
     if coll is not None and coll.kind == "sar":
         # Sentinel-1 images carry only the polarisations they were acquired in: keep those with every one asked
         for band in sensor.bands:
