@@ -129,8 +129,11 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(dest: Path, write: Any, *, durable: bool = True) -> None:
-    """write(tmp_path) then rename onto dest (fsync'd when durable): never half a file at `dest`."""
+def atomic_write(dest: Path, write: Any, *, durable: bool = True, sync_dir: bool = True) -> None:
+    """write(tmp_path) then rename onto dest (fsync'd when durable): never half a file at `dest`.
+
+    `sync_dir=False` leaves the folder's fsync to the caller (export syncs each folder once per group
+    of parts, before their journal records)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
@@ -139,7 +142,7 @@ def atomic_write(dest: Path, write: Any, *, durable: bool = True) -> None:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, dest)
-        if durable:
+        if durable and sync_dir:
             _fsync_dir(dest.parent)
     finally:
         if tmp.exists():
@@ -165,7 +168,7 @@ def _save_part(path: Path, emb: Embedding) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, data=emb.data, meta=np.asarray(meta), grid=np.asarray(grid))
 
-    atomic_write(path, write)
+    atomic_write(path, write, sync_dir=False)
 
 
 def _load_part(path: Path) -> Embedding:
@@ -198,10 +201,13 @@ class Journal:
                 continue  # a line cut by a crash
         return done
 
-    def append(self, rec: dict[str, Any]) -> None:
-        line = json.dumps(rec, default=str) + "\n"
+    def append(self, *recs: dict[str, Any]) -> None:
+        """Add records in one write and one fsync."""
+        if not recs:
+            return
+        lines = "".join(json.dumps(rec, default=str) + "\n" for rec in recs)
         with open(self.path, "a") as f:
-            f.write(line)
+            f.write(lines)
             f.flush()
             os.fsync(f.fileno())
 
@@ -388,19 +394,36 @@ def export_batch(
                      names=[shown[i] for i in items], batch_size=batch_size, progress=progress, retry=policy,
                      min_valid_fraction=min_valid_fraction, on_low_valid=on_low_valid, workers=workers,
                      on_input=lambda q, r, its, _items=items: on_input(q, r, its, _items), input_pixels=save_inputs)
-        for k, jj, result in stream:
-            i, r = items[k], reqs[todo[jj]]
-            if isinstance(result, ItemError):
-                rec = {"item": i, "model": r.key, "status": "failed",
-                       "error": {**_jsonable(converter.unstructure(result)), "index": i}}
-                rec["error"].pop("cause", None)
-                stats["failed"] += 1
-            else:
-                if save_embeddings:
-                    _save_part(root / PARTS / r.key / f"{i:06d}.npz", result)
-                rec = {"item": i, "model": r.key, "status": "ok"}
-                stats["ok"] += 1
-            journal.append(rec)
+        group: list[dict[str, Any]] = []  # records whose parts are written, journaled a group at a time
+        folders: set[Path] = set()
+
+        def commit() -> None:
+            for folder in folders:  # the parts' renames are durable before their records say "ok"
+                _fsync_dir(folder)
+            journal.append(*group)
+            group.clear()
+            folders.clear()
+
+        try:
+            for k, jj, result in stream:
+                i, r = items[k], reqs[todo[jj]]
+                if isinstance(result, ItemError):
+                    rec = {"item": i, "model": r.key, "status": "failed",
+                           "error": {**_jsonable(converter.unstructure(result)), "index": i}}
+                    rec["error"].pop("cause", None)
+                    stats["failed"] += 1
+                else:
+                    if save_embeddings:
+                        part = root / PARTS / r.key / f"{i:06d}.npz"
+                        _save_part(part, result)
+                        folders.add(part.parent)
+                    rec = {"item": i, "model": r.key, "status": "ok"}
+                    stats["ok"] += 1
+                group.append(rec)
+                if len(group) >= batch_size:
+                    commit()
+        finally:  # also on Ctrl-C or an error: what is written is recorded, so a resume skips it
+            commit()
 
     final = journal.read()
     files = _consolidate(root, reqs, jobs, spatials, shown, stems, temporal, final, layout, fmt, save_embeddings)

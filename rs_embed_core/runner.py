@@ -27,6 +27,7 @@ from . import __version__
 from .card import ModelCard, Step, Variant
 from .convert import converter
 from .embedder import BatchContext, Embedder
+from .assemble import make_embedding
 from .embedding import Embedding
 from .errors import BatchError, ItemError, LowValidDataError, RsEmbedError, SpecError
 from .fetching import fetch_stream, raster_cache  # noqa: F401  (raster_cache: re-exported for tests)
@@ -401,7 +402,7 @@ def run(
             meta["name"] = names[i]
         if tiling is not None:
             meta["tiling"] = tiling
-        return _make_embedding(job.card, job.output, pooled, grid, prepped, meta, out_grid)
+        return make_embedding(job.card, job.output, pooled, grid, prepped, meta, out_grid)
 
     def flush(j: int) -> Iterator[tuple[int, int, Embedding | ItemError]]:
         pieces = pending[j]
@@ -571,36 +572,6 @@ def run(
             "values. Check the time window / data coverage, or pass on_low_valid='allow' or 'error'.",
             LowValidDataWarning, stacklevel=3,
         )
-
-
-def _make_embedding(
-    card: ModelCard,
-    output: OutputSpec,
-    pooled: np.ndarray | None,
-    grid: np.ndarray | None,
-    prepped: Raster,
-    meta: dict[str, Any],
-    out_grid: Any = None,
-) -> Embedding:
-    if output.mode == "grid":
-        if grid is None:
-            raise SpecError(f"model {card.id!r} does not produce a grid output")
-        spec = out_grid if out_grid is not None else prepped.grid.resized(grid.shape[2], grid.shape[1])
-        return Embedding(grid, {**meta, "output_kind": "grid"}, spec)
-    if output.pooling == "model":
-        if pooled is not None:
-            vec = pooled
-        elif grid is not None:
-            vec = grid.mean(axis=(1, 2))
-        else:
-            raise SpecError(f"model {card.id!r} returned no output")
-        meta["pooling"] = card.pooled
-    else:
-        if grid is None:
-            raise SpecError(f"model {card.id!r} has no token grid to {output.pooling}-pool; use pooling='model'")
-        vec = grid.mean(axis=(1, 2)) if output.pooling == "mean" else grid.max(axis=(1, 2))
-        meta["pooling"] = f"{output.pooling} of the token grid"
-    return Embedding(np.ascontiguousarray(vec, dtype=np.float32), {**meta, "output_kind": "pooled"}, None)
 
 
 # ---------------------------------------------------------------- one model, collected
