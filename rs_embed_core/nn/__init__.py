@@ -4,6 +4,8 @@ Parameter names follow open_clip's checkpoints (`ln_1`, `attn.in_proj_weight`, `
 model built from these parts loads an open_clip-format state dict strictly, key for key.
 """
 
+from .alibi import alibi_bias_2d, alibi_slopes
+from .flexi import BandGroupPatchEmbed, FlexiPatchEmbed, pi_resize_kernel, resize_matrix
 from .fourier import fourier_features, in_fourier_range
 from .hypernet import KernelGenerator, PostNormEncoderLayer, ResidualMlp, generated_kernel
 from .layer_scale import LayerScale, LayerScaleBlock
@@ -17,7 +19,9 @@ from .transformer import ACTIVATIONS, Attention, Block, Mlp, QuickGELU, Transfor
 __all__ = [
     "ACTIVATIONS",
     "Attention",
+    "BandGroupPatchEmbed",
     "Block",
+    "FlexiPatchEmbed",
     "KernelGenerator",
     "LayerScale",
     "LayerScaleBlock",
@@ -32,12 +36,16 @@ __all__ = [
     "TimmMlp",
     "Transformer",
     "activation",
+    "alibi_bias_2d",
+    "alibi_slopes",
     "fourier_features",
     "generated_kernel",
     "grid_to_tokens",
     "in_fourier_range",
+    "pi_resize_kernel",
     "pool_tokens",
     "prepend_tokens",
+    "resize_matrix",
     "sincos_1d",
     "sincos_2d",
     "sincos_3d",
