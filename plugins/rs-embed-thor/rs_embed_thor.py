@@ -262,7 +262,8 @@ class THOR(Embedder):
         if self.model is None:
             self.load()
         pooled, grid, layout = self.model.embed(x[:, 0].float(), channels, patch)  # type: ignore[union-attr]
-        extra = {"patch_size": patch, "token_grids": {f"group{g}": list(hw) for g, hw in layout}}
+        grids = {f"group{g}": list(hw) for g, hw in layout}  # the same for every item; meta is per item
+        extra = {"patch_size": [patch] * x.shape[0], "token_grids": [grids] * x.shape[0]}
         return EmbedOutput(pooled=pooled, grid=grid if ctx.want == "grid" else None, extra=extra)
 
 

@@ -74,25 +74,20 @@ class ThorEncoder(nn.Module):
         unknown = sorted(set(bands) - set(GSD_M))
         if unknown:
             raise SpecError(f"THOR has no channels {unknown}")
-        seq, points, layout, footprints = [], [], [], []
+        seq, layout = [], []
         for g, members in enumerate(GROUPS):
             present = [(KERNEL[c], bands[c]) for c in members if c in bands]
             if not present:
                 continue
-            x, (h, w) = self.ind_patch_embed(present, patch)
-            gsd = GSD_M[members[0]]
-            size_code = sincos_1d(self.footprint_dim, [patch * gsd / (REF_PATCH * MIN_GSD)])
+            x, hw = self.ind_patch_embed(present, patch)
+            size_code = sincos_1d(self.footprint_dim, [footprint_code(GSD_M[members[0]], patch)])
             aux = torch.cat([size_code.to(x), self.band_embed[f"group{g}"].to(x)[None]], dim=-1)
             seq.append(x + aux)
-            rows = (torch.arange(h, dtype=torch.float64) * patch + patch / 2) * gsd
-            cols = (torch.arange(w, dtype=torch.float64) * patch + patch / 2) * gsd
-            points.append(torch.cartesian_prod(rows, cols))
-            layout.append((g, (h, w)))
-            footprints.append(patch * gsd)
+            layout.append((g, hw))
         if not seq:
             raise SpecError("THOR got no bands")
         x = torch.cat(seq, dim=1)
-        where = (torch.cat(points) / max(footprints)).to(device=x.device, dtype=torch.float32)
+        where = token_positions(layout, patch).to(device=x.device, dtype=torch.float32)
         bias = alibi_bias_2d(where, self.encoder_slopes.float()).to(x.dtype)
         for block in self.blocks:
             x = block(x, bias)
@@ -117,6 +112,24 @@ class ThorEncoder(nn.Module):
         normed = self.norm(tokens)
         pooled = self.norm(normed.mean(dim=1))
         return pooled, merge_group_grids(tokens, layout), layout
+
+
+def footprint_code(gsd: float, patch: int) -> float:
+    """The value THOR's patch-size code encodes: patch x GSD / (reference patch 4 x finest GSD 10 m)."""
+    return patch * gsd / (REF_PATCH * MIN_GSD)
+
+
+def token_positions(layout: Layout, patch: int) -> torch.Tensor:
+    """(T, 2) ground positions of the tokens in `layout` order: each patch centre (row, column) in metres,
+    ((i * p + p / 2) * GSD, (j * p + p / 2) * GSD), over the largest patch footprint p * GSD present."""
+    points, footprints = [], []
+    for g, (h, w) in layout:
+        gsd = GSD_M[GROUPS[g][0]]
+        rows = (torch.arange(h, dtype=torch.float64) * patch + patch / 2) * gsd
+        cols = (torch.arange(w, dtype=torch.float64) * patch + patch / 2) * gsd
+        points.append(torch.cartesian_prod(rows, cols).reshape(h * w, 2))
+        footprints.append(patch * gsd)
+    return torch.cat(points) / max(footprints)
 
 
 def merge_group_grids(tokens: torch.Tensor, layout: Layout) -> torch.Tensor:
