@@ -24,7 +24,7 @@ KNOWN_MODELS: dict[str, str] = {
     "prithvi": "rs-embed-prithvi", "terramind": "rs-embed-terramind", "satmae": "rs-embed-satmae",
     "satmaepp": "rs-embed-satmae", "scalemae": "rs-embed-scalemae", "dofa": "rs-embed-dofa",
     "olmoearth": "rs-embed-olmoearth", "croma": "rs-embed-croma", "panopticon": "rs-embed-panopticon",
-    "copernicusfm": "rs-embed-copernicusfm", "ssl4eo": "rs-embed-ssl4eo",
+    "copernicusfm": "rs-embed-copernicusfm", "ssl4eo": "rs-embed-ssl4eo", "thor": "rs-embed-thor",
 }
 KNOWN_PROVIDERS: dict[str, str] = {"gee": "rs-embed-gee", "stac": "rs-embed-stac"}
 

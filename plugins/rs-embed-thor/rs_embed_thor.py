@@ -177,9 +177,9 @@ Network: per-band 16 px kernels PI-resized to the variant's patch ({DEFAULT_PATC
 '-p16'; pre-trained with patches {PRETRAIN_PATCHES[0]}..{PRETRAIN_PATCHES[-1]}), tokens averaged within a group \
 (subsetmean over the bands present), plus [sin-cos code of patch x GSD / 40 m | fixed group code], 2D ALiBi \
 from patch-centre ground positions scaled by the largest patch footprint, pre-norm blocks, LayerNorm eps 1e-6. \
-Deviation: ALiBi distances are exact; the original's torch.cdist matrix-product path rounds them (about 1e-3 \
-for coincident tokens of the 10 m group) and the PI-resize pseudo-inverse is computed in float64 here, float32 \
-there.
+Numerics: ALiBi distances are exact (torch.cdist without its matrix-product path, which the original uses: \
+within 2e-6 at the default layout) and the PI-resize pseudo-inverse is computed in float64 (the original: \
+float32; the kernels differ by about 1e-6 relative).
 Outputs: grid = the last block's tokens, unnormalised (the authors' EmbeddingGenerationTask recipe, \
 out_indices [-1]), each group reshaped to its token grid, coarser groups upsampled bilinearly to the finest \
 group's grid and the groups averaged (merge_method 'mean'); 36 x 36 for the default. pooled = the pre-training \
@@ -240,6 +240,11 @@ class THOR(Embedder):
         selected = next((s.params.get("bands") for s in parsed if s.name == "select_bands"), None)
         bands = tuple(selected) if selected else tuple(b for s in sensors for b in s.bands)
         channels = channels_for(sensors, bands)
+        for step in parsed:  # e.g. the default chain of the first of two sensors: refused here, not after a fetch
+            n = len(step.params.get("mean", ())) if step.name == "normalize" else len(bands)
+            if n not in (1, len(bands)):
+                raise SpecError(f"THOR: the chain normalises {n} channels but the request gives {len(bands)} bands "
+                                f"{list(bands)}; pass preprocessing= with statistics for each (see STATS)")
         size = next((s.params.get("size") for s in reversed(parsed) if s.name == "resize"), None)
         if size is not None:
             h, w = (size, size) if isinstance(size, int) else tuple(size)

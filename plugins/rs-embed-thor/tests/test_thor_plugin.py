@@ -178,11 +178,12 @@ def test_default_chain_per_sensor_and_against_numpy():
     (dict(sensor=SensorSpec(rt.S2_L1C, ("B4", "B10"), 10)), "B10"),
     (dict(preprocessing=[("resize", {"size": 280})]), "multiple of 16"),
     (dict(variant="tiny-p16", preprocessing=[("resize", {"size": 160})], sensor=S2_ALL), "multiple of 96"),
+    (dict(sensor=(S2, S1)), "normalises 10 channels but the request gives 12"),  # two sensors, default chain
 ])
 def test_bad_requests_fail_before_any_fetch(tiny_registered, kw, match):
     from rs_embed import get_embedding
 
-    provider = FakeProvider(bands=S2_BANDS + ("B10",))
+    provider = FakeProvider(bands=S2_BANDS + ("B10", "VV", "VH"))
     with pytest.raises(SpecError, match=match):
         get_embedding("thor_tiny_test", PointBuffer(121.5, 31.2, 1440), WHEN, backend=provider, **kw)
     assert provider.calls == 0
@@ -381,3 +382,18 @@ def test_listing_models_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_sentinel2_and_sentinel1_together_with_their_statistics(tiny_registered, tmp_path):
+    from rs_embed import get_embedding
+
+    chans = rt.channels_for((S2, S1), rt.DEFAULT_BANDS + ("VV", "VH"))
+    chain = [("scale", {"factor": [1e-4] * 10 + [1.0, 1.0]}),
+             ("normalize", {"mean": [rt.STATS[c][0] for c in chans], "std": [rt.STATS[c][1] for c in chans]}),
+             ("fill_invalid", {"value": 0.0}), ("resize", {"size": 288})]
+    with random_weights("thor_tiny_test", "tiny", tmp_path, seed=4):
+        emb = get_embedding("thor_tiny_test", PointBuffer(121.5, 31.2, 1440), WHEN, OutputSpec.grid(),
+                            backend=FakeProvider(bands=S2_BANDS + ("VV", "VH")), sensor=(S2, S1),
+                            preprocessing=chain, device="cpu")
+    assert emb.data.shape == (32, 36, 36)
+    assert emb.meta["model_extra"]["token_grids"] == {"group0": [36, 36], "group1": [18, 18], "group3": [36, 36]}
