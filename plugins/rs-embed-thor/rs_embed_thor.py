@@ -190,8 +190,11 @@ another project pins commit {BASE_COMMIT_SEEN} and 376,628,228 bytes, but no dig
 digest is a pin in name only: no variant ships default weights. Download the file and pass weights=<path> \
 (pinned by its own sha256, opened with weights_only=True, loaded strictly after stripping the 'encoder.' \
 prefix and dropping the authors' ignore list decoder_* / decode_* / pos_embed* / ref_pos_embed*).
-Reference: none installs here (the authors' `thor` package is git-only, and PyPI's `thor` is another \
-project; terratorch does not carry THOR); see docs/models/thor.md for what is tested instead."""
+Reference: none installs here (the authors' `thor` package is on GitHub only, PyPI's `thor` is another \
+project, terratorch 1.2.13 and rshf do not carry THOR). tests/test_thor_equality.py compares with the authors' \
+ThorViTEncoder on shared random weights wherever their package is importable (skipped here); run by hand \
+against the copy of that code cybergis/rs-embed vendors, it passes with max |d| <= 4.3e-6 (grid) and \
+7.2e-7 (pooled) for tiny and base (docs/models/thor.md)."""
 
 
 class THOR(Embedder):
