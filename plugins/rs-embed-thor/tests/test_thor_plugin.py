@@ -397,3 +397,13 @@ def test_sentinel2_and_sentinel1_together_with_their_statistics(tiny_registered,
                             preprocessing=chain, device="cpu")
     assert emb.data.shape == (32, 36, 36)
     assert emb.meta["model_extra"]["token_grids"] == {"group0": [36, 36], "group1": [18, 18], "group3": [36, 36]}
+
+
+def test_tiled_large_roi_stitches_the_group_merged_grids(tiny_registered, tmp_path):
+    from rs_embed import get_embedding
+
+    with random_weights("thor_tiny_test", "tiny", tmp_path, seed=5):
+        emb = get_embedding("thor_tiny_test", PointBuffer(121.5, 31.2, 2880), WHEN, OutputSpec.grid(),
+                            backend=FakeProvider(bands=S2_BANDS), device="cpu", input_prep="tile")
+    assert emb.data.shape == (32, 72, 72) and np.isfinite(emb.data).all()  # 2 x 2 tiles of 288 px
+    assert emb.grid.shape == (72, 72) and emb.grid.res == pytest.approx(80.0)  # 8 px x 10 m per cell
