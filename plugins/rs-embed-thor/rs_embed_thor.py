@@ -98,7 +98,6 @@ HUB_FILE = "thor_v1_vit_{size}.pt"
 # The commit of FM4CS/THOR-1.0-base another project pins, with the file's size (376,628,228 bytes); no
 # sha256 of any THOR file could be found, so no default weights are pinned (see NOTES).
 BASE_COMMIT_SEEN = "823c265cbb941a3e1b9054910a65dbe190c11f11"
-WEIGHTS_LICENSE = "apache-2.0"
 
 
 def _params(size: str, patch: int) -> dict[str, Any]:
@@ -171,8 +170,8 @@ THOR_NORMALIZATION_PARAMS; S1: the IW 10 m dB statistics), invalid pixels 0 (the
 {IMAGE_SIZE} (bilinear, antialiased). Inside the network, as the authors' TerraTorch wrapper does, each band \
 is resampled (bilinear, align_corners=False, no antialias) from the 10 m grid to its group's native GSD \
 (20 m bands to half the size, 60 m to a sixth): the input is taken to be at 10 m whatever ROI size was \
-resized to {IMAGE_SIZE} px (the model is told the nominal GSD, as in the authors' pipeline; a {IMAGE_SIZE * 5} m \
-ROI gives exactly 10 m).
+resized to {IMAGE_SIZE} px (the model is told the nominal GSD, as in the authors' pipeline; buffer_m=\
+{IMAGE_SIZE * 5}, a {IMAGE_SIZE * 10} m square, gives exactly 10 m).
 Network: per-band 16 px kernels PI-resized to the variant's patch ({DEFAULT_PATCH} by default, 16 for \
 '-p16'; pre-trained with patches {PRETRAIN_PATCHES[0]}..{PRETRAIN_PATCHES[-1]}), tokens averaged within a group \
 (subsetmean over the bands present), plus [sin-cos code of patch x GSD / 40 m | fixed group code], 2D ALiBi \
