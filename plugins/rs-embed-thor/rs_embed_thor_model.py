@@ -107,7 +107,7 @@ class ThorEncoder(nn.Module):
 
     def embed(self, x: torch.Tensor, channels: Sequence[str],
               patch: int) -> tuple[torch.Tensor, torch.Tensor, Layout]:
-        """-> pooled (B, D) = LN(mean(LN(tokens))), grid (B, D, h, w) = group grids upsampled to the finest, averaged."""
+        """-> pooled (B, D) = LN(mean(LN(tokens))); grid (B, D, h, w) = group grids upsampled to the finest, mean."""
         tokens, layout = self.tokens(self.resample(x, channels), patch)
         normed = self.norm(tokens)
         pooled = self.norm(normed.mean(dim=1))

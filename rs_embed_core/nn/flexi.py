@@ -50,7 +50,7 @@ def pi_resize_kernel(kernel: torch.Tensor, size: int | Sequence[int]) -> torch.T
     if (kh, kw) == new:
         return kernel
     op = _pi_resize_operator((kh, kw), new)
-    flat = kernel.detach().reshape(d * c, kh * kw).to("cpu", torch.float64)
+    flat = kernel.reshape(d * c, kh * kw).to("cpu", torch.float64)
     return (flat @ op.T).reshape(d, c, *new).to(kernel.device, kernel.dtype)
 
 

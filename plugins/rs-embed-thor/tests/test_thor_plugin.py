@@ -25,7 +25,13 @@ from rs_embed_core.preprocess import apply_chain
 from rs_embed_core.providers import FetchRequest
 from rs_embed_core.raster import Raster
 from rs_embed_core.specs import OutputSpec, PointBuffer, SensorSpec, TemporalSpec
-from rs_embed_core.testing import FakeProvider, check_embedder_contract, check_strict_loading, random_weights, registered
+from rs_embed_core.testing import (
+    FakeProvider,
+    check_embedder_contract,
+    check_strict_loading,
+    random_weights,
+    registered,
+)
 
 import rs_embed_thor as rt
 import rs_embed_thor_model as rtm
