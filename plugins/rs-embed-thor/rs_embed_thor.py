@@ -166,7 +166,9 @@ authors' downstream default), one median composite. Level-2A because the pre-tra
 include the L2A scene classification (SCL); {S2_L1C} (same band names) is accepted with the same statistics. \
 Sentinel-1 ({S1_GRD}, VV/VH/HH/HV in dB, IW kernels) is the other sensor; both together need preprocessing=.
 Chain: DN x 1e-4 (reflectance), per-channel mean/std of THOR's pre-training (the extension's \
-THOR_NORMALIZATION_PARAMS; S1: the IW 10 m dB statistics), invalid pixels 0 (the channel mean), resize to \
+THOR_NORMALIZATION_PARAMS; S1: the IW 10 m dB statistics; the authors advise dataset statistics for \
+fine-tuning, and their example configs use them: for arbitrary places the pre-training ones are the published \
+choice, pass preprocessing= to use yours), invalid pixels 0 (the channel mean), resize to \
 {IMAGE_SIZE} (bilinear, antialiased). Inside the network, as the authors' TerraTorch wrapper does, each band \
 is resampled (bilinear, align_corners=False, no antialias) from the 10 m grid to its group's native GSD \
 (20 m bands to half the size, 60 m to a sixth): the input is taken to be at 10 m whatever ROI size was \
