@@ -18,7 +18,7 @@ from rs_embed_core.nn import (  # noqa: E402
     month_table,
     months_of,
     patch_missing,
-    resize_patch_kernel,
+    pi_resize_kernel,
     sincos_1d,
     sincos_2d,
 )
@@ -34,20 +34,10 @@ def test_resized_kernel_gives_the_same_token_for_an_upsampled_patch():
     x = torch.randn(2, 3, 4, 4, generator=_gen(2))
     for p in (4, 6, 8, 12):
         up = F.interpolate(x, (p, p), mode="bicubic", antialias=True)
-        w_p = resize_patch_kernel(w, p)
+        w_p = pi_resize_kernel(w, p)
         assert w_p.shape == (5, 3, p, p)
         torch.testing.assert_close(F.conv2d(up, w_p), F.conv2d(x, w), rtol=1e-4, atol=1e-4)
-    assert resize_patch_kernel(w, 4) is w
-
-
-def test_flexi_patch_embed_runs_at_any_patch_size_and_refuses_untiled_input():
-    pe = FlexiPatchEmbed(2, 8, 4)
-    x = torch.randn(1, 2, 12, 12, generator=_gen(3))
-    assert pe(x, 4).shape == (1, 8, 3, 3) and pe(x, 2).shape == (1, 8, 6, 6) and pe(x, 6).shape == (1, 8, 2, 2)
-    torch.testing.assert_close(pe(x, 4), pe.proj(x))
-    with pytest.raises(SpecError, match="multiple of the patch size"):
-        pe(x, 5)
-    assert set(pe.state_dict()) == {"proj.weight", "proj.bias"}
+    assert pi_resize_kernel(w, 4) is w
 
 
 def test_month_table_is_a_yearly_circle():

@@ -44,6 +44,19 @@ EXPONENT_SCALE = 0.25  # Galileo's sin-cos frequencies: 10000^(-i / (2 dim)) (se
 NORM_EPS = 1e-5  # torch's LayerNorm default, as the authors build theirs
 
 
+
+class _GroupPatchEmbed(nn.Module):
+    """One channel group's flexible patch embedding under the checkpoint's `<group>.proj.*` keys, as a map."""
+
+    def __init__(self, in_chans: int, dim: int, kernel: int) -> None:
+        super().__init__()
+        self.proj = FlexiPatchEmbed(in_chans, dim, kernel)
+
+    def forward(self, x: torch.Tensor, patch_size: int) -> torch.Tensor:
+        """(N, C, H, W) -> (N, D, H/p, W/p)."""
+        tokens, (h, w) = self.proj(x, patch_size)
+        return tokens.transpose(1, 2).reshape(x.shape[0], -1, h, w)
+
 class GalileoAttention(nn.Module):
     """Self-attention with separate `q`, `k`, `v` Linear layers (biases on) and `proj`; a key mask."""
 
@@ -97,8 +110,8 @@ class Galileo(nn.Module):
         self.st_channel_embed = nn.Parameter(torch.zeros(len(STATIC_GROUPS), q))
         self.blocks = nn.ModuleList(GalileoBlock(dim, int(cfg["num_heads"]), float(cfg["mlp_ratio"]))
                                     for _ in range(int(cfg["depth"])))
-        self.space_time_embed = nn.ModuleDict({g: FlexiPatchEmbed(len(b), dim, kernel) for g, b in SPACE_TIME_GROUPS})
-        self.space_embed = nn.ModuleDict({g: FlexiPatchEmbed(n, dim, kernel) for g, n in SPACE_GROUPS})
+        self.space_time_embed = nn.ModuleDict({g: _GroupPatchEmbed(len(b), dim, kernel) for g, b in SPACE_TIME_GROUPS})
+        self.space_embed = nn.ModuleDict({g: _GroupPatchEmbed(n, dim, kernel) for g, n in SPACE_GROUPS})
         self.time_embed = nn.ModuleDict({g: nn.Linear(n, dim) for g, n in TIME_GROUPS})
         self.static_embed = nn.ModuleDict({g: nn.Linear(n, dim) for g, n in STATIC_GROUPS})
         self.norm = nn.LayerNorm(dim, eps=NORM_EPS)

@@ -4,8 +4,9 @@ Parameter names follow open_clip's checkpoints (`ln_1`, `attn.in_proj_weight`, `
 model built from these parts loads an open_clip-format state dict strictly, key for key.
 """
 
-from .flexi import FlexiPatchEmbed, resize_patch_kernel
 from .cyclic import latlon_code, week_hour_code
+from .alibi import alibi_bias_2d, alibi_slopes
+from .flexi import BandGroupPatchEmbed, FlexiPatchEmbed, pi_resize_kernel, resize_matrix
 from .fourier import fourier_features, in_fourier_range
 from .geo_time import lonlat_to_xyz, month_table, months_of
 from .hypernet import KernelGenerator, PostNormEncoderLayer, ResidualMlp, generated_kernel
@@ -21,6 +22,7 @@ from .vitpytorch import VitPytorchAttention, VitPytorchFeedForward, VitPytorchTr
 __all__ = [
     "ACTIVATIONS",
     "Attention",
+    "BandGroupPatchEmbed",
     "Block",
     "FlexiPatchEmbed",
     "KernelGenerator",
@@ -40,6 +42,8 @@ __all__ = [
     "VitPytorchFeedForward",
     "VitPytorchTransformer",
     "activation",
+    "alibi_bias_2d",
+    "alibi_slopes",
     "fourier_features",
     "generated_kernel",
     "grid_to_tokens",
@@ -51,7 +55,10 @@ __all__ = [
     "latlon_code",
     "pool_tokens",
     "prepend_tokens",
-    "resize_patch_kernel",
+    "pi_resize_kernel",
+    "pool_tokens",
+    "prepend_tokens",
+    "resize_matrix",
     "sincos_1d",
     "sincos_2d",
     "sincos_2d_gsd",

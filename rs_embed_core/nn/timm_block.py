@@ -32,10 +32,11 @@ class TimmAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """`attn_bias` (broadcastable to (B, heads, N, N)) is added to the scaled logits (ALiBi)."""
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if attn_bias is None else attn_bias.to(q.dtype))
         return self.proj(y.transpose(1, 2).reshape(b, n, d))
 
 
@@ -81,6 +82,6 @@ class TimmBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps, bias=norm_bias)
         self.mlp = TimmMlp(dim, int(dim * mlp_ratio), act, bias=mlp_bias, gated=gated_mlp)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), attn_bias)
         return x + self.mlp(self.norm2(x))
