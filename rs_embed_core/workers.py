@@ -97,7 +97,7 @@ def _child_main(conn: Any, provider: Any, task: Callable[..., tuple[Any, int, An
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     from .providers import reading
 
-    reading.close_datasets()  # handles inherited through fork share file offsets with the parent
+    reading.forget_datasets()  # handles inherited through fork share file offsets with the parent
     if "torch" in sys.modules:  # a forked copy of a process that ran torch: no intra-op thread pool here
         sys.modules["torch"].set_num_threads(1)
     while True:

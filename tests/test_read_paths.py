@@ -145,3 +145,27 @@ def test_sample_scene_read_uses_the_window_path(tmp_path):
     grid = grid_for(PointBuffer(121.5, 31.2, 300), 10)
     fast, slow = _both(str(path), grid, [1, 2, 3, 4])
     _assert_same(fast, slow, exact=False)
+
+
+def test_open_files_are_reused_across_short_lived_threads(tmp_path, monkeypatch):
+    """The runner reads on a new thread per call (its timeout); the file must not be reopened each time,
+    and two threads never hold one dataset at once."""
+    import threading
+
+    t = Affine(10, 0, 300000, 0, -10, 3460000)
+    path = _write(tmp_path / "x.tif", np.arange(400, dtype=np.uint16).reshape(1, 20, 20), t)
+    grid = GridSpec("EPSG:32651", t.c, t.f, 10, 20, 20)
+    opened = []
+    real_open = rasterio.open
+    monkeypatch.setattr(rasterio, "open", lambda p, *a, **k: opened.append(p) or real_open(p, *a, **k))
+    reading.close_datasets()
+    for _ in range(5):
+        th = threading.Thread(target=reading.read_warped, args=(path, grid, [1]))
+        th.start()
+        th.join()
+    assert len(opened) == 1
+    in_use = []
+    with reading.open_dataset(path) as a, reading.open_dataset(path) as b:
+        in_use += [a, b]
+        assert a is not b
+    reading.close_datasets()

@@ -15,11 +15,12 @@ exported in the environment win over these defaults.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import warnings
 from collections import OrderedDict
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -99,17 +100,12 @@ def read_warped(
     overrides = _nodata_per_band(nodata, len(idx))
     env = {**network_env(), **dict(gdal_env or {})}
     try:
-        with _env(env):
-            src = open_dataset(path)
-            try:
-                win = _aligned_window(src, grid)
-                if win is not None:
-                    data, valid = _read_window(src, win, grid, idx, overrides)
-                else:
-                    data, valid = _read_through_warp(src, grid, idx, overrides, resampling)
-            finally:
-                if not _cacheable(path):
-                    src.close()
+        with _env(env), open_dataset(path) as src:
+            win = _aligned_window(src, grid)
+            if win is not None:
+                data, valid = _read_window(src, win, grid, idx, overrides)
+            else:
+                data, valid = _read_through_warp(src, grid, idx, overrides, resampling)
     except RasterioError as exc:
         raise _classify(exc, path) from None
     valid &= np.isfinite(data)
@@ -118,53 +114,120 @@ def read_warped(
 
 # ---------------------------------------------------------------- open datasets, per thread
 
-_MAX_OPEN = 64  # datasets kept open per thread (file handles and GDAL block caches)
-_open = threading.local()
+_MAX_IDLE = 64  # open datasets kept idle (file handles and GDAL block caches), least recently used dropped
 
 
 def _cacheable(path: str) -> bool:
-    """Local files are kept open (keyed by size and mtime); URLs are not: signed URLs expire."""
+    """Local files are kept open (keyed by inode, size and mtime); URLs are not: signed URLs expire."""
     return "://" not in path and not path.startswith("/vsi")
 
 
 def _env(env: Mapping[str, str]) -> Any:
-    import contextlib
-
     import rasterio
 
     return rasterio.Env(**env) if env else contextlib.nullcontext()
 
 
-def open_dataset(path: str) -> Any:
-    """An open rasterio dataset for `path`: for a local file, this thread's open one while the file is
-    unchanged (size and mtime), else a new one. Datasets are never shared between threads (GDAL
-    datasets are not thread-safe); the caller closes only what is not cached (`_cacheable`)."""
+class _DatasetPool:
+    """Idle open datasets of local files, lent to one thread at a time.
+
+    GDAL datasets are not thread-safe but may move between threads, so a read borrows one (or opens
+    one), uses it alone, and gives it back; a fetch thread that lives for one call (the runner's
+    timeout threads) still finds the file open and its decompressed blocks cached. A file that
+    changed (inode, size or mtime) is opened again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: OrderedDict[tuple[str, tuple[int, int, int]], list[Any]] = OrderedDict()
+        self._count = 0
+
+    @staticmethod
+    def _key(path: str) -> tuple[str, tuple[int, int, int]]:
+        st = os.stat(path)
+        return path, (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def borrow(self, path: str) -> Any:
+        import rasterio
+
+        key = self._key(path)
+        with self._lock:
+            free = self._idle.get(key)
+            if free:
+                self._count -= 1
+                ds = free.pop()
+                if not free:
+                    del self._idle[key]
+                return ds
+        return rasterio.open(path)
+
+    def give_back(self, path: str, ds: Any) -> None:
+        if ds.closed:
+            return
+        try:
+            key = self._key(path)
+        except OSError:  # the file is gone
+            ds.close()
+            return
+        drop = []
+        with self._lock:
+            for old in [k for k in self._idle if k[0] == path and k != key]:  # stale versions of the file
+                stale = self._idle.pop(old)
+                self._count -= len(stale)
+                drop += stale
+            self._idle.setdefault(key, []).append(ds)
+            self._idle.move_to_end(key)
+            self._count += 1
+            while self._count > _MAX_IDLE:
+                _, free = next(iter(self._idle.items()))
+                drop.append(free.pop(0))
+                self._count -= 1
+                if not free:
+                    self._idle.popitem(last=False)
+        for d in drop:
+            d.close()
+
+    def close_all(self) -> None:
+        with self._lock:
+            idle = [d for free in self._idle.values() for d in free]
+            self._idle.clear()
+            self._count = 0
+        for d in idle:
+            d.close()
+
+
+_pool = _DatasetPool()
+
+
+@contextlib.contextmanager
+def open_dataset(path: str) -> Iterator[Any]:
+    """An open rasterio dataset for `path`, this thread's alone while the block runs: for a local file
+    one kept open from an earlier read (see `_DatasetPool`), for a URL a fresh one, closed after."""
     import rasterio
 
     if not _cacheable(path):
-        return rasterio.open(path)
-    cache: OrderedDict[str, tuple[tuple[int, int, int], Any]] = getattr(_open, "datasets", None) or OrderedDict()
-    _open.datasets = cache
-    st = os.stat(path)
-    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
-    hit = cache.get(path)
-    if hit is not None and hit[0] == stamp and not hit[1].closed:
-        cache.move_to_end(path)
-        return hit[1]
-    if hit is not None:
-        hit[1].close()
-    ds = rasterio.open(path)
-    cache[path] = (stamp, ds)
-    while len(cache) > _MAX_OPEN:
-        cache.popitem(last=False)[1][1].close()
-    return ds
+        with rasterio.open(path) as ds:
+            yield ds
+        return
+    ds = _pool.borrow(path)
+    try:
+        yield ds
+    except BaseException:
+        ds.close()  # a failed read may leave GDAL's state unknown: do not lend it again
+        raise
+    _pool.give_back(path, ds)
 
 
 def close_datasets() -> None:
-    """Close this thread's open datasets (tests that rewrite files in place; worker shutdown)."""
-    for _, ds in getattr(_open, "datasets", {}).values():
-        ds.close()
-    _open.datasets = OrderedDict()
+    """Close every idle dataset (e.g. before rewriting files in place)."""
+    _pool.close_all()
+
+
+def forget_datasets() -> None:
+    """In a forked worker: a pool of its own. The inherited one (whose lock another thread of the parent
+    may have held at the fork) is dropped untouched; its handles close when it is collected."""
+    global _pool
+    _pool = _DatasetPool()
 
 
 # ---------------------------------------------------------------- the two read paths
@@ -216,9 +279,10 @@ def _read_window(src: Any, win: Any, grid: GridSpec, idx: list[int], overrides: 
     alpha = None
     if ColorInterp.alpha in src.colorinterp:
         alpha = src.read(list(src.colorinterp).index(ColorInterp.alpha) + 1, window=inner) > 0
+    all_flags = src.mask_flag_enums  # computed by rasterio on each access: once per read
     for k, band in enumerate(idx):  # an override replaces the file's own masks for its band
         o = overrides[k]
-        flags = src.mask_flag_enums[band - 1]
+        flags = all_flags[band - 1]
         if o is not None:
             valid[k, ys, xs] = raw[k] != o
             continue
