@@ -248,7 +248,7 @@ def fetch_stream(
     with the raster as a dict (None when nothing was prepared for that index). The workers are threads
     or processes (`rs_embed_core.workers.plan_workers`).
     """
-    from .workers import close_all, plan_workers, process_workers
+    from .workers import close_all, plan_workers, process_workers, shared_pool
 
     n = len(requests)
     timeout_s = fetch_timeout(provider)
@@ -263,7 +263,13 @@ def fetch_stream(
         remaining[r.key] = remaining.get(r.key, 0) + 1
     tasks: queue.SimpleQueue[tuple[FetchRequest, _Slot] | None] = queue.SimpleQueue()
     cancelled = threading.Event()
-    procs = process_workers(count, provider, fetch_task) if kind == "processes" else []
+    procs: list[Any] = []
+    pool = shared_pool(fetch_task) if kind == "processes" else None
+    if pool is not None:
+        procs = pool.take(count, provider) or []
+        if not procs:  # a provider the pool's processes cannot load: processes forked with it, for this call
+            pool = None
+            procs = process_workers(count, provider, fetch_task)
 
     def work(run: Callable[..., tuple[Any, int, Any]]) -> None:
         while True:
@@ -289,6 +295,7 @@ def fetch_stream(
         t.start()
     slots: dict[str, _Slot] = {}
     ahead = 0
+    finished = False
     try:
         for i, req in enumerate(requests):
             while ahead < n and len(slots) < window:
@@ -307,8 +314,14 @@ def fetch_stream(
                 del slots[req.key]
             pre = slot.then if slot.owner == i else None
             yield i, (slot.error if slot.error is not None else slot.raster), slot.attempts, pre  # type: ignore[misc]
+        finished = True
     finally:
         cancelled.set()  # queued work is skipped; running calls finish (or hang) on daemon threads
         for _ in threads:
             tasks.put(None)
-        close_all(procs)  # busy processes are terminated: nothing outlives the stream
+        if pool is not None and finished:  # every task answered: the processes serve the next call
+            for t in threads:
+                t.join()
+            pool.give_back(procs)
+        else:  # interrupted (Ctrl-C, an error, an abandoned stream): busy processes are terminated
+            close_all(procs)

@@ -16,12 +16,15 @@ script must guard its entry point with `if __name__ == "__main__":`.
 
 from __future__ import annotations
 
+import atexit
+import itertools
 import multiprocessing
 import os
 import pickle
 import signal
 import sys
 import threading
+import weakref
 from multiprocessing.connection import wait
 from typing import Any, Callable
 
@@ -93,13 +96,22 @@ def _travel(result: tuple[Any, int, Any]) -> tuple[Any, int, Any]:
     return raster, attempts, prepared
 
 
+_MAX_PROVIDERS = 8  # providers a worker keeps installed (least recently installed dropped)
+_CHILD_RASTER_CACHE = 32 * 2**20  # a worker's own raster cache: small, there are many workers
+
+
 def _child_main(conn: Any, provider: Any, task: Callable[..., tuple[Any, int, Any]]) -> None:
+    """A worker's loop. Messages: ("install", token, pickled provider) -> True or the error;
+    ("task", token, payload) -> task(provider, *payload); None -> exit. `provider` (token 0) came by fork."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    from . import fetching
     from .providers import reading
 
     reading.forget_datasets()  # handles inherited through fork share file offsets with the parent
+    fetching.raster_cache = fetching.RasterCache(_CHILD_RASTER_CACHE)
     if "torch" in sys.modules:  # a forked copy of a process that ran torch: no intra-op thread pool here
         sys.modules["torch"].set_num_threads(1)
+    providers: dict[int, Any] = {0: provider} if provider is not None else {}
     while True:
         try:
             msg = conn.recv()
@@ -107,8 +119,19 @@ def _child_main(conn: Any, provider: Any, task: Callable[..., tuple[Any, int, An
             return
         if msg is None:
             return
+        kind, token, body = msg
+        if kind == "install":
+            try:
+                providers[token] = pickle.loads(body)
+                while len(providers) > _MAX_PROVIDERS:
+                    providers.pop(next(iter(providers)))
+                reply: Any = True
+            except Exception as exc:  # noqa: BLE001 - e.g. a class this process cannot import
+                reply = f"{type(exc).__name__}: {exc}"
+            conn.send(reply)
+            continue
         try:
-            result = _travel(task(provider, *msg))
+            result = _travel(task(providers[token], *body))
         except Exception as exc:  # noqa: BLE001 - a bug in the task fails its item, not the worker
             result = (_readable(ProviderError(f"{type(exc).__name__} in a worker process: {exc}")), 1, None)
         try:
@@ -145,24 +168,52 @@ def _recv(conn: Any) -> Any:
 
 
 class ProcessWorker:
-    """One child process that runs `task(provider, *payload)` for the thread that owns it."""
+    """One child process that runs `task(provider, *payload)` for the thread that owns it.
 
-    def __init__(self, ctx: Any, provider: Any, task: Callable[..., tuple[Any, int, Any]]) -> None:
-        self._ctx, self._provider, self._task = ctx, provider, task
+    The provider is either the one the process was forked with (token 0, a per-call worker) or one
+    installed by `bind` (pickled once per worker and provider: pooled workers serve many calls).
+    """
+
+    def __init__(self, ctx: Any, task: Callable[..., tuple[Any, int, Any]], provider: Any = None) -> None:
+        self._ctx, self._task, self._forked_with = ctx, task, provider
         self.closing = False
+        self._token, self._pickled = 0, b""
         self._start()
 
     def _start(self) -> None:
         parent, child = self._ctx.Pipe()
-        self.proc = self._ctx.Process(target=_child_main, args=(child, self._provider, self._task),
+        self.proc = self._ctx.Process(target=_child_main, args=(child, self._forked_with, self._task),
                                       name="rs-embed-worker", daemon=True)
         self.proc.start()
         child.close()
         self.conn = parent
+        self.installed: set[int] = {0} if self._forked_with is not None else set()
+
+    def bind(self, token: int, pickled: bytes) -> None:
+        """Serve provider `token` (its pickle installed on first use) until bound again."""
+        self._token, self._pickled = token, pickled
+
+    def _install(self) -> str | None:
+        if self._token in self.installed:
+            return None
+        self.conn.send(("install", self._token, self._pickled))
+        ready = wait([self.conn, self.proc.sentinel])
+        if self.conn not in ready:
+            raise EOFError
+        reply = self.conn.recv()
+        if reply is not True:
+            return str(reply)
+        self.installed.add(self._token)
+        return None
 
     def __call__(self, *payload: Any) -> tuple[Any, int, Any]:
         try:
-            self.conn.send(payload)
+            why = self._install()
+            if why is not None:
+                err = ProviderError(f"the worker process cannot load the provider: {why}")
+                err.attempts = 1  # type: ignore[attr-defined]
+                return err, 1, None
+            self.conn.send(("task", self._token, payload))
             ready = wait([self.conn, self.proc.sentinel])
             if self.conn in ready:
                 return _recv(self.conn)
@@ -198,9 +249,14 @@ class ProcessWorker:
         self.conn.close()
 
 
+def _context() -> Any:
+    return multiprocessing.get_context(_start_method())
+
+
 def process_workers(n: int, provider: Any, task: Callable[..., tuple[Any, int, Any]]) -> list[ProcessWorker]:
-    """`n` worker processes, all started here (in the calling thread, before any pool thread runs)."""
-    ctx = multiprocessing.get_context(_start_method())
+    """`n` worker processes forked with `provider` for one call (the fallback when the provider cannot
+    be pickled into the pool's long-lived workers), all started here, before any pool thread runs."""
+    ctx = _context()
     if ctx.get_start_method() != "fork":
         try:
             pickle.dumps(provider)
@@ -210,11 +266,79 @@ def process_workers(n: int, provider: Any, task: Callable[..., tuple[Any, int, A
     started: list[ProcessWorker] = []
     try:
         for _ in range(n):
-            started.append(ProcessWorker(ctx, provider, task))
+            started.append(ProcessWorker(ctx, task, provider))
     except BaseException:
         close_all(started)
         raise
     return started
+
+
+class WorkerPool:
+    """Worker processes kept for the life of the interpreter and lent to one fetch stream at a time.
+
+    Starting a process costs tens to hundreds of milliseconds in a large parent (a loaded model, a CUDA
+    context), more than a whole batch call; so processes outlive the call that started them. Each
+    stream's provider is pickled once and installed once per worker; a provider that cannot be pickled
+    (or unpickled there) gets per-call workers forked with it instead (`take` returns None).
+    """
+
+    def __init__(self, task: Callable[..., tuple[Any, int, Any]]) -> None:
+        self._task = task
+        self._idle: list[ProcessWorker] = []
+        self._lock = threading.Lock()
+        self._tokens: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._next = itertools.count(1)
+        atexit.register(self.shutdown)
+
+    def _token(self, provider: Any) -> int | None:
+        try:
+            with self._lock:
+                tok = self._tokens.get(provider)
+                if tok is None:
+                    tok = self._tokens[provider] = next(self._next)
+                return tok
+        except TypeError:  # not weak-referenceable: no stable identity to install it under
+            return None
+
+    def take(self, n: int, provider: Any) -> list[ProcessWorker] | None:
+        token = self._token(provider)
+        if token is None:
+            return None
+        try:
+            pickled = pickle.dumps(provider)
+        except Exception:  # noqa: BLE001 - not picklable: per-call workers forked with it
+            return None
+        with self._lock:
+            alive = [w for w in self._idle if w.proc.is_alive()]
+            taken, self._idle = alive[:n], alive[n:]
+        ctx = _context()
+        try:
+            while len(taken) < n:
+                taken.append(ProcessWorker(ctx, self._task))
+        except BaseException:
+            close_all(taken)
+            raise
+        for w in taken:
+            w.bind(token, pickled)
+        try:
+            refused = [why for why in (w._install() for w in taken) if why is not None]
+        except (EOFError, OSError):  # a worker died meanwhile
+            close_all(taken)
+            return None
+        if refused:  # e.g. its class lives in a module those processes cannot import: fork with it instead
+            self.give_back(taken)
+            return None
+        return taken
+
+    def give_back(self, workers: list[ProcessWorker]) -> None:
+        """Idle workers (every task answered) return to the pool; others must be closed instead."""
+        with self._lock:
+            self._idle.extend(w for w in workers if w.proc.is_alive() and not w.closing)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        close_all(idle)
 
 
 def close_all(workers: list[ProcessWorker]) -> None:
@@ -227,3 +351,13 @@ def close_all(workers: list[ProcessWorker]) -> None:
     for t in threads:
         t.join()
 
+
+_shared: dict[Any, WorkerPool] = {}
+
+
+def shared_pool(task: Callable[..., tuple[Any, int, Any]]) -> WorkerPool:
+    """The process-wide pool of long-lived workers for `task` (created on first use)."""
+    pool = _shared.get(task)
+    if pool is None:
+        pool = _shared[task] = WorkerPool(task)
+    return pool
