@@ -233,3 +233,13 @@ def test_pixels_stay_in_the_worker_unless_asked_for(scene):
             assert raster.grid == full.grid and raster.valid_fraction == full.valid_fraction
             assert isinstance(pre["k"].fetched, RasterHead if strip else Raster)
             assert pre["k"].prepped[0].data.shape[1] == len(job.sensors[0].bands)
+
+
+def test_worker_processes_serve_later_calls(scene):
+    """Starting processes costs more than a batch call in a large parent: the second call reuses them."""
+    def pids():
+        embs = get_embeddings_batch("spectral_stats", ROIS, T, backend=PidProvider(scene), workers=2, progress=False)
+        return {e.meta["source"]["pid"] for e in embs}
+
+    first, second = pids(), pids()
+    assert os.getpid() not in first and second & first  # the same processes answered again
