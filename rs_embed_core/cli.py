@@ -67,17 +67,33 @@ def models(as_json: bool) -> None:
     if as_json:
         _dump([{k: r[k] for k in ("id", "aliases", "description", "input", "plugin")} |
                {"variants": [v["name"] for v in r["variants"]]} for r in rows])
-        return
-    if not rows:
+    elif not rows:
         click.echo("no models installed (see `rs-embed plugins`)")
-        return
-    for r in rows:
+    for r in rows if not as_json else ():
         i = r["input"]
         alias = f" (aliases: {', '.join(r['aliases'])})" if r["aliases"] else ""
         click.echo(f"{r['id']}{alias}  [{r['plugin']}]")
         click.echo(f"    {r['description'].splitlines()[0] if r['description'] else ''}")
-        click.echo(f"    input: {i['collection']} {','.join(i['bands'])} @ {i['gsd_m']} m, "
+        click.echo(f"    input: {i['collection']} {','.join(i['bands'])} @ {float(i['gsd_m']):g} m, "
                    f"variants: {', '.join(v['name'] for v in r['variants'])}")
+    trouble = _plugin_trouble()
+    if trouble:
+        click.echo(trouble, err=True)
+
+
+def _plugin_trouble() -> str:
+    """One line when some plugins failed to load or two plugins claim one name: the list above is incomplete."""
+    from .plugins import load_failures
+    from .registry import tables
+
+    parts = []
+    if load_failures:
+        parts.append(f"{len(load_failures)} plugin{'s' if len(load_failures) != 1 else ''} failed to load")
+    conflicts = tables().conflicts
+    if conflicts:
+        parts.append(f"{len(conflicts)} name{'s' if len(conflicts) != 1 else ''} refused because two plugins "
+                     f"register {'them' if len(conflicts) != 1 else 'it'} ({', '.join(c.name for c in conflicts)})")
+    return f"note: {' and '.join(parts)}: see `rs-embed plugins`" if parts else ""
 
 
 @main.command()

@@ -91,3 +91,26 @@ def check_single_frame(x: Any, ctx: BatchContext, model: str) -> None:
                         "Use a compositing sensor (composite='median' or 'mosaic', frames=1).")
     if len(ctx.band_names) != x.shape[2]:
         raise SpecError(f"{model} got {x.shape[2]} channels but {len(ctx.band_names)} band names {list(ctx.band_names)}")
+
+
+def check_output(out: EmbedOutput, variant: Variant, batch: int, model: str) -> None:
+    """Refuse a forward's output that does not match the card: pooled (B, pooled_dim), grid (B, grid_dim, h, w).
+
+    The runner calls this once per batch, right after `forward`; it reads only `.shape` (numpy or torch,
+    no copy), so it costs nothing next to the forward. A wrong shape is a plugin bug: without this check
+    it would surface later as a wrong-sized vector in an export, or not at all.
+    """
+    from .errors import PluginError
+
+    if out.pooled is None and out.grid is None:
+        raise PluginError(f"{model}/{variant.name}: forward returned neither a pooled nor a grid output")
+    if out.pooled is not None:
+        shape = tuple(int(n) for n in out.pooled.shape)
+        if shape != (batch, variant.pooled_dim):
+            raise PluginError(f"{model}/{variant.name}: forward returned pooled {shape}; the card says "
+                              f"({batch}, {variant.pooled_dim}) for a batch of {batch} (pooled_dim={variant.pooled_dim})")
+    if out.grid is not None:
+        shape = tuple(int(n) for n in out.grid.shape)
+        if len(shape) != 4 or shape[:2] != (batch, variant.grid_dim):
+            raise PluginError(f"{model}/{variant.name}: forward returned grid {shape}; the card says "
+                              f"({batch}, {variant.grid_dim}, h, w) for a batch of {batch} (grid_dim={variant.grid_dim})")

@@ -240,6 +240,8 @@ def test_third_party_plugin_repeating_installed_names_is_contained(tmp_path):
     assert models.returncode == 0, models.stderr
     listed = {ln.split()[0] for ln in models.stdout.splitlines() if ln and not ln.startswith(" ")}
     assert {"spectral_stats", "tinyconv"} <= listed and "mosaiks" not in listed
+    assert "3 names refused because two plugins register them (local, mosaiks, rcf): see `rs-embed plugins`" \
+        in models.stderr
 
     plugins = _cli(site, "plugins")
     info = {p["name"]: p for p in json.loads(plugins.stdout)}
@@ -265,3 +267,11 @@ def test_third_party_plugin_repeating_installed_names_is_contained(tmp_path):
     chosen = _cli(site, "describe", "mosaiks", RS_EMBED_PLUGINS=keep.group(1))  # the hint, followed, works
     assert chosen.returncode == 0, chosen.stderr
     assert json.loads(chosen.stdout)["plugin"] == "baseline"
+
+
+def test_models_points_at_plugins_when_one_failed(tmp_path):
+    site = _fake_site(tmp_path)
+    out = _cli(site, "models")
+    assert out.returncode == 0 and "good_model" in out.stdout and "@ 1 m," in out.stdout  # 1 m, not 1.0 m
+    assert out.stderr.strip() == "note: 1 plugin failed to load: see `rs-embed plugins`"
+    assert _cli(site, "models", RS_EMBED_PLUGINS="fake-plugs:good").stderr == ""  # nothing failed: no note
