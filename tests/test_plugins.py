@@ -275,3 +275,15 @@ def test_models_points_at_plugins_when_one_failed(tmp_path):
     assert out.returncode == 0 and "good_model" in out.stdout and "@ 1 m," in out.stdout  # 1 m, not 1.0 m
     assert out.stderr.strip() == "note: 1 plugin failed to load: see `rs-embed plugins`"
     assert _cli(site, "models", RS_EMBED_PLUGINS="fake-plugs:good").stderr == ""  # nothing failed: no note
+
+
+def test_every_known_model_has_a_row_in_docs_models():
+    from pathlib import Path
+
+    from rs_embed_core.registry import KNOWN_MODELS
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    table = (docs / "models.md").read_text()
+    for model, dist in KNOWN_MODELS.items():
+        assert f"| `{model}`" in table, f"docs/models.md has no row for {model}"
+        assert f"`plugins/{dist}`" in table
