@@ -8,7 +8,8 @@ runs filled the disk. Here:
 - a folder a fixture makes with `tmp_path_factory.mktemp` (module- or session-scoped caches of random weights)
   is removed when that fixture is torn down, not at the end of the session;
 - `random_weights_cache` is one session-wide folder for `rs_embed_core.testing.random_weights`: its files are
-  content-addressed (model, variant, seed, shapes), so each full-size random checkpoint is built once a session;
+  content-addressed (model, variant, seed, shapes), so each full-size random checkpoint is built once a session,
+  and it is emptied as soon as the last test that uses it has ended;
 - after every test the run's temporary folder is measured (hard links counted once) and the run fails when it
   ever held more than the budget, `RS_EMBED_TEST_DISK_BUDGET_GB` (default 2, see CONTRIBUTING.md). What a test
   writes and deletes again within its own body is not seen by this check.
@@ -53,6 +54,7 @@ class _DiskWatch:
         self.peak_after = ""
         self.fixture: list[Any] = []  # fixture definitions being set up, innermost last
         self.made: dict[int, list[Path]] = {}  # id(fixturedef) -> folders it made
+        self.last_cache_user: str | None = None  # the last test of the run that uses random_weights_cache
 
 
 def _watch(config: pytest.Config) -> _DiskWatch:
@@ -94,6 +96,11 @@ def pytest_fixture_post_finalizer(fixturedef: Any, request: pytest.FixtureReques
         shutil.rmtree(path, ignore_errors=True)
 
 
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    users = [i.nodeid for i in items if CACHE_FIXTURE in getattr(i, "fixturenames", ())]
+    _watch(config).last_cache_user = users[-1] if users else None
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
     try:
@@ -101,6 +108,10 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     finally:  # the test's fixtures (and, at a module's end, the module's) are gone: what is left counts
         watch = _watch(item.config)
         base = item.config._tmp_path_factory._basetemp  # None until a test asked for a temporary folder
+        if item.nodeid == watch.last_cache_user and base is not None:  # no later test needs those checkpoints
+            cache = Path(base) / CACHE_FOLDER
+            shutil.rmtree(cache, ignore_errors=True)
+            cache.mkdir(exist_ok=True)
         if base is not None and Path(base).is_dir():
             size = folder_bytes(Path(base))
             if size > watch.peak:
@@ -124,7 +135,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+CACHE_FIXTURE = "random_weights_cache"
+CACHE_FOLDER = "random-weights-cache"
+
+
 @pytest.fixture(scope="session")
 def random_weights_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cache folder for `random_weights(..., cache_dir=random_weights_cache)` for the whole session."""
-    return tmp_path_factory.mktemp("random-weights-cache", numbered=False)
+    """One cache folder for `random_weights(..., cache_dir=random_weights_cache)` for the whole session: each
+    full-size random checkpoint is built once. It is emptied after the last test that uses it."""
+    return tmp_path_factory.mktemp(CACHE_FOLDER, numbered=False)

@@ -36,6 +36,8 @@ PROBE = textwrap.dedent('''
 
     def test_random_weights_cache_is_one_folder_for_the_session(random_weights_cache):
         assert random_weights_cache.name == "random-weights-cache"
+        _write(random_weights_cache / "ckpt.bin", 2)
+        (LOG.parent / "cache.txt").write_text(str(random_weights_cache))
 ''')
 
 FOLLOWER = textwrap.dedent('''
@@ -46,6 +48,8 @@ FOLLOWER = textwrap.dedent('''
         module_dir, first_tmp = Path(os.environ["PROBE_LOG"]).read_text().split()
         assert not Path(module_dir).exists(), "a module fixture's folder outlived its module"
         assert not Path(first_tmp).exists(), "a passing test's tmp_path outlived the test"
+        cache = Path(os.environ["PROBE_LOG"]).parent / "cache.txt"
+        assert not any(Path(cache.read_text()).iterdir()), "the cache outlived its last user"
 ''')
 
 

@@ -230,6 +230,8 @@ RANDOM_ORG = "random-weights"
 def random_repo_id(repo_id: str) -> str:
     """The repo id random weights are served under: "chendelong/RemoteCLIP" -> "random-weights/chendelong.RemoteCLIP",
     so every Embedding's meta and every export manifest made with them says so in `weights.repo_id`."""
+    if repo_id.startswith(f"{RANDOM_ORG}/"):  # already random (random_weights inside random_weights)
+        return repo_id
     return f"{RANDOM_ORG}/{repo_id.replace('/', '.')}"  # the Hub allows no '--' in a repo id
 
 
