@@ -76,6 +76,12 @@ class Embedder:
     def forward(self, x: Any, ctx: BatchContext) -> EmbedOutput:
         raise NotImplementedError
 
+    def output_dims(self, ctx: BatchContext) -> tuple[int, int]:
+        """(pooled, grid) feature dimensions of this batch's outputs, which `check_output` holds forward to:
+        the variant's, unless the model's width depends on its input (e.g. statistics per input band), in
+        which case it overrides this to say what the card's numbers mean for `ctx.band_names`."""
+        return self.variant.pooled_dim, self.variant.grid_dim
+
     @property
     def weights_revision(self) -> str | None:
         return self.variant.weights.revision if self.variant.weights else None
@@ -93,8 +99,9 @@ def check_single_frame(x: Any, ctx: BatchContext, model: str) -> None:
         raise SpecError(f"{model} got {x.shape[2]} channels but {len(ctx.band_names)} band names {list(ctx.band_names)}")
 
 
-def check_output(out: EmbedOutput, variant: Variant, batch: int, model: str) -> None:
-    """Refuse a forward's output that does not match the card: pooled (B, pooled_dim), grid (B, grid_dim, h, w).
+def check_output(out: EmbedOutput, embedder: Embedder, ctx: BatchContext, batch: int) -> None:
+    """Refuse a forward's output that does not match the card: pooled (B, pooled_dim), grid (B, grid_dim, h, w),
+    with the dimensions of `embedder.output_dims(ctx)` (the variant's unless the model says otherwise).
 
     The runner calls this once per batch, right after `forward`; it reads only `.shape` (numpy or torch,
     no copy), so it costs nothing next to the forward. A wrong shape is a plugin bug: without this check
@@ -102,15 +109,17 @@ def check_output(out: EmbedOutput, variant: Variant, batch: int, model: str) -> 
     """
     from .errors import PluginError
 
+    pooled_dim, grid_dim = embedder.output_dims(ctx)
+    who = f"{type(embedder).card.id}/{embedder.variant.name}"
     if out.pooled is None and out.grid is None:
-        raise PluginError(f"{model}/{variant.name}: forward returned neither a pooled nor a grid output")
+        raise PluginError(f"{who}: forward returned neither a pooled nor a grid output")
     if out.pooled is not None:
         shape = tuple(int(n) for n in out.pooled.shape)
-        if shape != (batch, variant.pooled_dim):
-            raise PluginError(f"{model}/{variant.name}: forward returned pooled {shape}; the card says "
-                              f"({batch}, {variant.pooled_dim}) for a batch of {batch} (pooled_dim={variant.pooled_dim})")
+        if shape != (batch, pooled_dim):
+            raise PluginError(f"{who}: forward returned pooled {shape}; the card says ({batch}, {pooled_dim}) "
+                              f"for a batch of {batch} (pooled_dim={pooled_dim})")
     if out.grid is not None:
         shape = tuple(int(n) for n in out.grid.shape)
-        if len(shape) != 4 or shape[:2] != (batch, variant.grid_dim):
-            raise PluginError(f"{model}/{variant.name}: forward returned grid {shape}; the card says "
-                              f"({batch}, {variant.grid_dim}, h, w) for a batch of {batch} (grid_dim={variant.grid_dim})")
+        if len(shape) != 4 or shape[:2] != (batch, grid_dim):
+            raise PluginError(f"{who}: forward returned grid {shape}; the card says ({batch}, {grid_dim}, h, w) "
+                              f"for a batch of {batch} (grid_dim={grid_dim})")
