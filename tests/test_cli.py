@@ -330,3 +330,14 @@ def test_cli_words_rewrites_every_python_hint():
     said = cli_words(python)
     assert "LocalProvider" not in said and "--backend local:/path/to/dir" in said
     assert '"band_pattern": "_(?P<band>[A-Za-z0-9]+)\\\\.tif$"' in said and '"collection": "a/b"' in said  # JSON
+
+
+def test_composite_offers_every_compositing_rule():
+    from rs_embed_core.specs import _COMPOSITES
+
+    for cmd in ("embed", "inspect"):
+        text = run(cmd, "--help").output
+        assert all(c in text for c in _COMPOSITES), (cmd, text)
+    # least_cloudy is a valid choice: the error is about the missing sensor, not an invalid value
+    err = _bad(["embed", "tiny_test_model", "--point", "0,0", "--year", "2022", "--composite", "least_cloudy"])
+    assert "--composite needs" in err
