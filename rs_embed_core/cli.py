@@ -116,8 +116,9 @@ def _plugin_trouble() -> str:
     from .registry import tables
 
     parts = []
-    if load_failures:
-        parts.append(f"{len(load_failures)} plugin{'s' if len(load_failures) != 1 else ''} failed to load")
+    failed = set(load_failures) | {p for p, _ in tables().broken}
+    if failed:
+        parts.append(f"{len(failed)} plugin{'s' if len(failed) != 1 else ''} failed to load")
     conflicts = tables().conflicts
     if conflicts:
         parts.append(f"{len(conflicts)} name{'s' if len(conflicts) != 1 else ''} refused because two plugins "

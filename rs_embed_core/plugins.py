@@ -124,7 +124,8 @@ def plugin_info() -> list[dict[str, object]]:
     from .registry import conflict_message, tables
 
     load_plugins()
-    conflicts = tables().conflicts
+    t = tables()
+    conflicts = t.conflicts
     out: list[dict[str, object]] = []
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda np_: np_[0]):
         if plugin is None:
@@ -137,9 +138,12 @@ def plugin_info() -> list[dict[str, object]]:
         }
         if name in _distributions:
             entry["distribution"], entry["version"] = _distributions[name]
+        errors = [e for p, e in t.broken if p == name]
+        if errors:  # loaded, but a hook raised while registering: nothing of that hook counts
+            entry["status"], entry["error"] = "failed", "; ".join(errors)
         mine = [c for c in conflicts if name in c.plugins]
         if mine:
-            entry["status"] = "conflict"
+            entry["status"] = "conflict" if entry["status"] == "loaded" else entry["status"]
             entry["conflicts"] = [
                 {"kind": c.kind, "name": c.name,
                  "with": [{"plugin": p, "distribution": plugin_distribution(p)} for p in c.plugins if p != name],

@@ -59,6 +59,7 @@ class Tables:
     embedders: dict[str, Registered]  # keyed by lowercased id AND aliases
     model_ids: tuple[str, ...]  # canonical ids, sorted
     refused: dict[str, Conflict] = field(factory=dict)  # "kind:name" -> the conflict that refuses it
+    broken: tuple[tuple[str, str], ...] = ()  # (plugin, error) for each hook that raised while registering
 
     @property
     def conflicts(self) -> tuple[Conflict, ...]:
@@ -68,32 +69,44 @@ class Tables:
 _cache: tuple[tuple[int, ...], Tables] | None = None
 
 
-def _collect(hook_name: str, kind: str, keys: Callable[[tuple], list[str]]) -> tuple[dict[str, Registered],
-                                                                                    dict[str, Conflict]]:
-    """The name -> object table of one hook, and the refused names with their conflict."""
+def _collect(hook_name: str, kind: str, keys: Callable[[tuple], list[str]]
+             ) -> tuple[dict[str, Registered], dict[str, Conflict], list[tuple[str, str]]]:
+    """The name -> object table of one hook, the refused names with their conflict, and the plugins whose
+    hook raised ((plugin, error): nothing of theirs is registered for this hook, everyone else's is)."""
     table: dict[str, Registered] = {}
     contested: dict[str, list[str]] = {}  # key -> plugins registering it, when more than one object claims it
+    broken: list[tuple[str, str]] = []
     for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):  # pluggy lists the newest first
-        def register(*args: Any, _plugin: str = impl.plugin_name) -> None:
-            name = str(args[0]) if kind != "embedder" else args[0].card.id
-            obj = args[1] if kind != "embedder" else args[0]
-            if kind == "embedder" and not hasattr(obj, "card"):
-                raise PluginError(f"plugin {_plugin!r} registered an embedder without a model card")
-            for key in keys(args):
+        calls: list[tuple[str, Any, list[str]]] = []
+
+        def register(*args: Any, _calls: list = calls, _plugin: str = impl.plugin_name) -> None:
+            if kind == "embedder":
+                if not hasattr(args[0], "card"):
+                    raise PluginError(f"plugin {_plugin!r} registered an embedder without a model card")
+                name, obj = args[0].card.id, args[0]
+            else:
+                name, obj = str(args[0]), args[1]
+            _calls.append((name, obj, keys(args)))
+
+        try:
+            impl.function(register=register)
+        except Exception as exc:  # a broken plugin must not take the others down
+            broken.append((impl.plugin_name, f"{hook_name}: {type(exc).__name__}: {exc}"))
+            continue
+        for name, obj, ks in calls:
+            for key in ks:
                 k = key.lower()
                 if k in table and table[k].obj is not obj:
                     owners = contested.setdefault(k, [table[k].plugin])
-                    if _plugin not in owners:
-                        owners.append(_plugin)
+                    if impl.plugin_name not in owners:
+                        owners.append(impl.plugin_name)
                     continue
-                table.setdefault(k, Registered(name, obj, _plugin))
-
-        impl.function(register=register)
+                table.setdefault(k, Registered(name, obj, impl.plugin_name))
     refused = {k: Conflict(kind, k, tuple(p)) for k, p in sorted(contested.items())}
     # A model whose own id is contested is refused under its aliases too: an Embedding's meta names the
     # model by its id, which would no longer say which model made it.
     refused |= {k: refused[r.name.lower()] for k, r in table.items() if r.name.lower() in refused and k not in refused}
-    return {k: r for k, r in table.items() if k not in refused}, refused
+    return {k: r for k, r in table.items() if k not in refused}, refused, broken
 
 
 _lock = threading.Lock()
@@ -113,21 +126,22 @@ def _build(state: tuple[int, ...]) -> Tables:
     global _cache
     if _cache is not None and _cache[0] == state:
         return _cache[1]
-    providers, c1 = _collect("register_providers", "provider", lambda a: [str(a[0])])
-    preprocessors, c2 = _collect("register_preprocessors", "preprocessor", lambda a: [str(a[0])])
-    embedders, c3 = _collect("register_embedders", "embedder", lambda a: [a[0].card.id, *a[0].card.aliases])
+    providers, c1, b1 = _collect("register_providers", "provider", lambda a: [str(a[0])])
+    preprocessors, c2, b2 = _collect("register_preprocessors", "preprocessor", lambda a: [str(a[0])])
+    embedders, c3, b3 = _collect("register_embedders", "embedder", lambda a: [a[0].card.id, *a[0].card.aliases])
     ids = tuple(sorted({r.name for r in embedders.values()}))
     refused = {f"{kind}:{k}": c for kind, cs in (("provider", c1), ("preprocessor", c2), ("embedder", c3))
                for k, c in cs.items()}
-    t = Tables(providers, preprocessors, embedders, ids, refused)
+    t = Tables(providers, preprocessors, embedders, ids, refused, tuple(b1 + b2 + b3))
     _cache = (state, t)
     return t
 
 
 def _failures_hint() -> str:
-    if not load_failures:
-        return ""
     lines = [f"  - plugin {n!r} failed to load: {i['error']}" for n, i in sorted(load_failures.items())]
+    lines += [f"  - plugin {n!r} failed to register: {e}" for n, e in (_cache[1].broken if _cache else ())]
+    if not lines:
+        return ""
     return "\nSome plugins failed to load (see `rs-embed plugins`):\n" + "\n".join(lines)
 
 

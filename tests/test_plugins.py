@@ -287,3 +287,30 @@ def test_every_known_model_has_a_row_in_docs_models():
     for model, dist in KNOWN_MODELS.items():
         assert f"| `{model}`" in table, f"docs/models.md has no row for {model}"
         assert f"`plugins/{dist}`" in table
+
+
+def test_a_plugin_whose_hook_raises_is_contained(registered):
+    from rs_embed_core.plugins import plugin_info
+
+    class Fine(Embedder):
+        card = _card("fine_before_the_crash")
+
+    class Crashing:
+        @hookimpl
+        def register_embedders(self, register):
+            register(Fine)  # registered, then the hook raises: nothing of this hook counts
+            raise RuntimeError("needs a GPU driver")
+
+    class NoCard:
+        @hookimpl
+        def register_embedders(self, register):
+            register(object)
+
+    registered(Crashing(), name="crashing")
+    registered(NoCard(), name="no-card")
+    assert embedder_class("mosaiks").card.id == "mosaiks"  # the installed models still work
+    with pytest.raises(UnknownModelError, match="'crashing' failed to register: register_embedders: RuntimeError"):
+        embedder_class("fine_before_the_crash")
+    info = {p["name"]: p for p in plugin_info()}
+    assert info["crashing"]["status"] == "failed" and "needs a GPU driver" in info["crashing"]["error"]
+    assert info["no-card"]["status"] == "failed" and "without a model card" in info["no-card"]["error"]
