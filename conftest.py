@@ -4,7 +4,7 @@ Full-size random checkpoints are GBs. Without care one run left 18 GB in pytest'
 runs filled the disk. Here:
 
 - a passing test's `tmp_path` is removed when the test ends (`tmp_path_retention_policy = "failed"` in
-  pyproject.toml); a failing test's is kept, for the last run only, to look at;
+  pyproject.toml); a failing test's is kept to look at (pytest keeps the last three runs);
 - a folder a fixture makes with `tmp_path_factory.mktemp` (module- or session-scoped caches of random weights)
   is removed when that fixture is torn down, not at the end of the session;
 - `random_weights_cache` is one session-wide folder for `rs_embed_core.testing.random_weights`: its files are
