@@ -1,4 +1,4 @@
-"""What every test of this repository (core and plugins) shares: the disk budget of one test run.
+"""What every test of this repository (core and plugins) shares: the disk budget of one test run, and fp32 matmuls.
 
 Full-size random checkpoints are GBs. Without care one run left 18 GB in pytest's temporary folder and a few
 runs filled the disk. Here:
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,15 @@ def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Any
 def pytest_fixture_post_finalizer(fixturedef: Any, request: pytest.FixtureRequest) -> None:
     for path in _watch(request.config).made.pop(id(fixturedef), []):
         shutil.rmtree(path, ignore_errors=True)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Every test starts with full-precision float32 matmuls. Importing terratorch (a test-only reference, imported
+    when the prithvi and terramind tests are collected) sets `torch.set_float32_matmul_precision("medium")`, which
+    makes CPU matmuls bf16 for the whole process: every later equality test then differs by ~1e-2."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_float32_matmul_precision() != "highest":
+        torch.set_float32_matmul_precision("highest")
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:

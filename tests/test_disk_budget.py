@@ -95,3 +95,22 @@ def test_hard_links_count_once(tmp_path):
     one = folder_bytes(tmp_path)
     os.link(tmp_path / "a.bin", tmp_path / "b.bin")
     assert folder_bytes(tmp_path) == one >= 1 << 20
+
+
+def test_every_test_starts_with_full_precision_fp32_matmuls(tmp_path):
+    """A reference package that lowers torch's matmul precision at import (terratorch does) must not leak it."""
+    proj = tmp_path / "proj"
+    (proj / "tests").mkdir(parents=True)
+    shutil.copy(ROOT / "conftest.py", proj / "conftest.py")
+    (proj / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
+    (proj / "tests" / "test_p.py").write_text(textwrap.dedent('''
+        import pytest
+        torch = pytest.importorskip("torch")
+        torch.set_float32_matmul_precision("medium")  # what importing terratorch does
+
+        def test_precision():
+            assert torch.get_float32_matmul_precision() == "highest"
+    '''))
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", "--basetemp",
+                          str(tmp_path / "base")], cwd=proj, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and ("1 passed" in out.stdout or "1 skipped" in out.stdout), out.stdout[-2000:]
