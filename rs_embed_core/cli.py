@@ -27,6 +27,12 @@ _CLI_HINTS: tuple[tuple[str, Any], ...] = (
      lambda m: f'--provider-config FILE holding {{"local": {{"paths": ..., "band_pattern": {json.dumps(m[1])}}}}}'),
     (r"LocalProvider\(collection=\.\.\.\)", '--provider-config FILE holding {"local": {..., "collection": ...}}'),
     (r"LocalProvider\(collection='([^']*)'\)", lambda m: f'--provider-config with "collection": {json.dumps(m[1])}'),
+    # then any keyword argument that has an option of the same name
+    (r"\b(input_prep|pooling|backend|composite|variant|device)=(['\"])([^'\"]*)\2",
+     lambda m: f"--{m[1].replace('_', '-')} {m[3]}"),
+    (r"\bweights=(['\"]?)(<[^>]*>)\1", r"--weights \2"),
+    (r"\bresume=True\b", "--resume"),
+    (r"\bsensor=SensorSpec\(\.\.\.\)", "--collection C --bands B1,B2 --scale-m M"),
 )
 
 

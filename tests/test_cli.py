@@ -330,6 +330,11 @@ def test_cli_words_rewrites_every_python_hint():
     said = cli_words(python)
     assert "LocalProvider" not in said and "--backend local:/path/to/dir" in said
     assert '"band_pattern": "_(?P<band>[A-Za-z0-9]+)\\\\.tif$"' in said and '"collection": "a/b"' in said  # JSON
+    said = cli_words("use input_prep='resize'; pass weights='<path to the file>'; pass resume=True; "
+                     "pass sensor=SensorSpec(...) ; pass backend='gee:PROJECT'; keep min_valid_fraction=0.5")
+    assert said == ("use --input-prep resize; pass --weights <path to the file>; pass --resume; "
+                    "pass --collection C --bands B1,B2 --scale-m M ; pass --backend gee:PROJECT; "
+                    "keep min_valid_fraction=0.5")  # no option of that name: left as it is
 
 
 def test_composite_offers_every_compositing_rule():
