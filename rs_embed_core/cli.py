@@ -11,12 +11,47 @@ import click
 import numpy as np
 
 from .errors import RsEmbedError
+from .specs import _COMPOSITES as COMPOSITES
+
+
+# Hints the library words for Python callers, and what they mean on the command line. The library raises
+# one message for both; the CLI rewrites it at its boundary so every hint names something you can type here.
+_CLI_HINTS: tuple[tuple[str, Any], ...] = (
+    (r"Pass continue_on_error=True to get the other results with ItemError records in place\.",
+     "Rerun with --continue-on-error to get the other results (the failed ROIs are listed instead)."),
+    (r"pass LocalProvider\('/path/to/dir'\), use backend='local:/path/to/dir'",
+     "use --backend local:/path/to/dir"),
+    (r"LocalProvider\(\.\.\., band_map=\{'B4': 1, 'B3': 2, \.\.\.\}\)",
+     '--provider-config FILE holding {"local": {"paths": ..., "band_map": {"B4": 1, "B3": 2, ...}}}'),
+    (r"LocalProvider\(\.\.\., band_pattern=r'([^']*)'\)",
+     lambda m: f'--provider-config FILE holding {{"local": {{"paths": ..., "band_pattern": {json.dumps(m[1])}}}}}'),
+    (r"LocalProvider\(collection=\.\.\.\)", '--provider-config FILE holding {"local": {..., "collection": ...}}'),
+    (r"LocalProvider\(collection='([^']*)'\)", lambda m: f'--provider-config with "collection": {json.dumps(m[1])}'),
+    # then any keyword argument that has an option of the same name
+    (r"\b(input_prep|pooling|backend|composite|variant|device)=(['\"])([^'\"]*)\2",
+     lambda m: f"--{m[1].replace('_', '-')} {m[3]}"),
+    (r"\bweights=(['\"]?)(<[^>]*>)\1", r"--weights \2"),
+    (r"\bresume=True\b", "--resume"),
+    (r"\bsensor=SensorSpec\(\.\.\.\)", "--collection C --bands B1,B2 --scale-m M"),
+)
+
+
+def cli_words(message: str) -> str:
+    """A library error's message with its Python-only hints said as CLI options (JSON where a file is meant)."""
+    import re
+
+    for pattern, replacement in _CLI_HINTS:
+        message = re.sub(pattern, replacement, message)
+    return message
 
 
 def _fail(exc: BaseException) -> None:
-    click.echo(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", err=True)
-    extra = str(exc).splitlines()[1:]
-    for line in extra[:6]:
+    lines = cli_words(str(exc)).splitlines() or [type(exc).__name__]
+    click.echo(f"error: {lines[0]}", err=True)
+    extra = lines[1:]
+    if len(extra) > 7:  # keep the closing hint in view
+        extra = extra[:6] + ["..."] + extra[-1:]
+    for line in extra:
         click.echo(f"  {line.strip()}", err=True)
     sys.exit(2)
 
@@ -67,17 +102,34 @@ def models(as_json: bool) -> None:
     if as_json:
         _dump([{k: r[k] for k in ("id", "aliases", "description", "input", "plugin")} |
                {"variants": [v["name"] for v in r["variants"]]} for r in rows])
-        return
-    if not rows:
+    elif not rows:
         click.echo("no models installed (see `rs-embed plugins`)")
-        return
-    for r in rows:
+    for r in rows if not as_json else ():
         i = r["input"]
         alias = f" (aliases: {', '.join(r['aliases'])})" if r["aliases"] else ""
         click.echo(f"{r['id']}{alias}  [{r['plugin']}]")
         click.echo(f"    {r['description'].splitlines()[0] if r['description'] else ''}")
-        click.echo(f"    input: {i['collection']} {','.join(i['bands'])} @ {i['gsd_m']} m, "
+        click.echo(f"    input: {i['collection']} {','.join(i['bands'])} @ {float(i['gsd_m']):g} m, "
                    f"variants: {', '.join(v['name'] for v in r['variants'])}")
+    trouble = _plugin_trouble()
+    if trouble:
+        click.echo(trouble, err=True)
+
+
+def _plugin_trouble() -> str:
+    """One line when some plugins failed to load or two plugins claim one name: the list above is incomplete."""
+    from .plugins import load_failures
+    from .registry import tables
+
+    parts = []
+    failed = set(load_failures) | {p for p, _ in tables().broken}
+    if failed:
+        parts.append(f"{len(failed)} plugin{'s' if len(failed) != 1 else ''} failed to load")
+    conflicts = tables().conflicts
+    if conflicts:
+        parts.append(f"{len(conflicts)} name{'s' if len(conflicts) != 1 else ''} refused because two plugins "
+                     f"register {'them' if len(conflicts) != 1 else 'it'} ({', '.join(c.name for c in conflicts)})")
+    return f"note: {' and '.join(parts)}: see `rs-embed plugins`" if parts else ""
 
 
 @main.command()
@@ -177,7 +229,8 @@ _roi_options = [
     click.option("--point", "points", multiple=True, help="LON,LAT[,BUFFER_M]; repeatable."),
     click.option("--bbox", "bboxes", multiple=True, help="MINLON,MINLAT,MAXLON,MAXLAT; repeatable."),
     click.option("--rois", "roi_file", type=click.Path(dir_okay=False), help="CSV or GeoJSON file of ROIs."),
-    click.option("--buffer-m", default=2048.0, show_default=True, help="Buffer for points without one."),
+    click.option("--buffer-m", default=2048.0, show_default=True,
+                 help="Half-width in metres of the square around a point given without one."),
     click.option("--start", help="Window start, YYYY-MM-DD (inclusive)."),
     click.option("--end", help="Window end, YYYY-MM-DD (exclusive)."),
     click.option("--year", type=int, help="Whole calendar year instead of --start/--end."),
@@ -252,7 +305,7 @@ def _with(options):
 @click.option("--collection", help="Override the model's input collection (with --bands, --scale-m).")
 @click.option("--bands", help="Comma-separated band names.")
 @click.option("--scale-m", type=float, help="Ground sampling distance in metres.")
-@click.option("--composite", type=click.Choice(["median", "mosaic", "none"]))
+@click.option("--composite", type=click.Choice(COMPOSITES))
 @click.option("--input-prep", default="resize", show_default=True, type=click.Choice(["resize", "tile", "auto"]),
               help="Large ROIs: resize whole, cut into model-sized tiles, or tile only when resizing would shrink >2x.")
 @click.option("--weights", "weights", type=click.Path(dir_okay=False, exists=True),
@@ -260,14 +313,17 @@ def _with(options):
 @click.option("--preprocessing", "preprocessing", type=click.Path(dir_okay=False, exists=True),
               help="JSON list of steps replacing the card's chain (see `rs-embed describe MODEL`).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False),
-              help="Write .json or .npz; without it, JSON goes to stdout.")
+              help="Write the full vectors and metadata to .json or .npz; without it, a summary is printed.")
+@click.option("--continue-on-error", is_flag=True,
+              help="Write what succeeded and list the ROIs that failed (exit status 1) instead of stopping.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_with(_run_options)
 def embed(model, points, bboxes, roi_file, buffer_m, start, end, year, backend, provider_config, mode, pooling,
           variant, device, batch_size, collection, bands, scale_m, composite, input_prep, weights, preprocessing,
-          out_path, quiet, workers, precision) -> None:
-    """Embed ROIs with MODEL and print or write the vectors with their metadata."""
+          out_path, continue_on_error, quiet, workers, precision) -> None:
+    """Embed ROIs with MODEL; print a summary, or write the vectors with their metadata to --out."""
     from .api import get_embeddings_batch
+    from .errors import ItemError
     from .specs import OutputSpec
 
     temporal = _temporal(start, end, year)
@@ -280,34 +336,43 @@ def embed(model, points, bboxes, roi_file, buffer_m, start, end, year, backend, 
         raise SpecError(f"--out must end in .json or .npz, got {out_path}")
     _writable_file(out_path, "--out")
     steps = _preprocessing(preprocessing)
-    embs = get_embeddings_batch(model, [r for _, r in rois], temporal, output, _backend(backend, provider_config),
-                                device, input_prep, sensor=sensor, variant=variant, preprocessing=steps,
-                                weights=weights, batch_size=batch_size, workers=workers, precision=precision,
-                                progress=False if quiet else None)
-    names = [n for n, _ in rois]
-    wrote = f"wrote {len(embs)} embedding{'s' if len(embs) != 1 else ''} {tuple(embs[0].shape)} to {out_path}"
-    if out_path and out_path.lower().endswith(".npz"):
-        write_npz(out_path, names, embs)
-        click.echo(wrote, err=True)
-        _summary(names, embs)
-        return
-    doc = [{"name": n, "shape": list(e.shape), "embedding": e.data.tolist(), "meta": e.meta,
-            "grid": None if e.grid is None else {"crs": e.grid.crs, "transform": list(e.grid.transform)}}
-           for n, e in zip(names, embs)]
-    if out_path:
-        _atomic_write(out_path, lambda f: f.write(json.dumps(doc, default=str).encode()))
-        click.echo(wrote, err=True)
-        _summary(names, embs)
-    else:
-        _dump(doc)
+    results = get_embeddings_batch(model, [r for _, r in rois], temporal, output, _backend(backend, provider_config),
+                                   device, input_prep, sensor=sensor, variant=variant, preprocessing=steps,
+                                   weights=weights, batch_size=batch_size, continue_on_error=continue_on_error,
+                                   workers=workers, precision=precision,
+                                   progress=False if quiet else None)
+    failed = [(n, r) for (n, _), r in zip(rois, results) if isinstance(r, ItemError)]
+    done = [(n, r) for (n, _), r in zip(rois, results) if not isinstance(r, ItemError)]
+    names, embs = [n for n, _ in done], [e for _, e in done]
+    if out_path and embs:
+        if out_path.lower().endswith(".npz"):
+            write_npz(out_path, names, embs)
+        else:
+            doc = [{"name": n, "shape": list(e.shape), "embedding": e.data.tolist(), "meta": e.meta,
+                    "grid": None if e.grid is None else {"crs": e.grid.crs, "transform": list(e.grid.transform)}}
+                   for n, e in zip(names, embs)]
+            _atomic_write(out_path, lambda f: f.write(json.dumps(doc, default=str).encode()))
+        click.echo(f"wrote {len(embs)} embedding{'s' if len(embs) != 1 else ''} {tuple(embs[0].shape)} to {out_path}",
+                   err=True)
+    if embs:
+        _summary(names, embs, to_stderr=bool(out_path))
+    for n, r in failed:
+        click.echo(f"failed: {n}: {r.stage}: {r.error_type}: {r.message}", err=True)
+    if failed:
+        click.echo(f"{len(failed)} of {len(rois)} ROI{'s' if len(rois) != 1 else ''} failed"
+                   + (f"; {out_path} holds the other {len(embs)}" if out_path and embs else ""), err=True)
+        sys.exit(1)
 
 
-def _summary(names: list[str], embs: list[Any]) -> None:
-    """A glance at what was written: valid input fraction per ROI, and cosine similarities."""
+def _summary(names: list[str], embs: list[Any], to_stderr: bool = True) -> None:
+    """A glance at the result: shape, valid input fraction, norm and first values per ROI, and cosine similarities.
+    Without --out this is what `embed` prints (a full vector is hundreds of lines); --out gets the vectors."""
     width = max(len(n) for n in names)
     for n, e in zip(names, embs):
-        click.echo(f"  {n:<{width}}  valid input {e.meta.get('valid_fraction', float('nan')):6.1%}  "
-                   f"|e| = {float(np.linalg.norm(e.data)):.3g}", err=True)
+        flat = np.ravel(e.data)
+        head = ", ".join(f"{v:.3g}" for v in flat[:4]) + (", ..." if flat.size > 4 else "")
+        click.echo(f"  {n:<{width}}  {tuple(e.shape)}  valid input {e.meta.get('valid_fraction', float('nan')):6.1%}  "
+                   f"|e| = {float(np.linalg.norm(e.data)):.4f}  [{head}]", err=to_stderr)
     if 1 < len(embs) <= 12 and embs[0].data.ndim == 1:
         x = np.stack([e.data for e in embs]).astype(np.float64)
         centred = len(embs) >= 3  # centring two vectors makes them exact opposites: cosine always -1
@@ -315,10 +380,12 @@ def _summary(names: list[str], embs: list[Any]) -> None:
             x = x - x.mean(axis=0)  # raw features share a large common component
         x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         sim = x @ x.T
-        click.echo("cosine similarity" + (" (features centred across these ROIs):" if centred else ":"), err=True)
-        click.echo(" " * (width + 2) + "".join(f"{n[:8]:>9}" for n in names), err=True)
+        click.echo("cosine similarity" + (" (features centred across these ROIs):" if centred else ":"), err=to_stderr)
+        click.echo(" " * (width + 2) + "".join(f"{n[:8]:>9}" for n in names), err=to_stderr)
         for n, row in zip(names, sim):
-            click.echo(f"  {n:<{width}}" + "".join(f"{v:9.2f}" for v in row), err=True)
+            click.echo(f"  {n:<{width}}" + "".join(f"{v:9.2f}" for v in row), err=to_stderr)
+    if not to_stderr:
+        click.echo("(a summary: --out FILE.json or FILE.npz writes the full vectors and their metadata)")
 
 
 def write_npz(path: str, names: list[str], embs: list[Any]) -> None:
@@ -362,7 +429,7 @@ def _atomic_write(path: str, write: Any) -> None:
 @click.option("--collection", required=True, help="Collection id, e.g. COPERNICUS/S2_SR_HARMONIZED.")
 @click.option("--bands", required=True, help="Comma-separated band names, e.g. B4,B3,B2.")
 @click.option("--scale-m", type=float, required=True, help="Ground sampling distance in metres.")
-@click.option("--composite", type=click.Choice(["median", "mosaic", "none"]), default="median", show_default=True)
+@click.option("--composite", type=click.Choice(COMPOSITES), default="median", show_default=True)
 @click.option("--quicklook", type=click.Path(dir_okay=False), help="Write an RGB PNG of the patch.")
 def inspect(points, bboxes, roi_file, buffer_m, start, end, year, backend, provider_config, collection, bands, scale_m,
             composite, quicklook) -> None:
@@ -375,8 +442,13 @@ def inspect(points, bboxes, roi_file, buffer_m, start, end, year, backend, provi
         raise SpecError(f"inspect takes exactly one ROI, got {len(rois)}")
     _writable_file(quicklook, "--quicklook")
     sensor = _sensor(collection, bands, scale_m, composite)
-    _dump(inspect_provider_patch(rois[0][1], _temporal(start, end, year), sensor, _backend(backend, provider_config),
-                                 quicklook=quicklook))
+    report = inspect_provider_patch(rois[0][1], _temporal(start, end, year), sensor,
+                                    _backend(backend, provider_config), quicklook=quicklook)
+    from .convert import converter
+
+    # the ROI as used: a --point without its own buffer got --buffer-m's default, which is otherwise only in --help
+    _dump({"roi": {"name": rois[0][0], **converter.unstructure(rois[0][1])}}
+          | report)
 
 
 @main.command()

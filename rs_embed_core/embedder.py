@@ -83,6 +83,12 @@ class Embedder:
     def forward(self, x: Any, ctx: BatchContext) -> EmbedOutput:
         raise NotImplementedError
 
+    def output_dims(self, ctx: BatchContext) -> tuple[int, int]:
+        """(pooled, grid) feature dimensions of this batch's outputs, which `check_output` holds forward to:
+        the variant's, unless the model's width depends on its input (e.g. statistics per input band), in
+        which case it overrides this to say what the card's numbers mean for `ctx.band_names`."""
+        return self.variant.pooled_dim, self.variant.grid_dim
+
     @property
     def weights_revision(self) -> str | None:
         return self.variant.weights.revision if self.variant.weights else None
@@ -105,3 +111,29 @@ def requested_bands(sensors: tuple[SensorSpec, ...], steps: tuple[Any, ...]) -> 
     step's list when the chain has one, else every sensor's bands in order."""
     selected = next((Step.of(s).params.get("bands") for s in steps if Step.of(s).name == "select_bands"), None)
     return tuple(selected) if selected else tuple(b for s in sensors for b in s.bands)
+
+
+def check_output(out: EmbedOutput, embedder: Embedder, ctx: BatchContext, batch: int) -> None:
+    """Refuse a forward's output that does not match the card: pooled (B, pooled_dim), grid (B, grid_dim, h, w),
+    with the dimensions of `embedder.output_dims(ctx)` (the variant's unless the model says otherwise).
+
+    The runner calls this once per batch, right after `forward`; it reads only `.shape` (numpy or torch,
+    no copy), so it costs nothing next to the forward. A wrong shape is a plugin bug: without this check
+    it would surface later as a wrong-sized vector in an export, or not at all.
+    """
+    from .errors import PluginError
+
+    pooled_dim, grid_dim = embedder.output_dims(ctx)
+    who = f"{type(embedder).card.id}/{embedder.variant.name}"
+    if out.pooled is None and out.grid is None:
+        raise PluginError(f"{who}: forward returned neither a pooled nor a grid output")
+    if out.pooled is not None:
+        shape = tuple(int(n) for n in out.pooled.shape)
+        if shape != (batch, pooled_dim):
+            raise PluginError(f"{who}: forward returned pooled {shape}; the card says ({batch}, {pooled_dim}) "
+                              f"for a batch of {batch} (pooled_dim={pooled_dim})")
+    if out.grid is not None:
+        shape = tuple(int(n) for n in out.grid.shape)
+        if len(shape) != 4 or shape[:2] != (batch, grid_dim):
+            raise PluginError(f"{who}: forward returned grid {shape}; the card says ({batch}, {grid_dim}, h, w) "
+                              f"for a batch of {batch} (grid_dim={grid_dim})")

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .embedder import BatchContext, Embedder, EmbedOutput
+from .embedder import BatchContext, Embedder, EmbedOutput, check_output
 from .errors import SpecError
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
@@ -150,5 +150,6 @@ def forward(embedder: Embedder, arrays: Sequence[np.ndarray], ctx: BatchContext,
         out = embedder.forward(np.stack(arrays), ctx)
     if not isinstance(out, EmbedOutput):
         raise TypeError(f"{type(embedder).__name__}.forward must return EmbedOutput, got {type(out).__name__}")
+    check_output(out, embedder, ctx, len(arrays))  # shapes only: a plugin bug is caught at its first batch
     extras = item_extras(out.extra, len(arrays)) if out.extra else None
     return to_numpy(out.pooled), to_numpy(out.grid), extras

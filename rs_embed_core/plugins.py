@@ -104,9 +104,28 @@ def _load() -> None:
     pm.check_pending()
 
 
+def plugin_distribution(name: str) -> str | None:
+    """The distribution that installed the plugin registered as `name` (None: built-in or in-process)."""
+    hit = _distributions.get(name)
+    return hit[0] if hit else None
+
+
+def describe_plugin(name: str) -> str:
+    """"plugin 'tinyconv' (distribution rs-embed-tinyconv 0.1)", for messages naming who registered what."""
+    if name in _distributions:
+        dist, version = _distributions[name]
+        return f"plugin {name!r} (distribution {dist} {version})"
+    return f"plugin {name!r} ({'built into rs-embed-core' if name in BUILTINS else 'registered in-process'})"
+
+
 def plugin_info() -> list[dict[str, object]]:
-    """Loaded plugins with their hooks, and failed ones with their errors (for `rs-embed plugins`)."""
+    """Loaded plugins with their hooks, failed ones with their errors, and names two plugins both
+    register ("conflict": the name is refused, the rest of each plugin works) (for `rs-embed plugins`)."""
+    from .registry import conflict_message, tables
+
     load_plugins()
+    t = tables()
+    conflicts = t.conflicts
     out: list[dict[str, object]] = []
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda np_: np_[0]):
         if plugin is None:
@@ -119,6 +138,17 @@ def plugin_info() -> list[dict[str, object]]:
         }
         if name in _distributions:
             entry["distribution"], entry["version"] = _distributions[name]
+        errors = [e for p, e in t.broken if p == name]
+        if errors:  # loaded, but a hook raised while registering: nothing of that hook counts
+            entry["status"], entry["error"] = "failed", "; ".join(errors)
+        mine = [c for c in conflicts if name in c.plugins]
+        if mine:
+            entry["status"] = "conflict" if entry["status"] == "loaded" else entry["status"]
+            entry["conflicts"] = [
+                {"kind": c.kind, "name": c.name,
+                 "with": [{"plugin": p, "distribution": plugin_distribution(p)} for p in c.plugins if p != name],
+                 "how_to_choose": conflict_message(c)}
+                for c in mine]
         out.append(entry)
     for name, info in sorted(load_failures.items()):
         out.append({"name": name, "status": "failed", **{k: v for k, v in info.items() if k != "traceback"}})

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -37,11 +38,16 @@ def test_models_and_describe_and_plugins():
     assert "register_embedders" in plugins["test-cli-plugin"]["hooks"]
 
 
-def test_embed_points_to_stdout_and_npz(tmp_path):
-    r = run("embed", "tiny_test_model", "--point", "121.5,31.2,160", "--point", "121.51,31.2",
-            "--buffer-m", "160", "--start", "2022-06-01", "--end", "2022-09-01", "--backend", "world", "--quiet")
+def test_embed_points_summary_json_and_npz(tmp_path):
+    args = ["embed", "tiny_test_model", "--point", "121.5,31.2,160", "--point", "121.51,31.2",
+            "--buffer-m", "160", "--start", "2022-06-01", "--end", "2022-09-01", "--backend", "world", "--quiet"]
+    r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
-    doc = json.loads(r.output)
+    lines = r.stdout.splitlines()  # a summary, not the vectors: one line per ROI, cosines, where the vectors go
+    assert lines[0].split()[:3] == ["point_1", "(8,)", "valid"] and lines[1].split()[0] == "point_2"
+    assert re.search(r"\|e\| = \d+\.\d{4}  \[", lines[0]) and len(lines) < 10 and "--out" in lines[-1]
+    r = run(*args, "--out", str(tmp_path / "e.json"))
+    doc = json.loads((tmp_path / "e.json").read_text())
     assert [d["name"] for d in doc] == ["point_1", "point_2"] and len(doc[0]["embedding"]) == 8
     out = tmp_path / "e.npz"
     r = run("embed", "tiny_test_model", "--point", "121.5,31.2,160", "--year", "2022", "--backend", "world",
@@ -63,9 +69,9 @@ def test_embed_roi_files(tmp_path):
     ]}))
     for f in (csv, gj):
         r = run("embed", "tiny_test_model", "--rois", str(f), "--buffer-m", "160", "--year", "2022",
-                "--backend", "world", "--quiet")
+                "--backend", "world", "--quiet", "--out", str(tmp_path / "e.json"))
         assert r.exit_code == 0, r.output
-        names = [d["name"] for d in json.loads(r.output)]
+        names = [d["name"] for d in json.loads((tmp_path / "e.json").read_text())]
         assert names == (["a", "b"] if f == csv else ["pt", "roi_2"])
 
 
@@ -94,6 +100,10 @@ def test_inspect(tmp_path):
     assert rep["grid"]["shape"] == [32, 32] and set(rep["bands"]) == {"B4", "B3", "B2"}
     assert rep["valid_fraction"] == pytest.approx(1 - 4 / 1024)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rep = json.loads(run("inspect", "--point", "121.5,31.2", "--year", "2022", "--backend", "world", "--collection",
+                         "COPERNICUS/S2_SR_HARMONIZED", "--bands", "B4", "--scale-m", "10").output)
+    assert rep["roi"] == {"name": "point_1", "type": "point_buffer", "lon": 121.5, "lat": 31.2, "buffer_m": 2048.0}
+    assert rep["grid"]["shape"] == [410, 410]  # the default buffer shows in the output, not only in --help
 
 
 def test_quicklook_png_decodes_to_the_stretched_patch(tmp_path):
@@ -253,15 +263,86 @@ def test_provider_config_and_preprocessing_files(tmp_path):
     try:
         r = CliRunner().invoke(main, ["embed", "spectral_stats", "--point", "-77.9,24.8,30000", "--year", "2022",
                                       "--provider-config", str(cfg), "--preprocessing", str(chain), "--collection",
-                                      "my/rgb", "--bands", "red,green,blue", "--scale-m", "300", "--quiet"])
+                                      "my/rgb", "--bands", "red,green,blue", "--scale-m", "300", "--quiet",
+                                      "--out", str(tmp_path / "e.json")])
     finally:
         if added:
             pm.unregister(rs_embed_baseline)
     assert r.exit_code == 0, r.output
-    doc = json.loads(r.output)
+    doc = json.loads((tmp_path / "e.json").read_text())
     assert [s["name"] for s in doc[0]["meta"]["preprocessing"]] == ["select_bands", "standardize"]
     assert doc[0]["meta"]["source"]["scenes"][0]["date"] == "2022-07-01"
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"local": {"paths": shared, "colour": 1}}))
     assert "does not take" in _bad(["embed", "spectral_stats", "--point", "-77.9,24.8", "--year", "2022",
                                     "--provider-config", str(bad)])
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    from rs_embed_core.sample import make_sample_scene
+
+    root = tmp_path_factory.mktemp("cli-sample")
+    make_sample_scene(root)
+    return root
+
+
+def test_continue_on_error_writes_the_rest_and_lists_the_failed(tmp_path, sample):
+    args = ["embed", "mosaiks", "--point", "121.49,31.21,500", "--point", "10.0,50.0,500", "--year", "2022",
+            "--backend", f"local:{sample}", "--quiet"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2
+    assert "Rerun with --continue-on-error" in r.stderr and "continue_on_error=True" not in r.stderr  # CLI words
+    out = tmp_path / "e.json"
+    r = CliRunner().invoke(main, [*args, "--continue-on-error", "--out", str(out)])
+    assert r.exit_code == 1, r.output
+    assert [d["name"] for d in json.loads(out.read_text())] == ["point_1"]
+    assert "failed: point_2: fetch:" in r.stderr and f"1 of 2 ROIs failed; {out} holds the other 1" in r.stderr
+
+
+def test_unnamed_bands_hint_speaks_cli_on_the_cli_and_python_in_python(tmp_path):
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    with rasterio.open(folder / "tile_2022-07-01.tif", "w", driver="GTiff", width=64, height=64, count=3,
+                       dtype="uint16", crs="EPSG:32651", transform=from_origin(350_000, 3_454_000, 10, 10)) as f:
+        f.write(np.full((3, 64, 64), 1000, np.uint16))  # no band descriptions: bands are '1', '2', '3'
+    r = CliRunner().invoke(main, ["embed", "mosaiks", "--point", "121.44,31.21,200", "--year", "2022", "--backend",
+                                  f"local:{folder}", "--quiet"])
+    assert r.exit_code == 2
+    assert '--provider-config FILE holding {"local": {"paths": ..., "band_map": {"B4": 1' in r.stderr
+    assert "LocalProvider(" not in r.stderr
+    from rs_embed import PointBuffer, TemporalSpec, get_embedding
+    from rs_embed_core.errors import UnknownBandError
+
+    with pytest.raises(UnknownBandError, match=r"LocalProvider\(\.\.\., band_map="):  # Python callers keep theirs
+        get_embedding("mosaiks", PointBuffer(121.44, 31.21, 200), TemporalSpec.year(2022), backend=f"local:{folder}")
+
+
+def test_cli_words_rewrites_every_python_hint():
+    from rs_embed_core.cli import cli_words
+
+    python = ("pass LocalProvider('/path/to/dir'), use backend='local:/path/to/dir', or set X; "
+              "LocalProvider(..., band_pattern=r'_(?P<band>[A-Za-z0-9]+)\\.tif$') (Landsat; "
+              "configure LocalProvider(collection=...) to match; it was configured with LocalProvider(collection='a/b')")
+    said = cli_words(python)
+    assert "LocalProvider" not in said and "--backend local:/path/to/dir" in said
+    assert '"band_pattern": "_(?P<band>[A-Za-z0-9]+)\\\\.tif$"' in said and '"collection": "a/b"' in said  # JSON
+    said = cli_words("use input_prep='resize'; pass weights='<path to the file>'; pass resume=True; "
+                     "pass sensor=SensorSpec(...) ; pass backend='gee:PROJECT'; keep min_valid_fraction=0.5")
+    assert said == ("use --input-prep resize; pass --weights <path to the file>; pass --resume; "
+                    "pass --collection C --bands B1,B2 --scale-m M ; pass --backend gee:PROJECT; "
+                    "keep min_valid_fraction=0.5")  # no option of that name: left as it is
+
+
+def test_composite_offers_every_compositing_rule():
+    from rs_embed_core.specs import _COMPOSITES
+
+    for cmd in ("embed", "inspect"):
+        text = run(cmd, "--help").output
+        assert all(c in text for c in _COMPOSITES), (cmd, text)
+    # least_cloudy is a valid choice: the error is about the missing sensor, not an invalid value
+    err = _bad(["embed", "tiny_test_model", "--point", "0,0", "--year", "2022", "--composite", "least_cloudy"])
+    assert "--composite needs" in err

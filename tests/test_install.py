@@ -75,3 +75,20 @@ def test_fresh_venv_core_and_one_plugin_from_its_readme_line(tmp_path):
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip().startswith("(") and run.stdout.strip() != "()"
+
+
+def test_the_version_pin_accepts_the_cpu_build_the_readme_installs_first():
+    """README: install torch from PyTorch's CPU index first, then `-c constraints.txt` keeps it; that holds only
+    while the pin names a version without a local label (2.13.0 matches 2.13.0+cpu)."""
+    from packaging.requirements import Requirement
+
+    pins = {Requirement(ln).name: Requirement(ln).specifier for ln in (ROOT / "constraints.txt").read_text().splitlines()
+            if ln.strip() and not ln.startswith("#")}
+    readme = (ROOT / "README.md").read_text()
+    line = re.search(r"pip install (torch==\S+) (torchvision==\S+) --index-url https://download.pytorch.org/whl/cpu",
+                     readme)
+    assert line, "README lost its CPU-only torch line"
+    for req in line.groups():
+        name, version = req.split("==")
+        assert str(pins[name]) == f"=={version}", f"README installs {req}, constraints.txt pins {pins[name]}"
+        assert pins[name].contains(f"{version}+cpu")

@@ -1,6 +1,7 @@
 """Plugin system: in-process registration, duplicates, case-insensitive ids, load failures."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -70,18 +71,25 @@ def test_unregister_removes_model(registered):
         embedder_class("gone_model")
 
 
-def test_duplicate_id_names_both_plugins(registered):
+def test_duplicate_id_is_refused_alone_and_names_both_plugins(registered):
     class A(Embedder):
-        card = _card("dupe")
+        card = _card("dupe", aliases=("a_alias",))
 
     class B(Embedder):
         card = _card("other", aliases=("DUPE",))
 
     registered(_plugin(A), name="plugin-a")
     registered(_plugin(B), name="plugin-b")
+    t = tables()  # the tables still build: a conflict is contained
+    assert "dupe" not in t.model_ids and "other" in t.model_ids
+    assert embedder_class("other") is B  # the rest of both plugins works
+    assert embedder_class("mosaiks").card.id == "mosaiks"  # and so do the plugins that were there
     with pytest.raises(PluginError) as e:
-        tables()
+        embedder_class("dupe")
     assert "plugin-a" in str(e.value) and "plugin-b" in str(e.value)
+    with pytest.raises(PluginError, match="alias of 'dupe'"):  # A's id is refused, so are its aliases
+        embedder_class("a_alias")
+    assert [(c.kind, c.name, set(c.plugins)) for c in t.conflicts] == [("embedder", "dupe", {"plugin-a", "plugin-b"})]
 
 
 def test_unknown_model_suggests_near_matches(registered):
@@ -180,3 +188,129 @@ def test_unknown_backend_and_model_name_the_plugin_to_install(monkeypatch):
     if "gee" not in registry.tables().providers:
         with pytest.raises(UnknownProviderError, match="rs-embed-gee.*stac:earth-search.*local:DIR"):
             registry.provider_factory("gee")
+
+
+def _third_party_site(tmp_path):
+    """An installed third-party distribution, rs-embed-tinyconv, whose names repeat installed ones: model id
+    'mosaiks' (rs-embed-baseline's), alias 'rcf' (mosaiks's alias) and backend 'local' (built into the core)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "tinyconv_plug.py").write_text(textwrap.dedent('''
+        from rs_embed_core.card import InputSpec, ModelCard, Variant
+        from rs_embed_core.embedder import Embedder
+        from rs_embed_core.hookspecs import hookimpl
+
+        def _card(i, aliases=()):
+            return ModelCard(id=i, aliases=aliases, description="d", input=InputSpec("x", ("a",), 1.0),
+                             variants=(Variant("v", 1, 1),), preprocessing=())
+
+        class Mine(Embedder):
+            card = _card("mosaiks")
+
+        class Tiny(Embedder):
+            card = _card("tinyconv", aliases=("rcf", "tiny"))
+
+        @hookimpl
+        def register_embedders(register):
+            register(Mine)
+            register(Tiny)
+
+        @hookimpl
+        def register_providers(register):
+            register("local", lambda arg=None: None)
+    '''))
+    dist = site / "rs_embed_tinyconv-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: rs-embed-tinyconv\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[rs_embed]\ntinyconv = tinyconv_plug\n")
+    return site
+
+
+def _cli(site, *args, **env):
+    e = {**os.environ, "PYTHONPATH": str(site), **env}
+    if "RS_EMBED_PLUGINS" not in env:
+        e.pop("RS_EMBED_PLUGINS", None)
+    return subprocess.run([sys.executable, "-m", "rs_embed_core.cli", *args], capture_output=True, text=True,
+                          env=e, timeout=120)
+
+
+def test_third_party_plugin_repeating_installed_names_is_contained(tmp_path):
+    site = _third_party_site(tmp_path)
+    models = _cli(site, "models")
+    assert models.returncode == 0, models.stderr
+    listed = {ln.split()[0] for ln in models.stdout.splitlines() if ln and not ln.startswith(" ")}
+    assert {"spectral_stats", "tinyconv"} <= listed and "mosaiks" not in listed
+    assert "3 names refused because two plugins register them (local, mosaiks, rcf): see `rs-embed plugins`" \
+        in models.stderr
+
+    plugins = _cli(site, "plugins")
+    info = {p["name"]: p for p in json.loads(plugins.stdout)}
+    assert info["tinyconv"]["status"] == "conflict" and info["baseline"]["status"] == "conflict"
+    contested = {(c["kind"], c["name"]): c for c in info["tinyconv"]["conflicts"]}
+    assert set(contested) == {("embedder", "mosaiks"), ("embedder", "rcf"), ("provider", "local")}
+    assert contested["embedder", "mosaiks"]["with"] == [{"plugin": "baseline", "distribution": "rs-embed-baseline"}]
+    assert contested["provider", "local"]["with"][0]["plugin"] == "rs_embed_core.providers.local"
+
+    refused = _cli(site, "describe", "mosaiks")
+    assert refused.returncode == 2
+    assert "rs-embed-baseline" in refused.stderr and "rs-embed-tinyconv" in refused.stderr
+    keep = re.search(r"keep rs-embed-baseline's: RS_EMBED_PLUGINS=(\S+)", refused.stderr)
+    assert keep and "rs-embed-tinyconv" not in keep.group(1), refused.stderr
+    assert "pip uninstall rs-embed-tinyconv" in refused.stderr
+    for name in ("tiny", "spectral_stats", "stats"):  # uncontested names of both plugins
+        assert _cli(site, "describe", name).returncode == 0, name
+    alias = _cli(site, "describe", "random_conv_features")  # the alias of a refused id is refused with it
+    assert alias.returncode == 2 and "alias of 'mosaiks'" in alias.stderr
+    backend = _cli(site, "embed", "spectral_stats", "--point", "121.5,31.2", "--year", "2022", "--backend", "local")
+    assert backend.returncode == 2 and "provider 'local'" in backend.stderr and "rename" in backend.stderr
+
+    chosen = _cli(site, "describe", "mosaiks", RS_EMBED_PLUGINS=keep.group(1))  # the hint, followed, works
+    assert chosen.returncode == 0, chosen.stderr
+    assert json.loads(chosen.stdout)["plugin"] == "baseline"
+
+
+def test_models_points_at_plugins_when_one_failed(tmp_path):
+    site = _fake_site(tmp_path)
+    out = _cli(site, "models")
+    assert out.returncode == 0 and "good_model" in out.stdout and "@ 1 m," in out.stdout  # 1 m, not 1.0 m
+    assert out.stderr.strip() == "note: 1 plugin failed to load: see `rs-embed plugins`"
+    assert _cli(site, "models", RS_EMBED_PLUGINS="fake-plugs:good").stderr == ""  # nothing failed: no note
+
+
+def test_every_known_model_has_a_row_in_docs_models():
+    from pathlib import Path
+
+    from rs_embed_core.registry import KNOWN_MODELS
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    table = (docs / "models.md").read_text()
+    for model, dist in KNOWN_MODELS.items():
+        assert f"| `{model}`" in table or f"(`{model}`)" in table, f"docs/models.md has no row for {model}"  # or alias
+        assert f"`plugins/{dist}`" in table
+
+
+def test_a_plugin_whose_hook_raises_is_contained(registered):
+    from rs_embed_core.plugins import plugin_info
+
+    class Fine(Embedder):
+        card = _card("fine_before_the_crash")
+
+    class Crashing:
+        @hookimpl
+        def register_embedders(self, register):
+            register(Fine)  # registered, then the hook raises: nothing of this hook counts
+            raise RuntimeError("needs a GPU driver")
+
+    class NoCard:
+        @hookimpl
+        def register_embedders(self, register):
+            register(object)
+
+    registered(Crashing(), name="crashing")
+    registered(NoCard(), name="no-card")
+    assert embedder_class("mosaiks").card.id == "mosaiks"  # the installed models still work
+    with pytest.raises(UnknownModelError, match="'crashing' failed to register: register_embedders: RuntimeError"):
+        embedder_class("fine_before_the_crash")
+    info = {p["name"]: p for p in plugin_info()}
+    assert info["crashing"]["status"] == "failed" and "needs a GPU driver" in info["crashing"]["error"]
+    assert info["no-card"]["status"] == "failed" and "without a model card" in info["no-card"]["error"]

@@ -22,7 +22,7 @@ BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), fl
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, random_weights_cache):
     from rs_embed_core.providers.local import LocalProvider
     from rs_embed_core.sample import make_sample_scene
     from rs_embed_core.testing import random_weights
@@ -30,9 +30,10 @@ def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("readme")
     make_sample_scene(root / "sample")
     with contextlib.ExitStack() as stack:
-        stack.enter_context(random_weights("remoteclip", None, root / "weights"))  # one offline cache for both
-        stack.enter_context(random_weights("prithvi", None, root / "weights"))
-        yield root, LocalProvider(root / "sample")
+        # one offline cache for both, for the whole session: each full-size random checkpoint is built once
+        stack.enter_context(random_weights("remoteclip", None, random_weights_cache))
+        stack.enter_context(random_weights("prithvi", None, random_weights_cache))
+        yield root, LocalProvider(root / "sample"), random_weights_cache
 
 
 def test_there_are_snippets():
@@ -41,7 +42,7 @@ def test_there_are_snippets():
 
 @pytest.mark.parametrize("k", range(len(BLOCKS)))
 def test_readme_snippet_runs(env, k):
-    root, local = env
+    root, local, cache = env
     code = BLOCKS[k]
     if "data/landsat7_rgb_byte.tif" in code:
         if not SHARED_TIF.is_file():
@@ -50,7 +51,7 @@ def test_readme_snippet_runs(env, k):
     code = (code.replace('backend="gee"', "backend=LOCAL").replace('backend="local:sample"', "backend=LOCAL")
             .replace('out="exports"', f"out={str(root / f'exports{k}')!r}")
             .replace('quicklook="patch.png"', f"quicklook={str(root / 'patch.png')!r}")
-            .replace('"/tmp/rs-embed-random"', repr(str(root / "random"))))
+            .replace('"/tmp/rs-embed-random"', repr(str(cache))))
     ns = {"LOCAL": local}
     exec(compile(code, f"README.md python block {k}", "exec"), ns)  # noqa: S102
     if "emb" in ns:

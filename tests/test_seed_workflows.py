@@ -20,10 +20,10 @@ from rs_embed_core.testing import random_weights  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def local(tmp_path_factory):
+def local(tmp_path_factory, random_weights_cache):
     root = tmp_path_factory.mktemp("seed")
     make_sample_scene(root / "scene")
-    with random_weights("remoteclip", None, root / "hub"):
+    with random_weights("remoteclip", None, random_weights_cache):  # built once a session (root conftest.py)
         yield LocalProvider(root / "scene")
 
 

@@ -426,3 +426,37 @@ def test_perturbed_state_dict_and_random_state_follow_their_rules():
     rs = random_state({"norm.weight": (5,), "proj.weight": (3, 5)}, seed=1)
     assert (rs["norm.weight"] - 1).abs().max() < 0.2 and rs["proj.weight"].abs().max() < 0.2
     assert torch.equal(rs["proj.weight"], random_state({"norm.weight": (5,), "proj.weight": (3, 5)}, seed=1)["proj.weight"])
+
+
+def test_random_weights_are_marked_random_in_meta_and_manifest_and_kept_once(tmp_path):
+    pytest.importorskip("torch")
+    import json
+
+    from rs_embed_core.api import get_embedding
+    from rs_embed_core.export import export_batch
+    from rs_embed_core.specs import PointBuffer, TemporalSpec
+    from rs_embed_core.testing import FakeProvider, random_weights, registered
+
+    strict, _ = _torch_embedders()
+    roi, when = PointBuffer(121.5, 31.2, 160), TemporalSpec.range("2022-06-01", "2022-09-01")
+    with registered(strict), random_weights("kit-test-torch", None, tmp_path / "cache") as spec:
+        emb = get_embedding("kit-test-torch", roi, when, backend=FakeProvider(), device="cpu")
+        res = export_batch([roi], when, ["kit-test-torch"], tmp_path / "out", backend=FakeProvider(), device="cpu",
+                           progress=False)
+    assert spec.repo_id == "random-weights/acme.kit-net"
+    assert emb.meta["weights"]["repo_id"] == "random-weights/acme.kit-net"
+    manifest = json.loads((res.out / "manifest.json").read_text())
+    assert manifest["models"]["kit-test-torch"]["weights"]["repo_id"] == "random-weights/acme.kit-net"
+
+    def big_files():  # weights files other than the probe's (one unknown key), wherever they are
+        return sorted(p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.suffix == ".safetensors"
+                      and "rs_embed_probe" not in p.read_bytes()[:200].decode("latin-1"))
+
+    files = big_files()
+    assert len(files) == 1 and files[0].parent.parent.name == "snapshots", files  # one copy: the Hub's
+    stamp = files[0].stat().st_mtime_ns
+    with registered(strict), random_weights("kit-test-torch", None, tmp_path / "cache") as again:
+        assert again == spec  # the same model, variant and seed: the same file, served again, not rewritten
+    assert big_files() == files and files[0].stat().st_mtime_ns == stamp
+    with registered(strict), random_weights("kit-test-torch", None, tmp_path / "cache", seed=1) as other:
+        assert other.revision != spec.revision and other.sha256 != spec.sha256

@@ -228,6 +228,12 @@ class SpectralStats(Embedder):
     def default_chain(cls, sensor: Any) -> tuple:
         return default_chain_for(sensor, cls.card.preprocessing, standardize=False)
 
+    def output_dims(self, ctx: BatchContext) -> tuple[int, int]:
+        """5 statistics per band and per index the bands allow: 55 for the card's bands, fewer for others."""
+        roles = band_roles(tuple(ctx.band_names) or BANDS, getattr(getattr(ctx, "sensor", None), "collection", None))
+        n = len(roles) + sum(1 for _, a, b in INDICES if a in roles and b in roles)
+        return len(STATS) * n, len(STATS) * n
+
     def forward(self, x: Any, ctx: BatchContext) -> EmbedOutput:
         xs, valid = _check_input(x, ctx, self.card.id)
         names = tuple(ctx.band_names) or BANDS[: xs.shape[2]]

@@ -19,12 +19,14 @@ from .contract import (
     check_embedder_contract,
     check_strict_loading,
     default_spatials,
+    random_repo_id,
     random_weights,
     registered,
 )
 from .hub import (
     build_hf_cache,
     file_sha256,
+    hf_cache_file,
     offline_hub,
     perturbed_state_dict,
     random_state,
@@ -46,6 +48,8 @@ __all__ = [
     "check_embedder_contract",
     "check_strict_loading",
     "random_weights",
+    "random_repo_id",
+    "hf_cache_file",
     "registered",
     "default_spatials",
     "ContractReport",

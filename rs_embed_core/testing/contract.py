@@ -23,7 +23,7 @@ from ..card import ModelCard, Variant, WeightsSpec
 from ..errors import UnknownModelError, WeightsError
 from ..specs import BBox, OutputSpec, PointBuffer, TemporalSpec
 from ..weights import CACHE_ENV
-from .hub import build_hf_cache, offline_hub, random_weights_file, weights_spec_for
+from .hub import file_sha256, hf_cache_file, offline_hub, random_weights_file
 from .provider import S2_L2A_BANDS, FakeProvider
 
 DEFAULT_TEMPORAL = ("2022-06-01", "2022-09-01")
@@ -260,14 +260,44 @@ def _offline(root: Path) -> Iterator[None]:
         yield
 
 
-def _write_weights(var: Variant, root: Path, label: str, sd: Mapping[str, Any], seed: int = 0) -> WeightsSpec:
-    """Random weights for `sd` served from the offline cache under a revision of their own."""
+RANDOM_ORG = "random-weights"
+
+
+def random_repo_id(repo_id: str) -> str:
+    """The repo id random weights are served under: "chendelong/RemoteCLIP" -> "random-weights/chendelong.RemoteCLIP",
+    so every Embedding's meta and every export manifest made with them says so in `weights.repo_id`."""
+    if repo_id.startswith(f"{RANDOM_ORG}/"):  # already random (random_weights inside random_weights)
+        return repo_id
+    return f"{RANDOM_ORG}/{repo_id.replace('/', '.')}"  # the Hub allows no '--' in a repo id
+
+
+def _template_digest(sd: Mapping[str, Any]) -> str:
+    """Keys, shapes and dtypes of a template: what, with the seed, fixes a random file's content."""
+    items = sorted((k, tuple(int(n) for n in _shape(v)), str(getattr(v, "dtype", "float32"))) for k, v in sd.items())
+    return hashlib.sha1(repr(items).encode()).hexdigest()
+
+
+def _write_weights(var: Variant, root: Path, label: str, sd: Mapping[str, Any], seed: int = 0,
+                   repo_id: str | None = None) -> WeightsSpec:
+    """Random weights for `sd` served from the offline cache under a revision of their own.
+
+    The revision is content-addressed (repo, file, label, seed and the template's keys/shapes/dtypes): a
+    second call with the same cache folder serves the file the first one wrote instead of writing it again,
+    so a session-wide cache folder builds each full-size checkpoint once. The file is written once, straight
+    into the Hub snapshot (one copy on disk).
+    """
     assert var.weights is not None
     ws = var.weights
-    revision = hashlib.sha1(f"{ws.repo_id}:{ws.filename}:{label}:{seed}".encode()).hexdigest()
-    src = random_weights_file(sd, root / "files" / label / Path(ws.filename).name, seed=seed)
-    build_hf_cache(root / "hub", ws.repo_id, revision, {ws.filename: src})
-    return weights_spec_for(ws.repo_id, revision, ws.filename, src, ws.license)
+    repo = repo_id or ws.repo_id
+    revision = hashlib.sha1(f"{repo}:{ws.filename}:{label}:{seed}:{_template_digest(sd)}".encode()).hexdigest()
+    dest = hf_cache_file(root / "hub", repo, revision, ws.filename)
+    digest_file = root / "sha256" / revision
+    if not (dest.is_file() and digest_file.is_file()):
+        part = dest.with_name(f".part-{dest.name}")  # a run stopped mid-write leaves no file that looks finished
+        random_weights_file(sd, part, seed=seed).replace(dest)
+        digest_file.parent.mkdir(parents=True, exist_ok=True)
+        digest_file.write_text(file_sha256(dest))
+    return WeightsSpec(repo, revision, ws.filename, digest_file.read_text().strip(), ws.license)
 
 
 def _try_load(cls: type, var: Variant, spec: WeightsSpec) -> WeightsError | None:
@@ -314,7 +344,11 @@ def random_weights(
     The keys come from the same probe as `check_strict_loading` (or from `state_dict`). The
     class's `card` is swapped for one whose variant points at the random file (restored on exit),
     so the public API and `check_embedder_contract` run the model end to end without real
-    weights. Process-wide state: not for tests running side by side in threads.
+    weights. The file is served under `random_repo_id(...)` ("random-weights/ORG.NAME"), which
+    every Embedding's meta and export manifest record: nothing made with it passes for the real
+    model. One copy of the file is kept in `cache_dir` (plus, for a pickle checkpoint, the
+    safetensors conversion every user's cache holds too), and a later call with the same cache_dir,
+    model, variant and seed reuses it. Process-wide state: not for tests running side by side in threads.
     """
     cls, card, var, who = _weighted_variant(model, variant)
     if var.weights is None:
@@ -322,7 +356,7 @@ def random_weights(
     root = Path(cache_dir)
     with _offline(root):
         template = dict(state_dict) if state_dict is not None else _expected_keys(cls, var, root, who)
-        spec = _write_weights(var, root, "random", template, seed)
+        spec = _write_weights(var, root, "random", template, seed, repo_id=random_repo_id(var.weights.repo_id))
         patched = attrs.evolve(card, variants=tuple(
             attrs.evolve(v, weights=spec) if v is var else v for v in card.variants))
         own = cls.__dict__.get("card")

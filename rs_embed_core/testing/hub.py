@@ -28,29 +28,44 @@ def _names(repo_id: str, revision: str, filename: str) -> tuple[str, str, list[s
     return org, name, _file_parts(spec)
 
 
+def hf_cache_file(cache_dir: str | Path, repo_id: str, revision: str, filename: str,
+                  repo_type: str = "model") -> Path:
+    """Where `hf_hub_download(repo_id, filename, revision=<commit>)` finds `filename` in a Hub cache at
+    `cache_dir` (`models--ORG--NAME/snapshots/REV/FILE`; `datasets--...` for a dataset repository); creates its
+    folder and `refs/main`."""
+    org, name, parts = _names(repo_id, revision, filename)
+    repo = Path(cache_dir) / f"{repo_type}s--{org}--{name}"
+    dest = repo.joinpath("snapshots", revision, *parts)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    return dest
+
+
 def build_hf_cache(cache_dir: str | Path, repo_id: str, revision: str, files: Mapping[str, bytes | Path],
                    repo_type: str = "model") -> Path:
     """Write `files` (name -> bytes, or a file to copy) into a Hub cache at `cache_dir`; return the snapshot folder.
     `repo_type="dataset"` writes a dataset repository's cache (a precomputed product's file).
 
     Files are written as plain files in the snapshot (no blob symlinks), which
-    `hf_hub_download(..., revision=<commit sha>)` serves as-is and which works on any file system.
+    `hf_hub_download(..., revision=<commit sha>)` serves as-is and which works on any file system. A file
+    given by path is hard-linked where the file system allows (full-size random checkpoints are GBs: the
+    snapshot does not hold a second copy), else copied; replace such a file rather than editing it in place.
     """
     if not files:
         raise ValueError("build_hf_cache needs at least one file")
     snapshot = Path()
     for filename, content in files.items():
-        org, name, parts = _names(repo_id, revision, filename)
-        repo = Path(cache_dir) / f"{repo_type}s--{org}--{name}"
-        snapshot = repo / "snapshots" / revision
-        dest = snapshot.joinpath(*parts)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest = hf_cache_file(cache_dir, repo_id, revision, filename, repo_type)
+        snapshot = dest.parents[len(Path(filename).parts) - 1]
+        dest.unlink(missing_ok=True)
         if isinstance(content, (bytes, bytearray)):
             dest.write_bytes(bytes(content))
-        else:
+            continue
+        try:
+            os.link(content, dest)
+        except OSError:  # another file system, or links not allowed
             shutil.copyfile(content, dest)
-        (repo / "refs").mkdir(exist_ok=True)
-        (repo / "refs" / "main").write_text(revision)
     return snapshot
 
 
