@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import threading
 import warnings
+from collections import Counter
 from functools import lru_cache
 from typing import Any, Iterator, Sequence
 
@@ -354,6 +355,7 @@ def run(
     metas = [job_meta(job, provider, temporal, valid_policy) for job in jobs]
     requests, needs = plan_fetches(jobs, spatials, temporal)
     users = users_of(needs)  # request -> (item, job) that wait for it
+    same_key = Counter(r.key for r in requests)
     refuse = min_valid_fraction if on_low_valid == "error" else None
 
     from tqdm.auto import tqdm
@@ -498,7 +500,8 @@ def run(
         whether its pixels may stay in the worker (nobody here needs more than the prepared inputs)."""
         pairs = [((i, j), jobs[j].prep_spec([needs[i][j][0].bands], refuse))
                  for i, j in users.get(r, []) if len(needs[i][j]) == 1]
-        return pairs, not input_pixels and len(pairs) == len(users.get(r, []))
+        alone = same_key[requests[r].key] == 1  # an identical request later reuses this fetch's raster
+        return pairs, alone and not input_pixels and len(pairs) == len(users.get(r, []))
 
     def consume(i: int, j: int, ready: Prepared | None) -> Iterator[tuple[int, int, Embedding | ItemError]]:
         """Every input of (item i, job j) has arrived: check, queue its pieces for the model."""

@@ -218,7 +218,7 @@ class OlmoEarth(Embedder):
                               torch.from_numpy(days[idx]).to(x.device), r)
             if grid is None:
                 grid = torch.empty((b, *g.shape[1:]), dtype=torch.float32, device=x.device)
-            pooled[idx], grid[idx] = p, g
+            pooled[idx], grid[idx] = p.float(), g.float()  # bf16 / fp16 under autocast
         return EmbedOutput(pooled=pooled, grid=grid if ctx.want == "grid" else None)
 
 

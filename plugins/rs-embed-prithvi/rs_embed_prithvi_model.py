@@ -107,7 +107,11 @@ class PrithviViT(nn.Module):
         temporal: torch.Tensor | None = None,
         location: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        tokens, (t, h, w) = self.patch_embed["proj"](x)
+        # The patch embedding runs in float32 even under autocast: the time and location codes added to its
+        # tokens (sines of years and degrees) are nearly the same for every token, and in bfloat16 the residual
+        # stream loses what differs between tokens (cosine to fp32 fell to 0.95). The blocks still autocast.
+        with torch.autocast(x.device.type, enabled=False):
+            tokens, (t, h, w) = self.patch_embed["proj"](x.float())
         tokens = tokens + self.pos_embed(t, h, w, tokens.device).to(tokens.dtype)
         if self.coords and temporal is not None:
             if temporal.shape != (x.shape[0], t, 2):

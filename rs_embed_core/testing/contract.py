@@ -20,7 +20,7 @@ import numpy as np
 from attrs import frozen
 
 from ..card import ModelCard, Variant, WeightsSpec
-from ..errors import UnknownModelError, WeightsError
+from ..errors import BatchError, UnknownModelError, WeightsError
 from ..specs import BBox, OutputSpec, PointBuffer, TemporalSpec
 from ..weights import CACHE_ENV
 from .hub import file_sha256, hf_cache_file, offline_hub, random_weights_file
@@ -142,7 +142,10 @@ def check_embedder_contract(
         return d
 
     # pooled
-    pooled = get_embeddings_batch(card.id, rois, output=OutputSpec.pooled(), **kw)
+    try:
+        pooled = get_embeddings_batch(card.id, rois, output=OutputSpec.pooled(), **kw)
+    except BatchError as exc:  # e.g. the runtime's own output-shape check: say it as a failed check
+        _fail(f"{who}: {exc.errors[0].stage} failed: {exc.errors[0].error_type}: {exc.errors[0].message}")
     _require(len(pooled) == len(rois), f"{who}: {len(pooled)} pooled embeddings for {len(rois)} ROIs")
     for i, e in enumerate(pooled):
         check_item(e, "pooled", i)
