@@ -306,8 +306,8 @@ def _where_mask(src: ExportVectors, where: Any) -> np.ndarray | None:
     n = src.n_items
     mask = np.zeros(n, bool)
     if isinstance(where, BBox):
-        for i, s in enumerate(src.spatials):
-            mask[i] = _inside(where, *s.center)
+        for i in range(n):
+            mask[i] = _inside(where, *src.spatial(i).center)
         return mask
     if callable(where):
         for i, it in enumerate(src.manifest["items"]):
@@ -503,7 +503,7 @@ def _table(src: ExportVectors, scores, items, rows, cols, extra: dict[str, Any])
             x, y = g.x0 + (c + 0.5) * g.res, g.y0 - (r + 0.5) * g.yres
             lon, lat = _transformer(g.crs, "EPSG:4326").transform(x, y)
         else:
-            lon, lat = src.spatials[int(i)].center
+            lon, lat = src.spatial(int(i)).center
         lons.append(lon)
         lats.append(lat)
     bbox = _bbox(geoms)

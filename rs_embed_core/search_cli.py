@@ -33,7 +33,7 @@ def _place_query(src: Any, lon: float, lat: float, buffer_m: float | None) -> An
     if covered:
         return here
     if buffer_m is None:
-        buffers = sorted(s.buffer_m for s in src.spatials if isinstance(s, PointBuffer))
+        buffers = sorted(s["buffer_m"] for s in src.request["spatials"] if s.get("type") == "point_buffer")
         if not buffers:
             raise SpecError(f"{lon},{lat} lies outside the export and its items are boxes; give --buffer-m to "
                             "embed that place on the fly")

@@ -119,8 +119,7 @@ class ApproxIndex:
         hit = _loaded.get(self.record_path)
         if hit is not None and hit[0] == text:
             return hit[1], hit[2]
-        from usearch.index import Index
-
+        Index = _usearch()
         try:
             index = Index.restore(str(self.index_path), view=True)
             with np.load(self.keys_path, allow_pickle=False) as z:
@@ -138,8 +137,7 @@ class ApproxIndex:
         return index, keys
 
     def _build(self) -> None:
-        from usearch.index import Index
-
+        Index = _usearch()
         src = self.src
         stat, digest = src.stat_fingerprint(), src.content_digest()
         index = Index(ndim=src.dim, metric="cos", dtype=DTYPE, connectivity=CONNECTIVITY,
@@ -207,6 +205,16 @@ class ApproxIndex:
         rec = self._record() or {}
         return {"index": str(self.index_path), "count": rec.get("count"), "dim": rec.get("dim"),
                 "level": rec.get("level"), "dtype": rec.get("dtype"), "source_sha256": rec.get("source_sha256")}
+
+
+def _usearch() -> Any:
+    """usearch.index.Index. PROJ (pyproj) is loaded first: usearch's extension carries its own C++ runtime,
+    and loaded before PROJ it makes every later CRS lookup fail ("non double value")."""
+    import pyproj  # noqa: F401
+
+    from usearch.index import Index
+
+    return Index
 
 
 def _usearch_version() -> str:

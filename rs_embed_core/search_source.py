@@ -32,6 +32,32 @@ from .specs import BBox, PointBuffer
 LEVELS = ("auto", "item", "cell")
 
 
+_manifests: dict[Path, tuple[tuple[int, int], bytes, dict[str, Any], dict[str, np.ndarray]]] = {}
+
+
+def _read_manifest(path: Path) -> tuple[bytes, dict[str, Any]]:
+    """The manifest's bytes and JSON, parsed once per file version (a million items take seconds to parse)."""
+    st = path.stat()
+    stamp = (st.st_size, st.st_mtime_ns)
+    hit = _manifests.get(path.resolve())
+    if hit is not None and hit[0] == stamp:
+        return hit[1], hit[2]
+    raw = path.read_bytes()
+    doc = json.loads(raw)
+    _manifests.clear()  # one export at a time is enough; never a growing cache
+    _manifests[path.resolve()] = (stamp, raw, doc, {})
+    return raw, doc
+
+
+def _status(path: Path, manifest: dict[str, Any], key: str) -> np.ndarray:
+    """Per item: does `key` hold a vector for it (manifest status "ok")."""
+    hit = _manifests.get(path.resolve())
+    cache = hit[3] if hit is not None and hit[2] is manifest else {}
+    if key not in cache:
+        cache[key] = np.asarray([it["status"].get(key, "pending") == "ok" for it in manifest["items"]])
+    return cache[key]
+
+
 @frozen(eq=False)
 class Chunk:
     """A run of vectors: their item ids, cell rows/cols (-1 at item level), raw float32 vectors (n, D)."""
@@ -58,8 +84,7 @@ class ExportVectors:
             raise SearchError(f"{root} holds no rs-embed export ({MANIFEST} not found); pass the folder export_batch "
                               "or `rs-embed export` wrote")
         self.root = root
-        self.manifest_bytes = mpath.read_bytes()
-        self.manifest: dict[str, Any] = json.loads(self.manifest_bytes)
+        self.manifest_bytes, self.manifest = _read_manifest(mpath)
         models: dict[str, Any] = self.manifest.get("models") or {}
         if not models:
             raise SearchError(f"{root} holds no embeddings (the export saved none, or never finished a model); "
@@ -68,7 +93,6 @@ class ExportVectors:
         self.info: dict[str, Any] = models[self.key]
         self.request: dict[str, Any] = self.manifest["request"]
         self.names: list[str] = list(self.request["names"])
-        self.stems = check_names(self.names, len(self.names))
         self.mode: str = self.info["output"]["mode"]
         if level not in LEVELS:
             raise SpecError(f"level must be one of {LEVELS}, got {level!r}")
@@ -78,7 +102,7 @@ class ExportVectors:
         self.dim = int(self.info["dimensions"])
         self.fmt: str = self.request["format"]
         self.layout: str = self.request["layout"]
-        self.status = np.asarray([it["status"].get(self.key, "pending") == "ok" for it in self.manifest["items"]])
+        self.status = _status(mpath, self.manifest, self.key)
         if not self.status.any():
             raise SearchError(f"{root}: no item of {self.key} has an embedding (every item failed or is pending)")
 
@@ -104,8 +128,12 @@ class ExportVectors:
         return len(self.names)
 
     @cached_property
-    def spatials(self) -> list[PointBuffer | BBox]:
-        return [converter.structure(s, PointBuffer | BBox) for s in self.request["spatials"]]
+    def stems(self) -> list[str]:
+        """File-name stems of the items (per-item layouts), as export derives them."""
+        return check_names(self.names, len(self.names))
+
+    def spatial(self, i: int) -> PointBuffer | BBox:
+        return converter.structure(self.request["spatials"][i], PointBuffer | BBox)
 
     @property
     def gsd(self) -> float:
@@ -179,11 +207,12 @@ class ExportVectors:
 
         pf = pq.ParquetFile(self.root / f"{self.key}.parquet")
         for batch in pf.iter_batches(batch_size=rows, columns=["id", "embedding"]):
-            col = batch.column("embedding")
-            valid = col.is_valid()
-            ids = batch.column("id").filter(valid).to_numpy()
-            vec = col.filter(valid).flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-            yield _finite(ids.astype(np.int64), vec.reshape(-1, self.dim))
+            col, ids = batch.column("embedding"), batch.column("id")
+            if col.null_count:  # failed items: null rows
+                valid = col.is_valid()
+                col, ids = col.filter(valid), ids.filter(valid)
+            vec = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+            yield _finite(ids.to_numpy().astype(np.int64), vec.reshape(-1, self.dim))
 
     def _npz_pooled(self) -> Iterator[tuple[int, np.ndarray]]:
         if self.layout == "combined":
@@ -298,10 +327,10 @@ class ExportVectors:
         from .grid import _transformer
 
         hits = []
-        for i, s in enumerate(self.spatials):
+        for i in range(self.n_items):
             if not self.status[i]:
                 continue
-            g = grid_for(s, self.gsd)
+            g = grid_for(self.spatial(i), self.gsd)
             x, y = _transformer("EPSG:4326", g.crs).transform(lon, lat)
             left, bottom, right, top = g.bounds
             if left <= x < right and bottom < y <= top:
@@ -326,7 +355,7 @@ class ExportVectors:
         """Item i's footprint ring in lon/lat: its token grid's bounds, else its ROI grid's (as export writes)."""
         g = self.item_grid(i) if self.mode == "grid" else None
         if g is None:
-            g = grid_for(self.spatials[i], self.gsd)
+            g = grid_for(self.spatial(i), self.gsd)
         return _ring(g, 0, 0, g.width, g.height, 8)
 
     def cell_footprints(self, i: int, rows: np.ndarray, cols: np.ndarray) -> list[list[tuple[float, float]]]:

@@ -361,3 +361,18 @@ def test_cli_search_errors_are_one_line(pooled, tmp_path):
     assert res.exit_code == 2 and "--out must end" in res.output
     res = CliRunner().invoke(main, ["search", str(pooled), "--text", "a lake"])
     assert res.exit_code == 2 and "no text tower" in res.output
+
+
+def test_approx_search_in_a_fresh_process(pooled, tmp_path):
+    """usearch loaded before PROJ used to break every CRS lookup after it; the index path loads PROJ first."""
+    pytest.importorskip("usearch")
+    import subprocess
+    import sys
+
+    out = tmp_path / "ex"
+    shutil.copytree(pooled, out)
+    code = ("from rs_embed import search\n"
+            f"print(search({str(out)!r}, 'lake', k=1, index='approx').column('name')[0])\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "river"
