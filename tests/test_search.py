@@ -339,7 +339,7 @@ def test_cli_search_writes_hits_and_a_score_map(pooled, tmp_path):
     assert [f["properties"]["name"] for f in doc["features"]] == ["river", "urban_b"]
     assert doc["features"][0]["geometry"]["type"] == "Polygon"
     img = np.asarray(Image.open(png).convert("RGB"))
-    assert max(img.shape[:2]) >= 800
+    assert img.shape[:2] == (480 + 18, 720)  # six far-apart places: a 3 x 2 grid of 240 px panels, then the bar
     # the query (lake) is painted white, the best hit (river) in the ramp's top colour
     white = (img == 255).all(axis=2)
     yellow = (img[..., 0] > 200) & (img[..., 1] > 200) & (img[..., 2] < 80)
@@ -376,3 +376,18 @@ def test_approx_search_in_a_fresh_process(pooled, tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip() == "river"
+
+
+def test_dense_places_share_one_map_and_sparse_ones_get_panels():
+    from rs_embed_core.search_map import _Layout
+
+    tiles = {i: np.array([i * 0.01, 0.0, (i + 1) * 0.01, 0.01]) for i in range(4)}  # side by side
+    dense = _Layout.choose(np.stack(list(tiles.values())), np.arange(4), tiles)
+    assert list(dense.frames) == [-1] and max(dense.size) == 800
+    left, right = dense.pixels(tiles[0], 0), dense.pixels(tiles[3], 3)
+    assert left[2] <= right[0] + 1 and left[1] == right[1]  # same row, left of it, on one map
+    far = {i: np.array([i * 1.0, 0.0, i * 1.0 + 0.01, 0.01]) for i in range(4)}
+    sparse = _Layout.choose(np.stack(list(far.values())), np.arange(4), far)
+    assert sorted(sparse.frames) == [0, 1, 2, 3] and sparse.size == (2 * 240, 2 * 240)
+    x0, y0, x1, y1 = sparse.pixels(far[3], 3)  # the fourth panel (second row, second column), almost filled
+    assert 240 < x0 < 255 and 240 < y0 < 255 and 200 < x1 - x0 <= 236 and 200 < y1 - y0 <= 236
