@@ -205,7 +205,8 @@ class ExportVectors:
             return
         import pyarrow.parquet as pq
 
-        pf = pq.ParquetFile(self.root / f"{self.key}.parquet")
+        # pre_buffer would keep every row group read so far: memory would grow with the file (3 GB per 1 M x 768)
+        pf = pq.ParquetFile(self.root / f"{self.key}.parquet", pre_buffer=False)
         for batch in pf.iter_batches(batch_size=rows, columns=["id", "embedding"]):
             col, ids = batch.column("embedding"), batch.column("id")
             if col.null_count:  # failed items: null rows
