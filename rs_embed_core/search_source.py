@@ -32,11 +32,11 @@ from .specs import BBox, PointBuffer
 LEVELS = ("auto", "item", "cell")
 
 
-_manifests: dict[Path, tuple[tuple[int, int], bytes, dict[str, Any], dict[str, np.ndarray]]] = {}
+_manifests: dict[Path, tuple[tuple[int, int], str, dict[str, Any], dict[str, np.ndarray]]] = {}
 
 
-def _read_manifest(path: Path) -> tuple[bytes, dict[str, Any]]:
-    """The manifest's bytes and JSON, parsed once per file version (a million items take seconds to parse)."""
+def _read_manifest(path: Path) -> tuple[str, dict[str, Any]]:
+    """The manifest's sha256 and JSON, parsed once per file version (a million items take seconds to parse)."""
     st = path.stat()
     stamp = (st.st_size, st.st_mtime_ns)
     hit = _manifests.get(path.resolve())
@@ -44,9 +44,11 @@ def _read_manifest(path: Path) -> tuple[bytes, dict[str, Any]]:
         return hit[1], hit[2]
     raw = path.read_bytes()
     doc = json.loads(raw)
+    digest = hashlib.sha256(raw).hexdigest()
+    del raw
     _manifests.clear()  # one export at a time is enough; never a growing cache
-    _manifests[path.resolve()] = (stamp, raw, doc, {})
-    return raw, doc
+    _manifests[path.resolve()] = (stamp, digest, doc, {})
+    return digest, doc
 
 
 def _status(path: Path, manifest: dict[str, Any], key: str) -> np.ndarray:
@@ -84,7 +86,7 @@ class ExportVectors:
             raise SearchError(f"{root} holds no rs-embed export ({MANIFEST} not found); pass the folder export_batch "
                               "or `rs-embed export` wrote")
         self.root = root
-        self.manifest_bytes, self.manifest = _read_manifest(mpath)
+        self.manifest_sha256, self.manifest = _read_manifest(mpath)
         models: dict[str, Any] = self.manifest.get("models") or {}
         if not models:
             raise SearchError(f"{root} holds no embeddings (the export saved none, or never finished a model); "
@@ -154,7 +156,7 @@ class ExportVectors:
 
     def stat_fingerprint(self) -> str:
         """Cheap: the manifest's bytes and every source file's path, size and mtime."""
-        h = hashlib.sha256(self.manifest_bytes)
+        h = hashlib.sha256(self.manifest_sha256.encode())
         for f in self.files():
             st = f.stat()
             h.update(f"{f.relative_to(self.root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
@@ -162,7 +164,7 @@ class ExportVectors:
 
     def content_digest(self) -> str:
         """Exact: the sha256 of the manifest and of every source file's bytes, in order."""
-        h = hashlib.sha256(self.manifest_bytes)
+        h = hashlib.sha256(self.manifest_sha256.encode())
         for f in self.files():
             h.update(f"{f.relative_to(self.root)}\n".encode())
             with open(f, "rb") as fh:
