@@ -418,7 +418,8 @@ def search(
     -> bool. level: "item", "cell" (grid exports: every token cell) or "auto" (cells for grid
     exports). index: "exact" (chunked scan) or "approx" (usearch HNSW index beside the export).
     backend: the data source for places embedded on the fly (default: the export's own, as
-    recorded). quicklook: also write a PNG map of all scores over the footprints / cells.
+    recorded). quicklook: also write a PNG of all scores over the footprints / cells (this needs
+    every score, so it scans exactly even with index="approx").
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise SpecError(f"k must be a positive integer, got {k!r}")
