@@ -17,6 +17,12 @@ from rs_embed_core.embedding import Embedding
 from rs_embed_core.errors import (
     BatchError,
     DataNotFoundError,
+    DimensionMismatchError,
+    IncomparableQueryError,
+    ModelNotInExportError,
+    NoTextTowerError,
+    SearchError,
+    UnknownItemError,
     FetchTimeoutError,
     ItemError,
     ItemFailedError,
@@ -35,14 +41,17 @@ from rs_embed_core.card import WeightsSpec
 from rs_embed_core.export import ExportResult, LoadedExport, ModelRequest, export_batch, export_npz, load_export
 from rs_embed_core.grid import GridSpec
 from rs_embed_core.retry import RetryPolicy
+from rs_embed_core.search import LonLat, TextQuery, build_index, search
 from rs_embed_core.runner import LowValidDataWarning, SaturatedInputWarning
 from rs_embed_core.tiling import TileSpec
 from rs_embed_core.providers.local import LocalProvider
 from rs_embed_core.specs import BBox, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
 
 __all__ = [
-    "BatchError", "FetchTimeoutError", "ItemError", "ItemFailedError", "LowValidDataError", "LowValidDataWarning", "SaturatedInputWarning",
+    "BatchError", "DimensionMismatchError", "IncomparableQueryError", "ModelNotInExportError", "NoTextTowerError",
+    "SearchError", "UnknownItemError", "FetchTimeoutError", "ItemError", "ItemFailedError", "LowValidDataError", "LowValidDataWarning", "SaturatedInputWarning",
     "ExportResult", "LoadedExport", "ModelRequest", "export_batch", "export_npz", "load_export",
+    "LonLat", "TextQuery", "build_index", "search",
     "RetryPolicy", "TileSpec", "TransientProviderError", "UnknownProviderError", "WeightsSpec",
     "BBox", "DataNotFoundError", "Embedding", "GridSpec", "LocalProvider", "OutputSpec", "PluginError", "PointBuffer",
     "ProviderError", "RsEmbedError", "SensorSpec", "SpecError", "Step", "TemporalSpec", "UnknownBandError",

@@ -518,5 +518,9 @@ def sample_data(out_dir: str) -> None:
     click.echo(str(pts))
 
 
+from .search_cli import search_command  # noqa: E402 - the command lives in its own module
+
+main.add_command(search_command)
+
 if __name__ == "__main__":
     main()

@@ -79,6 +79,30 @@ class BatchError(RsEmbedError):
         super().__init__("\n".join(lines))
 
 
+class SearchError(SpecError):
+    """A similarity search that cannot be answered as asked (rs_embed_core.search); raised before any scan."""
+
+
+class UnknownItemError(SearchError, LookupError):
+    """A query names an item (by name or index) that the export does not hold, or holds without a vector."""
+
+
+class ModelNotInExportError(SearchError, LookupError):
+    """The model asked for is not one the export holds (or the export holds several and none was named)."""
+
+
+class IncomparableQueryError(SearchError):
+    """Query vectors that cannot be compared with the export's: another model, variant or weights."""
+
+
+class DimensionMismatchError(IncomparableQueryError):
+    """A query vector's length differs from the export's embedding dimension."""
+
+
+class NoTextTowerError(IncomparableQueryError):
+    """A text query on a model without a text tower (only CLIP-style models such as RemoteCLIP embed text)."""
+
+
 class WeightsError(RsEmbedError):
     """Model weights are missing, corrupt (sha256 mismatch) or do not fit the architecture."""
 
