@@ -17,6 +17,8 @@ from rs_embed_core.embedding import Embedding
 from rs_embed_core.errors import (
     BatchError,
     DataNotFoundError,
+    ExportError,
+    ExportLockedError,
     FetchTimeoutError,
     ItemError,
     ItemFailedError,
@@ -32,7 +34,7 @@ from rs_embed_core.errors import (
     WeightsError,
 )
 from rs_embed_core.card import WeightsSpec
-from rs_embed_core.export import ExportResult, LoadedExport, ModelRequest, export_batch, export_npz, load_export
+from rs_embed_core.export import ExportResult, ExportWarning, LoadedExport, ModelRequest, export_batch, export_npz, load_export
 from rs_embed_core.grid import GridSpec
 from rs_embed_core.retry import RetryPolicy
 from rs_embed_core.runner import LowValidDataWarning, SaturatedInputWarning
@@ -42,7 +44,7 @@ from rs_embed_core.specs import BBox, OutputSpec, PointBuffer, SensorSpec, Tempo
 
 __all__ = [
     "BatchError", "FetchTimeoutError", "ItemError", "ItemFailedError", "LowValidDataError", "LowValidDataWarning", "SaturatedInputWarning",
-    "ExportResult", "LoadedExport", "ModelRequest", "export_batch", "export_npz", "load_export",
+    "ExportError", "ExportLockedError", "ExportResult", "ExportWarning", "LoadedExport", "ModelRequest", "export_batch", "export_npz", "load_export",
     "RetryPolicy", "TileSpec", "TransientProviderError", "UnknownProviderError", "WeightsSpec",
     "BBox", "DataNotFoundError", "Embedding", "GridSpec", "LocalProvider", "OutputSpec", "PluginError", "PointBuffer",
     "ProviderError", "RsEmbedError", "SensorSpec", "SpecError", "Step", "TemporalSpec", "UnknownBandError",

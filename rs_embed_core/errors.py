@@ -79,6 +79,15 @@ class BatchError(RsEmbedError):
         super().__init__("\n".join(lines))
 
 
+class ExportError(RsEmbedError):
+    """An export folder is damaged (manifest, journal or a deliverable unreadable); the message says what and
+    what to do (usually: rerun with resume=True, which rebuilds the deliverables from the verified parts)."""
+
+
+class ExportLockedError(ExportError):
+    """Another writer holds the export folder's lock (its holder is named); pass wait=True to wait for it."""
+
+
 class WeightsError(RsEmbedError):
     """Model weights are missing, corrupt (sha256 mismatch) or do not fit the architecture."""
 
