@@ -13,12 +13,12 @@ import numpy as np
 from .errors import RsEmbedError
 
 
-def _fail(exc: BaseException) -> None:
+def _fail(exc: BaseException, code: int = 2) -> None:
     click.echo(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", err=True)
     extra = str(exc).splitlines()[1:]
     for line in extra[:6]:
         click.echo(f"  {line.strip()}", err=True)
-    sys.exit(2)
+    sys.exit(code)
 
 
 class _Group(click.Group):
@@ -29,6 +29,10 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except RsEmbedError as exc:
             _fail(exc)
+        except OSError as exc:  # the system refused (read-only, no such folder, disk full): exit 1, no traceback
+            if ctx.params.get("debug"):
+                raise
+            _fail(exc, 1)
 
     def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         if kwargs.get("standalone_mode", True) is False:
@@ -49,7 +53,8 @@ class _Group(click.Group):
 
 @click.group(cls=_Group)
 @click.version_option(package_name="rs-embed-core")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of a system error instead of one line.")
+def main(debug: bool) -> None:
     """Embeddings from remote-sensing foundation models for any (model, place, time)."""
 
 
