@@ -26,7 +26,7 @@ import attrs
 
 from .errors import FetchTimeoutError, ProviderError, RsEmbedError, TransientProviderError
 from .providers import FetchRequest, Provider
-from .raster import Raster, RasterHead
+from .raster import Raster, RasterHead, check_delivery
 from .retry import DEFAULT_RETRY, RetryPolicy, with_retries
 
 DEFAULT_FETCH_TIMEOUT_S = 600.0
@@ -168,7 +168,9 @@ def fetch_one(provider: Provider, req: FetchRequest, policy: RetryPolicy = DEFAU
 
     def attempt() -> Raster:
         try:
-            return _call_with_timeout(lambda: provider.fetch(req), timeout_s, f"provider {name!r} fetch")
+            raster = _call_with_timeout(lambda: provider.fetch(req), timeout_s, f"provider {name!r} fetch")
+            check_delivery(raster, req.grid, req.sensor.bands, f"provider {name!r}")
+            return raster
         except Exception as exc:
             raise _classify(exc) from exc
 

@@ -207,3 +207,38 @@ def test_batch_size_must_be_a_positive_integer(tmp_path, bad):
     with pytest.raises(SpecError, match="batch_size"):
         _run(tmp_path / "o", backend=prov, batch_size=bad)
     assert prov.calls == 0 and not (tmp_path / "o").exists()
+
+
+class _Shrunk(FakeProvider):
+    """Returns a 5x5 raster (or one band short) whatever grid was asked."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+
+    def fetch(self, request):
+        import attrs
+
+        r = super().fetch(request)
+        if self.how == "small":
+            return attrs.evolve(r, data=r.data[:, :, :5, :5], valid=r.valid[:, :5, :5], grid=r.grid.window(0, 0, 5, 5))
+        if self.how == "moved":
+            return attrs.evolve(r, grid=attrs.evolve(r.grid, x0=r.grid.x0 + 1000))
+        return attrs.evolve(r, data=r.data[:, 1:], bands=r.bands[1:])
+
+
+@pytest.mark.parametrize("how, match", [("small", "5x5 px raster"), ("moved", "for a request of"),
+                                        ("bands", "without the requested")])
+def test_a_raster_that_is_not_what_was_asked_fails_the_item(how, match):
+    from rs_embed import ItemError, get_embeddings_batch
+
+    got = get_embeddings_batch("mosaiks", rois(1), WINDOW, backend=_Shrunk(how), continue_on_error=True)
+    assert isinstance(got[0], ItemError) and got[0].stage == "fetch" and match in got[0].describe()
+
+
+def test_weights_on_a_weights_free_model_are_refused(tmp_path):
+    from rs_embed import ModelRequest
+
+    with pytest.raises(SpecError, match="no learned weights"):
+        export_batch(rois(1), WINDOW, [ModelRequest("mosaiks", weights=str(tmp_path / "w.safetensors"))],
+                     tmp_path / "o", backend=FakeProvider())
