@@ -57,8 +57,10 @@ class RasterCache:
     can inherit from a freed one), so one provider's pixels are never served for another's.
     """
 
-    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
-        self.max_bytes = max_bytes
+    def __init__(self, max_bytes: int = 256 * 2**20, max_entries: int = 1024) -> None:
+        # max_entries bounds what max_bytes does not see: each entry's objects (meta, grid, times: a few kB),
+        # which for many tiny ROIs outweigh the pixels and made export memory grow with the ROI count
+        self.max_bytes, self.max_entries = max_bytes, max_entries
         self._bytes = 0
         self._done: OrderedDict[tuple[int, str, str], Raster] = OrderedDict()
         self._tokens: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
@@ -99,7 +101,7 @@ class RasterCache:
                 return
             self._done[key] = raster
             self._bytes += raster.data.nbytes
-            while self._bytes > self.max_bytes:
+            while self._bytes > self.max_bytes or len(self._done) > self.max_entries:
                 _, old = self._done.popitem(last=False)
                 self._bytes -= old.data.nbytes
 
