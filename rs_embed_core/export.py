@@ -1051,7 +1051,7 @@ def _read_tiffs(root: Path, key: str, stems: list[str], status: np.ndarray):
     data, grids = [], []
     for s, st in zip(stems, status):
         f = root / "items" / s / f"{key}.tif"
-        if st != "ok" or not f.is_file():
+        if st != "ok":  # an "ok" item's missing file is an error (load_export says to resume), never NaN
             data.append(None)
             grids.append(None)
             continue

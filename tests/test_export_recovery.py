@@ -242,3 +242,14 @@ def test_weights_on_a_weights_free_model_are_refused(tmp_path):
     with pytest.raises(SpecError, match="no learned weights"):
         export_batch(rois(1), WINDOW, [ModelRequest("mosaiks", weights=str(tmp_path / "w.safetensors"))],
                      tmp_path / "o", backend=FakeProvider())
+
+
+def test_a_deleted_per_item_geotiff_is_a_typed_error_and_resume_rebuilds_it(tmp_path):
+    out = tmp_path / "o"
+    _run(out, output=OutputSpec.grid())
+    ref = load_export(out).embeddings["mosaiks"]
+    (out / "items" / "item_000001" / "mosaiks.tif").unlink()
+    with pytest.raises(ExportError, match="'mosaiks' output is missing or damaged"):
+        load_export(out)
+    _run(out, output=OutputSpec.grid())
+    assert np.array_equal(load_export(out).embeddings["mosaiks"], ref, equal_nan=True)
