@@ -171,7 +171,9 @@ def fetch_one(provider: Provider, req: FetchRequest, policy: RetryPolicy = DEFAU
     def attempt() -> Raster:
         try:
             raster = _call_with_timeout(lambda: provider.fetch(req), timeout_s, f"provider {name!r} fetch")
-            check_delivery(raster, req.grid, req.sensor.bands, f"provider {name!r}")
+            # a provider that serves a product on its own grid (`native`) is checked for its bands only
+            check_delivery(raster, None if getattr(provider, "native", False) else req.grid, req.sensor.bands,
+                           f"provider {name!r}")
             return raster
         except Exception as exc:
             raise _classify(exc) from exc
