@@ -23,6 +23,8 @@ from rs_embed_core.errors import (
     NoTextTowerError,
     SearchError,
     UnknownItemError,
+    ExportError,
+    ExportLockedError,
     FetchTimeoutError,
     ItemError,
     ItemFailedError,
@@ -38,7 +40,7 @@ from rs_embed_core.errors import (
     WeightsError,
 )
 from rs_embed_core.card import WeightsSpec
-from rs_embed_core.export import ExportResult, LoadedExport, ModelRequest, export_batch, export_npz, load_export
+from rs_embed_core.export import ExportResult, ExportWarning, LoadedExport, ModelRequest, export_batch, export_npz, load_export
 from rs_embed_core.grid import GridSpec
 from rs_embed_core.retry import RetryPolicy
 from rs_embed_core.search import LonLat, TextQuery, build_index, search
@@ -50,7 +52,7 @@ from rs_embed_core.specs import BBox, OutputSpec, PointBuffer, SensorSpec, Tempo
 __all__ = [
     "BatchError", "DimensionMismatchError", "IncomparableQueryError", "ModelNotInExportError", "NoTextTowerError",
     "SearchError", "UnknownItemError", "FetchTimeoutError", "ItemError", "ItemFailedError", "LowValidDataError", "LowValidDataWarning", "SaturatedInputWarning",
-    "ExportResult", "LoadedExport", "ModelRequest", "export_batch", "export_npz", "load_export",
+    "ExportError", "ExportLockedError", "ExportResult", "ExportWarning", "LoadedExport", "ModelRequest", "export_batch", "export_npz", "load_export",
     "LonLat", "TextQuery", "build_index", "search",
     "RetryPolicy", "TileSpec", "TransientProviderError", "UnknownProviderError", "WeightsSpec",
     "BBox", "DataNotFoundError", "Embedding", "GridSpec", "LocalProvider", "OutputSpec", "PluginError", "PointBuffer",

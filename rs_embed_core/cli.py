@@ -45,7 +45,7 @@ def cli_words(message: str) -> str:
     return message
 
 
-def _fail(exc: BaseException) -> None:
+def _fail(exc: BaseException, code: int = 2) -> None:
     lines = cli_words(str(exc)).splitlines() or [type(exc).__name__]
     click.echo(f"error: {lines[0]}", err=True)
     extra = lines[1:]
@@ -53,7 +53,7 @@ def _fail(exc: BaseException) -> None:
         extra = extra[:6] + ["..."] + extra[-1:]
     for line in extra:
         click.echo(f"  {line.strip()}", err=True)
-    sys.exit(2)
+    sys.exit(code)
 
 
 class _Group(click.Group):
@@ -64,6 +64,10 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except RsEmbedError as exc:
             _fail(exc)
+        except OSError as exc:  # the system refused (read-only, no such folder, disk full): exit 1, no traceback
+            if ctx.params.get("debug"):
+                raise
+            _fail(exc, 1)
 
     def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         if kwargs.get("standalone_mode", True) is False:
@@ -84,7 +88,8 @@ class _Group(click.Group):
 
 @click.group(cls=_Group)
 @click.version_option(package_name="rs-embed-core")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of a system error instead of one line.")
+def main(debug: bool) -> None:
     """Embeddings from remote-sensing foundation models for any (model, place, time)."""
 
 

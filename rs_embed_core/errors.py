@@ -101,6 +101,13 @@ class DimensionMismatchError(IncomparableQueryError):
 
 class NoTextTowerError(IncomparableQueryError):
     """A text query on a model without a text tower (only CLIP-style models such as RemoteCLIP embed text)."""
+class ExportError(RsEmbedError):
+    """An export folder is damaged (manifest, journal or a deliverable unreadable); the message says what and
+    what to do (usually: rerun with resume=True, which rebuilds the deliverables from the verified parts)."""
+
+
+class ExportLockedError(ExportError):
+    """Another writer holds the export folder's lock (its holder is named); pass wait=True to wait for it."""
 
 
 class WeightsError(RsEmbedError):

@@ -16,10 +16,15 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
 import os
 import re
+import shutil
+import socket
+import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,7 +34,7 @@ from attrs import field, frozen
 from . import __version__
 from .convert import converter
 from .embedding import Embedding
-from .errors import ItemError, SpecError
+from .errors import ExportError, ExportLockedError, ItemError, RsEmbedError, SpecError
 from .grid import GridSpec, grid_for
 from .providers import FetchRequest, Provider
 from .raster import Raster
@@ -47,6 +52,8 @@ FORMATS = ("auto", "parquet", "npz")
 MANIFEST = "manifest.json"
 JOURNAL = ".journal.jsonl"
 PARTS = ".parts"
+REQUEST = ".request.json"
+LOCK = ".lock"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -129,26 +136,54 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
+def _tmp_tag() -> str:
+    """Unique per process and thread, so concurrent writers never share a temporary name."""
+    return f"{os.getpid()}-{threading.get_ident()}"
+
+
+_TMP = re.compile(r"^\..+\.\d+(-\d+)?(\.old)?\.tmp$")
+
+
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Delete the hidden temporaries a killed run left (`.<name>.<pid>[-<tid>].tmp`); call under the export lock."""
+    removed = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            if _TMP.match(name):
+                p = Path(dirpath) / name
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                    dirnames.remove(name)
+                else:
+                    p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
 def atomic_write(dest: Path, write: Any, *, durable: bool = True, sync_dir: bool = True) -> None:
     """write(tmp_path) then rename onto dest (fsync'd when durable): never half a file at `dest`.
 
     `sync_dir=False` leaves the folder's fsync to the caller (export syncs each folder once per group
     of parts, before their journal records)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    tmp = dest.with_name(f".{dest.name}.{_tmp_tag()}.tmp")
     try:
         write(tmp)
         if durable and tmp.is_file():
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-        os.replace(tmp, dest)
+        if tmp.is_dir() and dest.is_dir():  # os.replace cannot replace a non-empty folder: move it aside first
+            old = dest.with_name(f".{dest.name}.{_tmp_tag()}.old.tmp")
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
         if durable and sync_dir:
             _fsync_dir(dest.parent)
     finally:
         if tmp.exists():
             if tmp.is_dir():
-                import shutil
-
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 tmp.unlink()
@@ -160,15 +195,39 @@ def _savez(path: Path, **arrays: Any) -> None:
         np.savez(f, **arrays)
 
 
-def _save_part(path: Path, emb: Embedding) -> None:
+def _save_part(path: Path, emb: Embedding) -> tuple[int, str]:
+    """Write one part; returns its size and sha256, which its journal record keeps so resume can verify it."""
     meta = json.dumps(emb.meta, default=str)
     grid = json.dumps(None if emb.grid is None else converter.unstructure(emb.grid))
+    buf = io.BytesIO()
+    np.savez(buf, data=emb.data, meta=np.asarray(meta), grid=np.asarray(grid))
+    raw = buf.getvalue()
+    atomic_write(path, lambda tmp: tmp.write_bytes(raw), sync_dir=False)
+    return len(raw), hashlib.sha256(raw).hexdigest()
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, data=emb.data, meta=np.asarray(meta), grid=np.asarray(grid))
 
-    atomic_write(path, write, sync_dir=False)
+def _part_verifies(path: Path, rec: dict[str, Any]) -> bool:
+    """A part is trusted only if it is what its journal record says (size + sha256); records written before
+    digests were kept are trusted when the part loads."""
+    try:
+        if "sha256" not in rec:
+            _load_part(path)
+            return True
+        return path.stat().st_size == rec.get("size") and hashlib.sha256(path.read_bytes()).hexdigest() == rec["sha256"]
+    except Exception:  # noqa: BLE001 - missing, truncated, not an npz: not done, redo it
+        return False
+
+
+def _belonging(recs: dict[tuple[int, str], dict[str, Any]], n: int, keys: list[str],
+               report: Path | None) -> dict[tuple[int, str], dict[str, Any]]:
+    """Only the journal records of this request's (item, model) pairs; the others are reported once and ignored."""
+    wanted = set(keys)
+    kept = {k: v for k, v in recs.items() if 0 <= k[0] < n and k[1] in wanted}
+    if report is not None and len(kept) < len(recs):
+        stray = sorted(set(recs) - set(kept))
+        warnings.warn(f"{report / JOURNAL}: ignored {len(stray)} record(s) for items or models this export does "
+                      f"not have: {stray[:5]}{' ...' if len(stray) > 5 else ''}", ExportWarning, stacklevel=3)
+    return kept
 
 
 def _load_part(path: Path) -> Embedding:
@@ -210,6 +269,82 @@ class Journal:
             f.write(lines)
             f.flush()
             os.fsync(f.fileno())
+
+
+# ---------------------------------------------------------------- one writer per folder
+
+
+class ExportWarning(UserWarning):
+    """An export was read or resumed with something to say: incomplete, or journal records ignored."""
+
+
+class FolderLock:
+    """An advisory lock (flock) on `OUT/.lock` held for a whole export. The kernel drops it when its
+    process dies, so a killed run's lock is taken over at once; the file names the live holder."""
+
+    def __init__(self, root: Path, *, wait: bool = False) -> None:
+        self.path, self.wait, self.file = root / LOCK, wait, None
+
+    def __enter__(self) -> "FolderLock":
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform: one writer is then the caller's duty
+            return self
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another writer"
+            f.close()
+            raise ExportLockedError(f"{self.path.parent} is being written by another export ({holder}); "
+                                    "let it finish, or pass wait=True to wait for it") from None
+        except OSError as e:  # e.g. a file system without locks: go on unlocked, but say so
+            warnings.warn(f"could not lock {self.path} ({e}); make sure no other export writes there", ExportWarning,
+                          stacklevel=3)
+            f.close()
+            return self
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({"pid": os.getpid(), "thread": threading.get_ident(), "host": socket.gethostname()}))
+        f.flush()
+        self.file = f
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.file is not None:
+            import fcntl
+
+            self.file.truncate(0)  # the holder is gone; the (empty) file stays
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+            self.file = None
+
+
+def _read_doc(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """A JSON object file -> (doc, "") or (None, what is wrong with it)."""
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, "missing"
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return None, f"unreadable: {e}"
+    if not isinstance(doc, dict):
+        return None, f"holds a JSON {type(doc).__name__}, not an object"
+    return doc, ""
+
+
+def _pinned_request(root: Path) -> dict[str, Any]:
+    """The request an export folder was started with: from manifest.json, else from its hidden copy."""
+    doc, why = _read_doc(root / MANIFEST)
+    if doc is not None and isinstance(doc.get("request"), dict):
+        return doc["request"]
+    why = why or "has no request"
+    copy, _ = _read_doc(root / REQUEST)
+    if copy is not None:
+        return copy
+    raise ExportError(f"{root / MANIFEST} is damaged ({why}) and {root / REQUEST} cannot replace it, so this folder's "
+                      "request is unknown; export to a new folder (the parts under .parts are left as they are)")
 
 
 # ---------------------------------------------------------------- the request fingerprint
@@ -303,6 +438,7 @@ def export_batch(
     on_low_valid: str = "warn",
     workers: int | None = None,
     precision: str = "fp32",
+    wait: bool = False,
 ) -> ExportResult:
     """Embed every ROI with every model and write the results under `out` (see module docs).
 
@@ -313,7 +449,8 @@ def export_batch(
     distinct fetched input once as GeoTIFF with its grid (`OUT/inputs/`). `OUT/manifest.json`
     records the request, versions, model cards and per-item status. `workers` and `precision` mean
     what they mean for get_embeddings_batch; a precision other than "fp32" is part of the request
-    (a resume must ask for the same).
+    (a resume must ask for the same). One writer at a time holds `OUT/.lock`: another is refused
+    with ExportLockedError naming the holder, or waits for it with `wait=True`.
     """
     t0 = time.perf_counter()
     spatials = _check_spatials(spatials)
@@ -328,6 +465,8 @@ def export_batch(
     if not (save_embeddings or save_inputs):
         raise SpecError("nothing to save: save_embeddings and save_inputs are both False")
     policy = check_run_options(max_retries, min_valid_fraction, on_low_valid)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise SpecError(f"batch_size must be a positive integer, got {batch_size!r}")
     workers = check_workers(workers)
     precision = check_precision(precision)
     stems = check_names(names, len(spatials))
@@ -354,24 +493,36 @@ def export_batch(
     if precision != "fp32":  # only then: manifests written before the option existed still resume
         request["precision"] = precision
     manifest_path = root / MANIFEST
-    if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
-        if not resume:
-            raise SpecError(f"{root} already holds an export; pass resume=True to continue it, or choose another out")
-        changed = _diff(old.get("request", {}), request)
-        if changed:
-            raise SpecError(f"{root} holds an export of a different request: {'; '.join(changed)}. "
-                            "Use another out folder (nothing there was changed).")
-    elif root.is_dir() and any(not p.name.startswith(".") for p in root.iterdir()):
-        raise SpecError(f"{root} is not empty and holds no rs-embed export; choose an empty or new folder")
     root.mkdir(parents=True, exist_ok=True)
-    if not manifest_path.is_file():  # the request is pinned before any work, so a crash can resume
-        atomic_write(manifest_path, lambda p: p.write_text(json.dumps({"request": request, "complete": False},
-                                                                      indent=1, default=str)))
-    journal = Journal(root / JOURNAL)
-    done = {k: v for k, v in journal.read().items() if v.get("status") == "ok"
-            and (not save_embeddings or (root / PARTS / k[1] / f"{k[0]:06d}.npz").is_file())}
+    with FolderLock(root, wait=wait):
+        if manifest_path.exists():
+            if not resume:
+                raise SpecError(f"{root} already holds an export; pass resume=True to continue it, or choose another out")
+            changed = _diff(_pinned_request(root), request)
+            if changed:
+                raise SpecError(f"{root} holds an export of a different request: {'; '.join(changed)}. "
+                                "Use another out folder (nothing there was changed).")
+        elif any(not p.name.startswith(".") for p in root.iterdir()):
+            raise SpecError(f"{root} is not empty and holds no rs-embed export; choose an empty or new folder")
+        remove_stale_temporaries(root)
+        if not (root / REQUEST).is_file():  # a copy of the request that resume can trust when the manifest is damaged
+            atomic_write(root / REQUEST, lambda p: p.write_text(json.dumps(request, default=str)))
+        if not manifest_path.is_file():  # the request is pinned before any work, so a crash can resume
+            atomic_write(manifest_path, lambda p: p.write_text(json.dumps({"request": request, "complete": False},
+                                                                          indent=1, default=str)))
+        return _export_locked(root, request, spatials, stems, shown, temporal, reqs, jobs, provider, layout, fmt,
+                              save_inputs, save_embeddings, batch_size, progress, policy, min_valid_fraction,
+                              on_low_valid, workers, t0)
 
+
+def _export_locked(root, request, spatials, stems, shown, temporal, reqs, jobs, provider, layout, fmt, save_inputs,
+                   save_embeddings, batch_size, progress, policy, min_valid_fraction, on_low_valid, workers,
+                   t0) -> ExportResult:
+    manifest_path = root / MANIFEST
+    journal = Journal(root / JOURNAL)
+    recorded = _belonging(journal.read(), len(spatials), [r.key for r in reqs], root)
+    done = {k: v for k, v in recorded.items() if v.get("status") == "ok"
+            and (not save_embeddings or _part_verifies(root / PARTS / k[1] / f"{k[0]:06d}.npz", v))}
     pending: dict[tuple[int, ...], list[int]] = {}
     for i in range(len(spatials)):
         todo = tuple(j for j, r in enumerate(reqs) if (i, r.key) not in done)
@@ -415,9 +566,10 @@ def export_batch(
                 else:
                     if save_embeddings:
                         part = root / PARTS / r.key / f"{i:06d}.npz"
-                        _save_part(part, result)
+                        size, digest = _save_part(part, result)
                         folders.add(part.parent)
-                    rec = {"item": i, "model": r.key, "status": "ok"}
+                    rec = {"item": i, "model": r.key, "status": "ok",
+                           **({"size": size, "sha256": digest} if save_embeddings else {})}
                     stats["ok"] += 1
                 group.append(rec)
                 if len(group) >= batch_size:
@@ -425,7 +577,7 @@ def export_batch(
         finally:  # also on Ctrl-C or an error: what is written is recorded, so a resume skips it
             commit()
 
-    final = journal.read()
+    final = _belonging(journal.read(), len(spatials), [r.key for r in reqs], None)
     files = _consolidate(root, reqs, jobs, spatials, shown, stems, temporal, final, layout, fmt, save_embeddings)
     manifest = _manifest(request, reqs, jobs, spatials, shown, final, files, stats, skipped,
                          time.perf_counter() - t0, provider)
@@ -771,7 +923,7 @@ class LoadedExport:
 
     @property
     def items(self) -> list[dict[str, Any]]:
-        return self.manifest["items"]
+        return self.manifest.get("items", [])
 
 
 def load_export(path: str | os.PathLike[str]) -> LoadedExport:
@@ -780,38 +932,97 @@ def load_export(path: str | os.PathLike[str]) -> LoadedExport:
     mpath = root / MANIFEST
     if not mpath.is_file():
         raise SpecError(f"{root} holds no rs-embed export ({MANIFEST} not found)")
-    manifest = json.loads(mpath.read_text())
+    manifest, why = _read_doc(mpath)
+    if manifest is None or not isinstance(manifest.get("request"), dict):
+        raise ExportError(f"{mpath} is damaged ({why or 'it has no request'}); rerun export_batch with the same "
+                          "request and resume=True to rebuild it from the parts")
     req = manifest["request"]
-    names = list(req["names"])
+    try:
+        names = list(req["names"])
+        layout, fmt = req["layout"], req["format"]
+    except (KeyError, TypeError) as e:
+        raise ExportError(f"{mpath} is damaged (its request lacks {e}); rerun export_batch with the same "
+                          "request and resume=True to rebuild it") from None
     n = len(names)
     stems = check_names(names, n)
+    if "models" not in manifest:  # the first run never finished: only the parts hold results
+        return _load_parts(root, manifest, names)
     embeddings, status, grids = {}, {}, {}
     for key, info in manifest.get("models", {}).items():
         st = np.asarray([it["status"].get(key, "pending") for it in manifest["items"]])
         status[key] = st
         mode = info["output"]["mode"]
-        if req["format"] == "npz":
-            arr, gl = _read_npz(root, key, stems, req["layout"], mode)
-        elif mode == "pooled":
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(root / f"{key}.parquet", columns=["id", "embedding"])
-            dim = pq.read_schema(root / f"{key}.parquet").field("embedding").type.list_size
-            arr = np.full((n, dim), np.nan, np.float32)
-            for i, v in zip(table.column("id").to_pylist(), table.column("embedding").to_pylist()):
-                if v is not None:
-                    arr[i] = v
-            gl = [None] * n
-        elif req["layout"] == "combined":
-            import zarr
-
-            z = zarr.open_group(str(root / f"{key}.zarr"), mode="r")["embedding"]
-            arr = np.asarray(z[:])
-            gl = [None if it.get("crs") is None else _grid_of(it["crs"], it["transform"], it["shape"])
-                  for it in z.attrs["items"]]
-        else:
-            arr, gl = _read_tiffs(root, key, stems, st)
+        try:
+            arr, gl = _read_deliverable(root, key, stems, layout, fmt, mode, st, n)
+        except RsEmbedError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any reader's failure on a damaged file becomes one typed error
+            raise ExportError(f"{root}: the {key!r} output is missing or damaged ({type(e).__name__}: {e}); rerun "
+                              "export_batch with the same request and resume=True to rebuild it from the parts") from e
         embeddings[key], grids[key] = arr, gl
+    if not manifest.get("complete", True):
+        c = manifest.get("counts", {})
+        warnings.warn(f"{root} is an incomplete export: {c.get('ok', '?')} of "
+                      f"{c.get('items', n) * c.get('models', len(embeddings))} (item, model) pairs are done "
+                      f"({c.get('failed', '?')} failed); the others are NaN with status 'failed' or 'pending'",
+                      ExportWarning, stacklevel=2)
+    return LoadedExport(root, manifest, names, embeddings, status, grids)
+
+
+def _read_deliverable(root: Path, key: str, stems: list[str], layout: str, fmt: str, mode: str, st: np.ndarray,
+                      n: int) -> tuple[np.ndarray, list[GridSpec | None]]:
+    if fmt == "npz":
+        return _read_npz(root, key, stems, layout, mode)
+    if mode == "pooled":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(root / f"{key}.parquet", columns=["id", "embedding"])
+        dim = pq.read_schema(root / f"{key}.parquet").field("embedding").type.list_size
+        arr = np.full((n, dim), np.nan, np.float32)
+        for i, v in zip(table.column("id").to_pylist(), table.column("embedding").to_pylist()):
+            if v is not None:
+                arr[i] = v
+        return arr, [None] * n
+    if layout == "combined":
+        import zarr
+
+        z = zarr.open_group(str(root / f"{key}.zarr"), mode="r")["embedding"]
+        gl = [None if it.get("crs") is None else _grid_of(it["crs"], it["transform"], it["shape"])
+              for it in z.attrs["items"]]
+        return np.asarray(z[:]), gl
+    return _read_tiffs(root, key, stems, st)
+
+
+def _load_parts(root: Path, manifest: dict[str, Any], names: list[str]) -> LoadedExport:
+    """An export whose first run never finished: read what its verified parts hold, and warn with the counts."""
+    n = len(names)
+    keys = [ModelRequest(m["model"], m.get("variant")).key for m in manifest["request"].get("models", [])]
+    recs = _belonging(Journal(root / JOURNAL).read() if (root / JOURNAL).is_file() else {}, n, keys, None)
+    embeddings, status, grids = {}, {}, {}
+    for key in keys:
+        embs: list[Embedding | None] = [None] * n
+        st = np.asarray(["pending"] * n, dtype=object)
+        for i in range(n):
+            rec = recs.get((i, key))
+            if rec is None:
+                continue
+            path = root / PARTS / key / f"{i:06d}.npz"
+            if rec.get("status") == "ok" and _part_verifies(path, rec):
+                embs[i], st[i] = _load_part(path), "ok"
+            elif rec.get("status") != "ok":
+                st[i] = "failed"
+        ok = [e.data for e in embs if e is not None]
+        shape = tuple(int(v) for v in np.max([d.shape for d in ok], axis=0)) if ok else (0,)
+        arr = np.full((n, *shape), np.nan, np.float32)
+        for i, e in enumerate(embs):
+            if e is not None:
+                arr[(i, *(slice(0, k) for k in e.data.shape))] = e.data
+        embeddings[key], status[key] = arr, st.astype(str)
+        grids[key] = [None if e is None else e.grid for e in embs]
+    done = sum(int((s == "ok").sum()) for s in status.values())
+    warnings.warn(f"{root} is an unfinished export (its run stopped before writing the outputs): loaded {done} of "
+                  f"{n * len(keys)} (item, model) pairs from its parts; resume it with resume=True to finish",
+                  ExportWarning, stacklevel=3)
     return LoadedExport(root, manifest, names, embeddings, status, grids)
 
 
@@ -840,7 +1051,7 @@ def _read_tiffs(root: Path, key: str, stems: list[str], status: np.ndarray):
     data, grids = [], []
     for s, st in zip(stems, status):
         f = root / "items" / s / f"{key}.tif"
-        if st != "ok" or not f.is_file():
+        if st != "ok":  # an "ok" item's missing file is an error (load_export says to resume), never NaN
             data.append(None)
             grids.append(None)
             continue

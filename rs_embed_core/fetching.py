@@ -26,7 +26,7 @@ import attrs
 
 from .errors import FetchTimeoutError, ProviderError, RsEmbedError, TransientProviderError
 from .providers import FetchRequest, Provider
-from .raster import Raster, RasterHead
+from .raster import Raster, RasterHead, check_delivery
 from .retry import DEFAULT_RETRY, RetryPolicy, with_retries
 
 DEFAULT_FETCH_TIMEOUT_S = 600.0
@@ -57,8 +57,10 @@ class RasterCache:
     can inherit from a freed one), so one provider's pixels are never served for another's.
     """
 
-    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
-        self.max_bytes = max_bytes
+    def __init__(self, max_bytes: int = 256 * 2**20, max_entries: int = 1024) -> None:
+        # max_entries bounds what max_bytes does not see: each entry's objects (meta, grid, times: a few kB),
+        # which for many tiny ROIs outweigh the pixels and made export memory grow with the ROI count
+        self.max_bytes, self.max_entries = max_bytes, max_entries
         self._bytes = 0
         self._done: OrderedDict[tuple[int, str, str], Raster] = OrderedDict()
         self._tokens: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
@@ -99,7 +101,7 @@ class RasterCache:
                 return
             self._done[key] = raster
             self._bytes += raster.data.nbytes
-            while self._bytes > self.max_bytes:
+            while self._bytes > self.max_bytes or len(self._done) > self.max_entries:
                 _, old = self._done.popitem(last=False)
                 self._bytes -= old.data.nbytes
 
@@ -168,7 +170,11 @@ def fetch_one(provider: Provider, req: FetchRequest, policy: RetryPolicy = DEFAU
 
     def attempt() -> Raster:
         try:
-            return _call_with_timeout(lambda: provider.fetch(req), timeout_s, f"provider {name!r} fetch")
+            raster = _call_with_timeout(lambda: provider.fetch(req), timeout_s, f"provider {name!r} fetch")
+            # a provider that serves a product on its own grid (`native`) is checked for its bands only
+            check_delivery(raster, None if getattr(provider, "native", False) else req.grid, req.sensor.bands,
+                           f"provider {name!r}")
+            return raster
         except Exception as exc:
             raise _classify(exc) from exc
 

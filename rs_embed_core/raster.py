@@ -13,7 +13,7 @@ import attrs
 import numpy as np
 from attrs import field, frozen
 
-from .errors import SpecError, UnknownBandError
+from .errors import ProviderError, SpecError, UnknownBandError
 from .grid import GridSpec
 
 
@@ -91,3 +91,26 @@ class RasterHead:
     @classmethod
     def of(cls, raster: Raster) -> RasterHead:
         return cls(raster.bands, raster.grid, raster.times, raster.shape, raster.valid_fraction, raster.meta)
+
+
+def check_delivery(raster: Any, grid: GridSpec | None, bands: tuple[str, ...], who: str) -> None:
+    """A provider's raster must be what was asked: a Raster on exactly the requested grid (shape,
+    CRS, origin, pixel size) holding every requested band. Anything else would be embedded as if
+    it were the ROI, so it fails the item with a ProviderError instead. `grid=None`: bands only."""
+    if not isinstance(raster, Raster):
+        raise ProviderError(f"{who} returned a {type(raster).__name__}, not a Raster")
+    missing = [b for b in bands if b not in raster.bands]
+    if missing:
+        raise ProviderError(f"{who} returned bands {list(raster.bands)}, without the requested {missing}")
+    if grid is None:
+        return
+    g = raster.grid
+    h, w = raster.data.shape[2:]
+    tol = 1e-6 * grid.res
+    same = ((h, w) == (grid.height, grid.width) and (g.height, g.width) == (grid.height, grid.width)
+            and g.crs == grid.crs and abs(g.x0 - grid.x0) <= tol and abs(g.y0 - grid.y0) <= tol
+            and abs(g.res - grid.res) <= tol and abs((g.res_y or g.res) - (grid.res_y or grid.res)) <= tol)
+    if not same:
+        raise ProviderError(f"{who} returned a {h}x{w} px raster on {g.crs} at ({g.x0}, {g.y0}), {g.res} m pixels, "
+                            f"for a request of {grid.height}x{grid.width} px on {grid.crs} at ({grid.x0}, {grid.y0}), "
+                            f"{grid.res} m pixels")

@@ -33,7 +33,10 @@ def read_rois(path: str | Path, default_buffer_m: float | None = None) -> list[N
                             f"got a {type(doc).__name__}")
         return _from_geojson(doc, default_buffer_m, p)
     if suffix in (".csv", ".txt"):
-        return _from_csv(p, default_buffer_m)
+        try:
+            return _from_csv(p, default_buffer_m)
+        except UnicodeDecodeError as exc:
+            raise SpecError(f"{p.name} is not a UTF-8 text CSV file ({exc.reason} at byte {exc.start})") from None
     if suffix == ".parquet":
         return _from_parquet(p, default_buffer_m)
     raise SpecError(f"ROI file must be .csv, .geojson/.json or .parquet, got {p.name}")

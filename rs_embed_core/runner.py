@@ -44,7 +44,7 @@ from .raster import Raster, RasterHead
 from .registry import embedder_class, embedder_plugin, provider_factory
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .specs import BBox, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
-from .tiling import TilePlan, check_input_prep, stitch
+from .tiling import TilePlan, check_input_prep, check_tile_size, stitch
 
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_MIN_VALID_FRACTION = 0.2
@@ -238,6 +238,7 @@ def prepare_job(
     input_prep = check_input_prep(input_prep)
     cls = embedder_class(model)
     card: ModelCard = cls.card
+    check_tile_size(input_prep, card.input.image_size)
     var = card.variant(variant)
     if weights is not None:
         from .weights import local_weights

@@ -74,6 +74,14 @@ def check_input_prep(input_prep: Any) -> str | TileSpec:
     return input_prep
 
 
+def check_tile_size(input_prep: str | TileSpec, image_size: int | None) -> None:
+    """The overlap must be smaller than the tile size it resolves to (the model's input size when size=None)."""
+    if isinstance(input_prep, TileSpec) and input_prep.size is None and image_size is not None \
+            and input_prep.overlap >= image_size:
+        raise SpecError(f"TileSpec.overlap ({input_prep.overlap}) must be smaller than the tile size ({image_size} px, "
+                        "the model's input size): pass a smaller overlap or TileSpec(size=...)")
+
+
 @frozen
 class TilePlan:
     """Where the tiles of one ROI go: (row, col) pixel offsets of `size`-px tiles."""
@@ -109,6 +117,7 @@ def plan_tiles(input_prep: str | TileSpec, roi_shape: tuple[int, int], image_siz
             return None
         raise SpecError("this model takes any input size, so there is no tile size to default to: "
                         "pass input_prep=TileSpec(size=...)")
+    check_tile_size(spec, image_size)
     h, w = roi_shape
     if input_prep == "auto" and max(h, w) <= AUTO_TILE_FACTOR * size:
         return None

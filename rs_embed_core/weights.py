@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, TYPE_CHECKING, Any, Iterable, Mapping
 
 from .card import WeightsSpec
-from .errors import WeightsError
+from .errors import SpecError, WeightsError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -335,7 +335,11 @@ def weights_status(spec: WeightsSpec) -> dict[str, Any]:
 
 def local_weights(weights: str | os.PathLike[str] | WeightsSpec, variant: Any = None) -> WeightsSpec:
     """`weights=` of the API: a path to your own checkpoint (pinned here by its sha256, hashed once
-    per file version) or a WeightsSpec. Strict loading applies exactly as to published weights."""
+    per file version) or a WeightsSpec. Strict loading applies exactly as to published weights.
+    A weights-free model (its variant has no weights) refuses them: they would be recorded, never used."""
+    if variant is not None and getattr(variant, "weights", None) is None:
+        raise SpecError(f"variant {getattr(variant, 'name', variant)!r} has no learned weights, so weights= cannot "
+                        "apply to it; drop weights=")
     if isinstance(weights, WeightsSpec):
         return weights
     if not isinstance(weights, (str, os.PathLike)):
@@ -451,12 +455,14 @@ def load_state_dict(spec: WeightsSpec) -> dict[str, torch.Tensor]:
         _atomic_write(sidecar, lambda tmp: Path(tmp).write_text(body))
     except OSError as exc:  # still usable, just converted again next time
         log.warning("could not cache converted weights at %s: %s", converted, exc)
-    return sd
+    return {k: v.clone() for k, v in sd.items()}  # off the checkpoint's memory map (see _read_safetensors)
 
 
 def _read_safetensors(load_file: Any, path: Path) -> dict[str, torch.Tensor]:
+    """Tensors copied out of the file: load_file maps it, and a model must not change when the file is
+    rewritten in place after loading (a cache refreshed by hand, a second writer)."""
     try:
-        return load_file(str(path))
+        return {k: v.clone() for k, v in load_file(str(path)).items()}
     except Exception as exc:  # safetensors raises its own SafetensorError for corrupt headers
         raise WeightsError(f"could not read safetensors file {path}: {_short(exc)}") from None
 

@@ -194,3 +194,19 @@ def test_raster_cache_is_bounded_by_bytes():
         cache.put(cache.key(prov, r), x)
     assert [cache.get(cache.key(prov, r)) is not None for r in reqs] == [False, False, False, True, True]
     assert cache.get(cache.key(WorldProvider(), reqs[4])) is None  # another provider never sees these pixels
+
+
+def test_raster_cache_is_bounded_by_entries():
+    """Many tiny rasters: their objects, not their pixels, dominate memory; the entry cap bounds them."""
+    from rs_embed_core.grid import grid_for
+    from rs_embed_core.providers import FetchRequest
+    from rs_embed_core.runner import RasterCache
+    from rs_embed_core.specs import SensorSpec
+
+    prov = WorldProvider()
+    sensor = SensorSpec("COPERNICUS/S2_SR_HARMONIZED", BANDS, 10)
+    reqs = [FetchRequest(grid_for(PointBuffer(121.5 + 0.01 * i, 31.2, 20), 10), WINDOW, sensor) for i in range(4)]
+    cache = RasterCache(max_entries=2)
+    for r in reqs:
+        cache.put(cache.key(prov, r), prov.fetch(r))
+    assert [cache.get(cache.key(prov, r)) is not None for r in reqs] == [False, False, True, True]

@@ -139,8 +139,8 @@ def test_interrupted_write_keeps_the_previous_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(np, "savez", broken_savez)
-    with pytest.raises(OSError, match="disk full"):
-        CliRunner().invoke(main, args, catch_exceptions=False)
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and r.output == "error: disk full\n"
     assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["e.npz"]  # no temporary left behind
 
@@ -346,3 +346,25 @@ def test_composite_offers_every_compositing_rule():
     # least_cloudy is a valid choice: the error is about the missing sensor, not an invalid value
     err = _bad(["embed", "tiny_test_model", "--point", "0,0", "--year", "2022", "--composite", "least_cloudy"])
     assert "--composite needs" in err
+def test_a_binary_rois_file_is_one_error_line(tmp_path):
+    f = tmp_path / "rois.csv"
+    f.write_bytes(bytes(range(256)) * 4)
+    r = CliRunner().invoke(main, ["embed", "tiny_test_model", "--rois", str(f), "--year", "2022"])
+    assert r.exit_code == 2 and r.output.startswith("error: rois.csv is not a UTF-8 text CSV")
+    assert "Traceback" not in r.output
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc, a folder nothing can be written into")
+@pytest.mark.parametrize("args", [
+    ["embed", "tiny_test_model", "--point", "121.5,31.2,160", "--year", "2022", "--backend", "world", "--quiet",
+     "--out", "/proc/x.json"],
+    ["export", "--models", "tiny_test_model", "--point", "121.5,31.2,160", "--year", "2022", "--backend", "world", "--quiet",
+     "--out", "/proc/e6"],
+    ["sample-data", "/proc/sd"],
+])
+def test_system_errors_are_one_line_and_exit_1_unless_debug(args):
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and r.output.startswith("error: ") and len(r.output.splitlines()) == 1, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+    r = CliRunner().invoke(main, ["--debug", *args])
+    assert isinstance(r.exception, OSError)

@@ -661,3 +661,27 @@ def test_a_dates_key_that_matches_no_file_is_an_error(utm_scene):
     typo = LocalProvider(path, dates={"scene_2022-06-51.tif": "2022-07-01"})
     with pytest.raises(SpecError, match="match no file"):
         typo.check(SensorSpec(MINE, ("B2",), 10.0))
+
+
+@pytest.mark.parametrize("junk", [b"", b"not a tiff at all"])
+def test_an_unreadable_file_in_a_folder_is_skipped_with_one_warning(utm_scene, tmp_path, junk):
+    grid, data, path = utm_scene
+    (tmp_path / "broken.tif").write_bytes(junk)
+    prov = LocalProvider(tmp_path)
+    with pytest.warns(UserWarning, match=r"skipping 1 unreadable file\(s\): broken.tif"):
+        r = prov.fetch(request(grid, ("B2",)))
+    np.testing.assert_array_equal(r.data[0, 0], data[0, 10:10 + grid.height, 10:10 + grid.width])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # named once, not on every call
+        prov.fetch(request(grid, ("B2",)))
+    path.unlink()
+    with pytest.raises(ProviderError, match="none of its 1 file"):
+        LocalProvider(tmp_path).fetch(request(grid, ("B2",)))
+
+
+@pytest.mark.parametrize("bad", [123, 4.5, [1, 2], b"/tmp", {"a": 1}])
+def test_paths_of_the_wrong_type_are_a_spec_error(bad):
+    with pytest.raises(SpecError, match="takes a path"):
+        LocalProvider(bad)

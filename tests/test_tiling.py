@@ -155,3 +155,15 @@ def test_export_accepts_the_same_option(tmp_path):
     np.testing.assert_array_equal(got[1][:, :8, :8], ref[1].data)
     assert np.isnan(got[1][:, 8:]).all()
     assert load_export(tmp_path / "out").grids["tiny_test_model"][1] == ref[1].grid
+
+
+def test_an_overlap_not_below_the_models_input_size_is_refused_before_any_fetch():
+    from rs_embed_core.tiling import TileSpec as TS
+
+    prov = Blocks()
+    with pytest.raises(SpecError, match=r"overlap \(32\) must be smaller than the tile size \(32 px"):
+        get_embedding("tiny_test_model", aligned_point(96), WINDOW, OutputSpec.grid(), backend=prov,
+                      input_prep=TS(overlap=32))
+    assert prov.fetched == []
+    with pytest.raises(SpecError, match="smaller than the tile size"):
+        plan_tiles(TS(overlap=224), (500, 500), 224)

@@ -434,3 +434,34 @@ def test_unreachable_hub_fails_fast_with_the_placement_error(tmp_path, monkeypat
     assert time.monotonic() - start < 10 and "hf download" in str(ei.value)
     status = W.weights_status(spec_for(b"x"))
     assert status["present"] is False and "models--acme--tiny-net" in status["hf_cache"]
+
+
+@pytest.mark.parametrize("source", ["converted", "safetensors"])
+def test_loaded_tensors_do_not_follow_an_in_place_rewrite_of_their_file(hub, tmp_path, source):
+    if source == "converted":
+        spec, _, sd = _pt_checkpoint(hub, tmp_path)
+        W.load_state_dict(spec)  # converts
+        path = Path(os.environ["RS_EMBED_CACHE"]) / "converted" / f"{spec.sha256}.safetensors"
+    else:
+        path = tmp_path / "own.safetensors"
+        save_file({"w": torch.arange(4.0)}, str(path))
+        spec = W.local_weights(path)
+    got = W.load_state_dict(spec)["w"]
+    before = got.clone()
+    raw = path.read_bytes()
+    with open(path, "r+b") as f:  # same bytes, the tensor payload (at the end) overwritten in place
+        f.seek(len(raw) - 16)
+        f.write(b"\xff" * 16)
+    assert torch.equal(got, before)
+
+
+def test_weights_on_a_weights_free_variant_are_refused(tmp_path):
+    from rs_embed_core.errors import SpecError
+
+    class NoWeights:
+        name, weights = "default", None
+
+    p = tmp_path / "w.safetensors"
+    save_file({"w": torch.ones(2)}, str(p))
+    with pytest.raises(SpecError, match="no learned weights"):
+        W.local_weights(p, NoWeights())

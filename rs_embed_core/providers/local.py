@@ -17,6 +17,7 @@ import numbers
 import os
 import re
 import threading
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,11 @@ def _expand(item: str | os.PathLike[str]) -> list[str]:
 # ---------------------------------------------------------------- the provider
 
 
+class _UnreadableFile(ProviderError):
+    """A file that does not open as a raster (0 bytes, not a GeoTIFF): skipped while others are readable."""
+
+
+
 class LocalProvider:
     """Serve pixels from local (or GDAL-readable remote) rasters.
 
@@ -219,6 +225,11 @@ class LocalProvider:
             paths = env
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
+        if isinstance(paths, (bytes, Mapping)) or not isinstance(paths, Iterable):
+            raise SpecError(f"LocalProvider takes a path (file, folder or glob) or a list of paths, got {paths!r}")
+        paths = list(paths)
+        if not all(isinstance(p, (str, os.PathLike)) for p in paths):
+            raise SpecError(f"LocalProvider takes a path (file, folder or glob) or a list of paths, got {paths!r}")
         self.paths: tuple[str, ...] = tuple(os.fspath(p) for p in paths)
         if not self.paths:
             raise SpecError("LocalProvider got an empty list of paths")
@@ -250,6 +261,7 @@ class LocalProvider:
         self.max_concurrency = int(max_concurrency)
         self._lock = threading.Lock()
         self._headers: dict[str, tuple[tuple[int, int] | None, _FileInfo]] = {}
+        self._warned: set[str] = set()  # unreadable files already named in a warning
 
     # reads are GDAL decoding + numpy compositing: fetch and prepare run in worker processes
     # (rs_embed_core.workers), which get this provider by fork, or pickled under "spawn"
@@ -341,7 +353,7 @@ class LocalProvider:
                 bounds = tuple(src.bounds)
                 count = src.count
         except RasterioIOError as exc:
-            raise ProviderError(f"local provider: cannot read {path}: {exc}") from None
+            raise _UnreadableFile(f"local provider: cannot read {path}: {exc}") from None
 
         try:
             lonlat = tuple(transform_bounds(crs, "EPSG:4326", *bounds, densify_pts=21))
@@ -418,6 +430,27 @@ class LocalProvider:
                                     count=len(bands)))
         return out
 
+    def _readable(self, files: list[str]) -> list[_FileInfo]:
+        """Headers of the files that open; the others (0-byte, not a raster) are skipped with one warning
+        naming them, and are an error only when no readable file is left."""
+        infos, bad = [], []
+        for f in files:
+            try:
+                infos.append(self._info(f))
+            except _UnreadableFile as exc:
+                bad.append((f, str(exc)))
+        if bad and not infos:
+            raise ProviderError(f"local provider: none of its {len(files)} file(s) can be read: "
+                                + "; ".join(why for _, why in bad[:4]) + (" ..." if len(bad) > 4 else ""))
+        new = [f for f, _ in bad if f not in self._warned]
+        if new:
+            with self._lock:
+                self._warned.update(new)
+            warnings.warn(f"local provider: skipping {len(new)} unreadable file(s): "
+                          + ", ".join(os.path.basename(f) for f in new[:8]) + (" ..." if len(new) > 8 else ""),
+                          stacklevel=4)
+        return infos
+
     def _candidates(self, sensor: SensorSpec) -> list[_FileInfo]:
         """The scenes (files, or groups of per-band files) that can serve this collection and every requested band."""
         files = self._files()
@@ -429,7 +462,7 @@ class LocalProvider:
                     f"dates= names {unmatched}, which match no file of this provider (keys are full paths or file "
                     f"names); files: {[os.path.basename(f) for f in files[:8]]}{' ...' if len(files) > 8 else ''}"
                 )
-        infos = self._scenes([self._info(f) for f in files])
+        infos = self._scenes(self._readable(files))
         served = [i for i in infos if (self.collection or i.collection) in (None, sensor.collection)]
         if not served:
             if self.collection:

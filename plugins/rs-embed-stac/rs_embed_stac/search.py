@@ -202,12 +202,14 @@ def classify_http_error(exc: BaseException, what: str) -> ProviderError:
 
 
 def open_client(url: str, timeout_s: float = 30.0) -> Any:
-    """A pystac-client Client whose HTTP layer does not retry: `rs_embed_core.retry` does."""
+    """A pystac-client Client whose HTTP layer does not retry (`rs_embed_core.retry` does) and whose every
+    request (landing page, search pages) times out after `timeout_s`. The timeout goes to Client.open too:
+    given only to StacApiIO, Client.open's own `timeout=None` overwrites it (pystac-client 0.9)."""
     from pystac_client import Client
     from pystac_client.stac_api_io import StacApiIO
 
     try:
-        return Client.open(url, stac_io=StacApiIO(timeout=timeout_s, max_retries=0))
+        return Client.open(url, stac_io=StacApiIO(timeout=timeout_s, max_retries=0), timeout=timeout_s)
     except Exception as exc:
         raise classify_http_error(exc, f"opening the STAC API {url}") from exc
 

@@ -190,3 +190,65 @@ def test_check_refuses_what_it_cannot_serve():
         StacProvider("https://example.com/stac")
     with pytest.raises(SpecError, match="unknown STAC preset"):
         StacProvider("earth-serch")
+
+
+def test_a_search_that_never_answers_times_out_after_http_timeout_s():
+    """A STAC API whose landing page answers but whose /search never does: the search gives up after
+    http_timeout_s (per attempt) with a typed error instead of hanging."""
+    import json
+    import re
+    import socket
+    import threading
+    import time
+
+    from rs_embed_core.errors import ProviderError
+    from rs_embed_core.grid import GridSpec
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    held: list[socket.socket] = []
+    landing = json.dumps({"type": "Catalog", "id": "t", "description": "t", "stac_version": "1.0.0", "links": [
+        {"rel": "search", "href": f"http://127.0.0.1:{port}/search", "type": "application/geo+json",
+         "method": "POST"}], "conformsTo": ["https://api.stacspec.org/v1.0.0/core",
+                                             "https://api.stacspec.org/v1.0.0/item-search"]}).encode()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            head = conn.recv(65536)
+            if head.split(b" ")[1].startswith(b"/search"):
+                held.append(conn)  # never answer
+                continue
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                         + f"Content-Length: {len(landing)}\r\n\r\n".encode() + landing)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        p = StacProvider(url=f"http://127.0.0.1:{port}", collections={S2: S2MAP}, http_timeout_s=1,
+                         retry=RetryPolicy(max_retries=1, base_delay_s=0.01, max_delay_s=0.01))
+        grid = GridSpec("EPSG:32632", 690500.0, 5334500.0, 10.0, 10, 10)
+        outcome: list[BaseException] = []
+
+        def go() -> None:
+            try:
+                p.fetch(FetchRequest(grid, JUNE, SensorSpec(S2, ("B4",), 10)))
+            except BaseException as exc:  # noqa: BLE001
+                outcome.append(exc)
+
+        worker = threading.Thread(target=go, daemon=True)
+        t0 = time.monotonic()
+        worker.start()
+        worker.join(15)
+        assert not worker.is_alive(), "the STAC search ignored http_timeout_s"
+        assert time.monotonic() - t0 < 15 and isinstance(outcome[0], ProviderError)
+        assert re.search("timed out|timeout", str(outcome[0]), re.I)
+    finally:
+        listener.close()
+        for c in held:
+            c.close()
