@@ -243,6 +243,9 @@ def prepare_job(
     if weights is not None:
         from .weights import local_weights
 
+        if not cls.uses_torch:  # the numpy models (baselines, products) learn nothing: weights would be ignored
+            raise SpecError(f"model {card.id!r} has no learned weights, so weights= cannot apply to it; drop weights=")
+
         var = attrs.evolve(var, weights=local_weights(weights, var))
     sensors = _sensors(sensor, card)
     steps = tuple(Step.of(s) for s in (cls.default_chain(sensors[0]) if preprocessing is None else preprocessing))

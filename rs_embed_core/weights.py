@@ -336,10 +336,7 @@ def weights_status(spec: WeightsSpec) -> dict[str, Any]:
 def local_weights(weights: str | os.PathLike[str] | WeightsSpec, variant: Any = None) -> WeightsSpec:
     """`weights=` of the API: a path to your own checkpoint (pinned here by its sha256, hashed once
     per file version) or a WeightsSpec. Strict loading applies exactly as to published weights.
-    A weights-free model (its variant has no weights) refuses them: they would be recorded, never used."""
-    if variant is not None and getattr(variant, "weights", None) is None:
-        raise SpecError(f"variant {getattr(variant, 'name', variant)!r} has no learned weights, so weights= cannot "
-                        "apply to it; drop weights=")
+    (A variant without pinned default weights takes them too: that is how its weights are given.)"""
     if isinstance(weights, WeightsSpec):
         return weights
     if not isinstance(weights, (str, os.PathLike)):

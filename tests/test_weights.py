@@ -455,13 +455,3 @@ def test_loaded_tensors_do_not_follow_an_in_place_rewrite_of_their_file(hub, tmp
     assert torch.equal(got, before)
 
 
-def test_weights_on_a_weights_free_variant_are_refused(tmp_path):
-    from rs_embed_core.errors import SpecError
-
-    class NoWeights:
-        name, weights = "default", None
-
-    p = tmp_path / "w.safetensors"
-    save_file({"w": torch.ones(2)}, str(p))
-    with pytest.raises(SpecError, match="no learned weights"):
-        W.local_weights(p, NoWeights())
