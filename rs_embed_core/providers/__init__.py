@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import lru_cache
 from typing import Protocol, runtime_checkable
 
 from attrs import frozen
@@ -27,11 +28,21 @@ class FetchRequest:
 
     @property
     def key(self) -> str:
-        """A stable content key: equal requests (e.g. two ROIs on the same lattice cells) share it."""
-        from ..convert import converter
+        """A stable content key: equal requests (e.g. two ROIs on the same lattice cells) share it.
 
-        blob = json.dumps(converter.unstructure(self), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+        Remembered per equal request: the runner asks for it several times per item on its hot path."""
+        try:
+            return _request_key(self)
+        except TypeError:  # a field that cannot be hashed: compute it each time
+            return _request_key.__wrapped__(self)
+
+
+@lru_cache(maxsize=16384)
+def _request_key(req: FetchRequest) -> str:
+    from ..convert import converter
+
+    blob = json.dumps(converter.unstructure(req), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
 @runtime_checkable

@@ -519,3 +519,25 @@ def stub_data_catalog() -> None:
     import ee.deprecation
 
     ee.deprecation._FetchDataCatalogStac = lambda: {}  # type: ignore[attr-defined]
+
+
+# the environment variables through which a real sign-in could leak into a test
+SIGN_IN_ENV = ("GOOGLE_APPLICATION_CREDENTIALS", "EE_PROJECT", "GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CONFIG",
+               "GCE_METADATA_HOST", "COLAB_RELEASE_TAG")
+
+
+def isolated(monkeypatch: Any, home: Any) -> Iterator[None]:
+    """For a test's autouse fixture (`yield from isolated(monkeypatch, tmp_path / "home")`): no real credentials
+    or project leak in, and the sign-in state and raster cache are fresh before and after the test."""
+    from rs_embed_core.fetching import raster_cache
+
+    from . import auth
+
+    monkeypatch.setenv("HOME", str(home))
+    for name in SIGN_IN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    auth.reset()
+    raster_cache.clear()
+    yield
+    auth.reset()
+    raster_cache.clear()

@@ -6,28 +6,18 @@ from __future__ import annotations
 import pytest
 
 import rs_embed_gee
-from rs_embed_core.fetching import raster_cache
 from rs_embed_core.grid import GridSpec
 from rs_embed_core.plugins import load_plugins, pm
 from rs_embed_core.providers import FetchRequest
 from rs_embed_core.specs import SensorSpec, TemporalSpec
-from rs_embed_gee import auth
-from rs_embed_gee.fake import L8, S2, FakeEarthEngine, month_scenes, quick_retry, sample_grid
+from rs_embed_gee.fake import isolated, L8, S2, FakeEarthEngine, month_scenes, quick_retry, sample_grid
 
 
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
     """No real credentials or project leak in; a fresh client and raster cache per test."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    for name in ("GOOGLE_APPLICATION_CREDENTIALS", "EE_PROJECT", "GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CONFIG",
-                 "GCE_METADATA_HOST", "COLAB_RELEASE_TAG"):
-        monkeypatch.delenv(name, raising=False)
-    auth.reset()
-    raster_cache.clear()
-    yield
-    auth.reset()
-    raster_cache.clear()
+    yield from isolated(monkeypatch, tmp_path / "home")
 
 
 @pytest.fixture

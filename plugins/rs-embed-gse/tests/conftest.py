@@ -9,25 +9,16 @@ import pytest
 
 import rs_embed_gee
 import rs_embed_gse
-from rs_embed_core.fetching import raster_cache
 from rs_embed_core.plugins import load_plugins, pm
-from rs_embed_gee import auth
-from rs_embed_gee.fake import S2, FakeEarthEngine, FakeScene, month_scenes, quick_retry
+from rs_embed_gee.fake import isolated, S2, FakeEarthEngine, FakeScene, month_scenes, quick_retry
 
 GSE = rs_embed_gse.CARD.input.collection
 
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    for name in ("GOOGLE_APPLICATION_CREDENTIALS", "EE_PROJECT", "GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CONFIG",
-                 "GCE_METADATA_HOST", "COLAB_RELEASE_TAG"):
-        monkeypatch.delenv(name, raising=False)
-    auth.reset()
-    raster_cache.clear()
-    yield
-    auth.reset()
-    raster_cache.clear()
+    """No real credentials or project leak in; a fresh client and raster cache per test."""
+    yield from isolated(monkeypatch, tmp_path / "home")
 
 
 @pytest.fixture
