@@ -59,6 +59,27 @@ class WeightsSpec:
     license: str
     path: str | None = None
     repo_type: str = "model"  # "dataset" for a file of a Hub dataset repository (a precomputed product)
+    url: str | None = None  # weights published outside the Hub: an https URL pinned by sha256 + size
+    size: int | None = None  # bytes; required with url
+
+    @classmethod
+    def from_url(cls, url: str, *, filename: str, sha256: str, size: int, license: str) -> WeightsSpec:
+        """A file published outside the Hugging Face Hub (Google Drive, Zenodo, a university server).
+
+        Nothing but the bytes can pin such a file, so the full sha256 and the size are required. The
+        repo_id is `url/<host>` and the revision the first 40 hex digits of the sha256: the file is
+        content-addressed in the cache exactly as Hub files are by commit.
+        """
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise SpecError(f"weights url must be an https URL, got {url!r}")
+        if len(sha256) != 64:
+            raise SpecError(f"weights fetched from a URL need the full 64-hex sha256, got {sha256!r}")
+        if not isinstance(size, int) or size <= 0:
+            raise SpecError(f"weights fetched from a URL need their size in bytes, got {size!r}")
+        return cls(f"url/{parts.hostname}", sha256[:40], filename, sha256, license, url=url, size=size)
 
     def __attrs_post_init__(self) -> None:
         if self.repo_type not in ("model", "dataset"):
