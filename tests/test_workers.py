@@ -243,3 +243,50 @@ def test_worker_processes_serve_later_calls(scene):
 
     first, second = pids(), pids()
     assert os.getpid() not in first and second & first  # the same processes answered again
+
+
+def _mappings() -> int:
+    with open("/proc/self/maps") as f:
+        return sum("rs-embed-batch" in line for line in f)
+
+
+@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="shared memory transport is Linux-only")
+def test_large_arrays_travel_through_shared_memory_and_free_it():
+    import multiprocessing as mp
+
+    from rs_embed_core.workers import _recv, _send
+
+    here, there = mp.Pipe()
+    sent = {"input": np.random.default_rng(0).random((4, 128, 128), dtype=np.float32), "small": np.arange(5)}
+    _send(here, sent)
+    got = _recv(there)
+    assert _mappings() == 1  # the big array lives on the mapping, not in a copy
+    np.testing.assert_array_equal(got["input"], sent["input"])
+    np.testing.assert_array_equal(got["small"], sent["small"])
+    got["input"][0, 0, 0] = -1.0  # writable, like an array that came through the pipe
+    del got
+    import gc
+
+    gc.collect()
+    assert _mappings() == 0  # freed with the last array on it
+
+
+def test_arrays_fall_back_to_the_pipe_without_shared_memory(monkeypatch):
+    import multiprocessing as mp
+
+    from rs_embed_core import workers
+
+    def refused(*_a):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(workers.os, "memfd_create", refused, raising=False)
+    import threading
+
+    here, there = mp.Pipe()
+    sent = np.arange(200_000, dtype=np.float32).reshape(2, 100_000)
+    sender = threading.Thread(target=workers._send, args=(here, sent))  # more than a socket buffer: send aside
+    sender.start()
+    got = workers._recv(there)
+    sender.join()
+    np.testing.assert_array_equal(got, sent)
+    assert got.flags.writeable
