@@ -5,7 +5,9 @@ items x models, and drives the one runner (`runner.run`), so each distinct input
 for all models and export results equal `get_embeddings_batch` for the same inputs.
 
 Crash safety: each finished (item, model) is written to `OUT/.parts/` by atomic rename and then
-recorded in `OUT/.journal.jsonl` (one fsync'd line each). The deliverables (GeoParquet, Zarr,
+recorded in `OUT/.journal.jsonl` with the part's size and sha256 (one fsync per batch of records).
+Parts themselves are not fsync'd: resume verifies every recorded part against its digest and redoes
+one that a power cut took with the page cache, so durability costs one fsync per batch, not per item. The deliverables (GeoParquet, Zarr,
 GeoTIFF, npz, manifest.json) are rebuilt from the parts at the end of every run, each written to
 a temporary name and renamed into place. A run killed at any moment and rerun with
 `resume=True` skips what the journal holds, retries failed items, and writes the same files an
@@ -160,11 +162,8 @@ def remove_stale_temporaries(root: Path) -> list[Path]:
     return removed
 
 
-def atomic_write(dest: Path, write: Any, *, durable: bool = True, sync_dir: bool = True) -> None:
-    """write(tmp_path) then rename onto dest (fsync'd when durable): never half a file at `dest`.
-
-    `sync_dir=False` leaves the folder's fsync to the caller (export syncs each folder once per group
-    of parts, before their journal records)."""
+def atomic_write(dest: Path, write: Any, *, durable: bool = True) -> None:
+    """write(tmp_path) then rename onto dest (file and folder fsync'd when durable): never half a file at `dest`."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{_tmp_tag()}.tmp")
     try:
@@ -179,7 +178,7 @@ def atomic_write(dest: Path, write: Any, *, durable: bool = True, sync_dir: bool
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, dest)
-        if durable and sync_dir:
+        if durable:
             _fsync_dir(dest.parent)
     finally:
         if tmp.exists():
@@ -202,7 +201,7 @@ def _save_part(path: Path, emb: Embedding) -> tuple[int, str]:
     buf = io.BytesIO()
     np.savez(buf, data=emb.data, meta=np.asarray(meta), grid=np.asarray(grid))
     raw = buf.getvalue()
-    atomic_write(path, lambda tmp: tmp.write_bytes(raw), sync_dir=False)
+    atomic_write(path, lambda tmp: tmp.write_bytes(raw), durable=False)  # resume checks the digest instead
     return len(raw), hashlib.sha256(raw).hexdigest()
 
 
@@ -546,14 +545,10 @@ def _export_locked(root, request, spatials, stems, shown, temporal, reqs, jobs, 
                      min_valid_fraction=min_valid_fraction, on_low_valid=on_low_valid, workers=workers,
                      on_input=lambda q, r, its, _items=items: on_input(q, r, its, _items), input_pixels=save_inputs)
         group: list[dict[str, Any]] = []  # records whose parts are written, journaled a group at a time
-        folders: set[Path] = set()
 
         def commit() -> None:
-            for folder in folders:  # the parts' renames are durable before their records say "ok"
-                _fsync_dir(folder)
             journal.append(*group)
             group.clear()
-            folders.clear()
 
         try:
             for k, jj, result in stream:
@@ -567,7 +562,6 @@ def _export_locked(root, request, spatials, stems, shown, temporal, reqs, jobs, 
                     if save_embeddings:
                         part = root / PARTS / r.key / f"{i:06d}.npz"
                         size, digest = _save_part(part, result)
-                        folders.add(part.parent)
                     rec = {"item": i, "model": r.key, "status": "ok",
                            **({"size": size, "sha256": digest} if save_embeddings else {})}
                     stats["ok"] += 1

@@ -241,13 +241,16 @@ def fetch_stream(
     *,
     policy: RetryPolicy = DEFAULT_RETRY,
     window: int | None = None,
+    held: int = 0,
     specs: Callable[[int], tuple[Sequence[tuple[Any, Any]], bool]] | None = None,
     workers: int | None = None,
 ) -> Iterator[tuple[int, Raster | BaseException, int, Any]]:
     """Yield (index, raster or error, attempts, prepared) in request order, fetching ahead in parallel.
 
     Distinct keys are fetched once; at most `window` distinct requests are in flight or waiting to be
-    consumed, so memory stays bounded whatever the number of requests. Errors are yielded, not raised:
+    consumed, so memory stays bounded whatever the number of requests. The default window is two
+    per worker plus `held`, the results the consumer keeps before it frees any (a batch): while it
+    runs a batch through the model, the workers fetch the next one instead of idling. Errors are yielded, not raised:
     the consumer decides what a failed item means. `specs(index)` gives the (key, PrepSpec) pairs to
     prepare right after a successful fetch, in the worker (so it overlaps inference), and whether the
     pixels may stay there (a RasterHead comes back instead of the raster); the Prepared results come
@@ -263,7 +266,7 @@ def fetch_stream(
         yield 0, raster, attempts, pre
         return
     count, kind = plan_workers(provider, workers, n)
-    window = window or 2 * count
+    window = window or 2 * count + held
     remaining: dict[str, int] = {}
     for r in requests:
         remaining[r.key] = remaining.get(r.key, 0) + 1

@@ -543,7 +543,7 @@ def run(
 
     try:
         for r, result, attempts, pre in fetch_stream(provider, requests, policy=retry, specs=specs,
-                                                          workers=workers):
+                                                     workers=workers, held=batch_size):
             got[r] = result
             attempts_of[r] = attempts
             if on_input is not None and isinstance(result, (Raster, RasterHead)):
