@@ -35,8 +35,8 @@ S2_L2A = "COPERNICUS/S2_SR_HARMONIZED"
 S2_L1C = "COPERNICUS/S2_HARMONIZED"
 S1_GRD = "COPERNICUS/S1_GRD"
 # Both Sentinel-2 convolutions take 12 channels (terrafm.py `in_chans_s2=12`): the L2A band set, in the band
-# order the user documentation fetches. L1C's 13th band, B10 (cirrus), has no channel; the authors'
-# benchmark code drops it (index 10 of the 13) before the model.
+# order the user documentation fetches. L1C's 13th band, B10 (cirrus), has no channel; a public benchmark
+# built on TerraFM drops it (index 10 of the 13) before the model.
 S2_BANDS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B11", "B12")
 S1_BANDS = ("VV", "VH")  # terrafm.py `in_chans_s1=2`; Major-TOM Core-S1RTC order
 MODALITY = {S2_L2A: "s2_l2a", S2_L1C: "s2_l1c", S1_GRD: "s1"}  # -> the checkpoint's conv2d_<m> / <m>_embed
@@ -117,7 +117,7 @@ NOTES = f"""\
 Default input: Sentinel-2 level-2A ({S2_L2A}), the 12 bands {', '.join(S2_BANDS)}, {IMAGE_SIZE} x {IMAGE_SIZE} px \
 (the model zoo's input size), one median composite, as the user documentation's `terrafm` fetches it. Other \
 sensors: Sentinel-2 level-1C ({S2_L1C}, the same 12 bands: both Sentinel-2 convolutions take 12 channels, so \
-B10 is refused, as the authors' benchmark code drops it) and Sentinel-1 ({S1_GRD}, VV, VH). Each goes through \
+B10 is refused, as a public benchmark built on TerraFM drops it) and Sentinel-1 ({S1_GRD}, VV, VH). Each goes through \
 its own patch embedding, chosen by the collection; one sensor per request (TerraFM embeds one modality at a \
 time); any other band set or order is refused before any fetch.
 Chain (the authors publish no normalisation; this is the user documentation's): Sentinel-2 DN x 1e-4, clipped \

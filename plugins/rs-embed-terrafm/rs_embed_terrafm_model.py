@@ -10,8 +10,8 @@ builds `terrafm_base` / `terrafm_large` (read there, written here):
 - `cls_token` prepended, `pos_embed` (1, 1 + 14 * 14, D) added (224 px only: no interpolation here).
 - timm-named pre-norm blocks (rs_embed_core.nn.TimmBlock, qkv bias, LayerNorm eps 1e-6), final `norm`.
 
-Checkpoint: a plain state dict of exactly these keys (the authors' own benchmark code loads TerraFM-B.pth
-into their module with strict=True); nothing is stripped or ignored.
+Checkpoint: a plain state dict of exactly these keys (the authors' README loads TerraFM-B.pth straight into
+their module; a public segmentation benchmark does so with strict=True); nothing is stripped or ignored.
 """
 
 from __future__ import annotations
