@@ -368,3 +368,13 @@ def test_describe_names_the_model_by_its_alias():
 
     with registered(rt.TerraFM):
         assert embedder_class("terrafm_b") is rt.TerraFM
+
+
+def test_tiled_large_roi_stitches_the_tile_grids(tiny_registered, tmp_path):
+    from rs_embed import get_embedding
+
+    with random_weights("terrafm_tiny_test", "tiny", tmp_path, seed=5):
+        emb = get_embedding("terrafm_tiny_test", PointBuffer(121.5, 31.2, 2240), WHEN, OutputSpec.grid(),
+                            backend=FakeProvider(bands=rt.S2_BANDS), device="cpu", input_prep="tile")
+    assert emb.data.shape == (32, 28, 28) and np.isfinite(emb.data).all()  # 2 x 2 tiles of 224 px
+    assert emb.grid.shape == (28, 28) and emb.grid.res == pytest.approx(160.0)  # 16 px x 10 m per cell
