@@ -27,7 +27,8 @@ def test_base_file_in_the_published_layout_loads_strictly_and_embeds(tmp_path, m
     from rs_embed_core.runner import clear_model_cache, load_embedder
 
     with torch.device("meta"):
-        shapes = {k: v.shape for k, v in rtm.TerraFMEncoder(rt.TerraFM.card.variant("base").params).state_dict().items()}
+        net = rtm.TerraFMEncoder(rt.TerraFM.card.variant("base").params)
+    shapes = {k: v.shape for k, v in net.state_dict().items()}
     assert round(sum(int(np.prod(s)) for s in shapes.values()) / 1e6, 1) == 113.0
     sd = random_state(shapes, seed=11)
     path = tmp_path / "TerraFM-B.pth"
