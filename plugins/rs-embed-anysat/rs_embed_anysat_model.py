@@ -69,7 +69,7 @@ class RPEAttention(nn.Module):
         self.heads, self.scale = heads, (dim // heads) ** -0.5
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.rpe_k = ContextualRPE(dim // heads, 1, IRPE_RATIO)
+        self.rpe_k = ContextualRPE(dim // heads, 1, IRPE_RATIO, first_head_only=True)
 
     def forward(self, x: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
@@ -125,7 +125,7 @@ class CrossRPEAttention(nn.Module):
         self.wk = nn.Linear(dim, dim)
         self.wv = nn.Linear(dim, dim)
         self.q_learned = nn.Parameter(torch.zeros(1, 1, dim))
-        self.rpe_k = ContextualRPE(dim // heads, 1, IRPE_RATIO)
+        self.rpe_k = ContextualRPE(dim // heads, 1, IRPE_RATIO, first_head_only=True)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:

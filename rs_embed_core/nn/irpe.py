@@ -46,16 +46,26 @@ def irpe_buckets(h: int, w: int, skip: int = 1, ratio: float = 1.9) -> torch.Ten
 
 
 class ContextualRPE(nn.Module):
-    """iRPE on keys, contextual mode: `forward(q, buckets)` -> (B, H, L, K) logits q_i . r_{buckets[i, j]}."""
+    """iRPE on keys, contextual mode: `forward(q, buckets)` -> (B, H, L, K) logits q_i . r_{buckets[i, j]}.
 
-    def __init__(self, head_dim: int, heads: int = 1, ratio: float = 1.9, skip: int = 1) -> None:
+    `first_head_only`: the term of head 0's query is added to every head's logits, (B, 1, L, K). This
+    is what the authors' pure-PyTorch fallback computes (its gather index has one head), the path
+    every install without their compiled `rpe_ops` extension runs, so OmniSat/AnySat weights were
+    trained and are used with it.
+    """
+
+    def __init__(self, head_dim: int, heads: int = 1, ratio: float = 1.9, skip: int = 1,
+                 first_head_only: bool = False) -> None:
         super().__init__()
+        self.first_head_only = first_head_only
         self.lookup_table_weight = nn.Parameter(torch.zeros(heads, head_dim, irpe_bucket_count(ratio, skip)))
 
     def forward(self, q: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:
         """q (B, H, L, head_dim) as the attention uses it (scaled or not: the model decides); buckets (L, K)."""
         if buckets.shape[0] != q.shape[2]:
             raise SpecError(f"iRPE buckets cover {buckets.shape[0]} queries, the attention has {q.shape[2]}")
+        if self.first_head_only:
+            q = q[:, :1]
         table = q @ self.lookup_table_weight  # (B, H, L, buckets): one dot product per bucket, then a lookup
         index = buckets.to(q.device).expand(q.shape[0], q.shape[1], *buckets.shape)
         return torch.gather(table, 3, index)
