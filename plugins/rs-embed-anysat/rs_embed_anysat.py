@@ -65,7 +65,6 @@ S2_STD = (3537.99755859375, 3324.23486328125, 3270.070068359375, 3250.5300292968
 GSD_M = 10.0
 IMAGE_SIZE = 24
 FRAMES = 8
-MAX_FRAMES = 366  # one frame per day of a year at most
 DEFAULT_PATCH_M = 10
 
 # ----------------------------------------------------------------------------- variants and weights
@@ -132,8 +131,8 @@ NOTES = f"""\
 Default input: Sentinel-2 level-2A ({S2_L2A}), the ten bands {' '.join(S2_BANDS)} in the README's s2 order, \
 {FRAMES} frames (the window split into {FRAMES} equal bins, each a median composite stamped at its bin centre), \
 {IMAGE_SIZE} x {IMAGE_SIZE} px at {GSD_M:g} m (a 240 m tile), patches of {DEFAULT_PATCH_M} m: the user \
-documentation's defaults. Frames: 1..{MAX_FRAMES}; composite='none' (every scene) also runs, each scene with its \
-own date. Only Sentinel-2 is accepted: AnySat's other projectors (Sentinel-1, Landsat 7/8, ALOS-2, MODIS, aerial, \
+documentation's defaults. Frames: any count a SensorSpec allows (1..366; the L-TAE takes any number of dates); \
+composite='none' (every scene) also runs, each scene with its own date. Only Sentinel-2 is accepted: AnySat's other projectors (Sentinel-1, Landsat 7/8, ALOS-2, MODIS, aerial, \
 SPOT, NAIP) load with the checkpoint, but no normalisation statistics are published for them (the authors \
 normalise each dataset with statistics files that are not in the repository) and several need inputs a request \
 cannot give (the S1 VV/VH ratio band, ascending-only orbits, 0.2 m imagery); another collection, another band set or \
@@ -205,7 +204,7 @@ class AnySat(Embedder):
 
     @classmethod
     def check_request(cls, variant: Variant, sensors: tuple[SensorSpec, ...], steps: tuple[Any, ...]) -> None:
-        """Sentinel-2 L2A with the ten bands in order, a frame count, a tiling resize; weights given."""
+        """Sentinel-2 L2A with the ten bands in order, a resize that tiles into patches; weights given."""
         if len(sensors) != 1 or sensors[0].collection != S2_L2A:
             got = [s.collection for s in sensors]
             raise SpecError(f"AnySat here takes one Sentinel-2 time series ({S2_L2A}); the request gives {got}. "
@@ -219,8 +218,6 @@ class AnySat(Embedder):
         if tuple(bands) != S2_BANDS:
             raise SpecError(f"AnySat's s2 projector takes exactly the ten bands {list(S2_BANDS)} in that order; "
                             f"the request gives {list(bands)}")
-        if s.composite != "none" and not 1 <= s.frames <= MAX_FRAMES:
-            raise SpecError(f"AnySat takes 1..{MAX_FRAMES} frames; the request asks for {s.frames}")
         parsed = [Step.of(x) for x in steps]
         size = next((x.params.get("size") for x in reversed(parsed) if x.name == "resize"), None)
         if size is not None:

@@ -169,33 +169,39 @@ class AnySatEncoder(nn.Module):
         self.blocks = nn.ModuleList([*(TimmBlock(dim, heads, ratio, norm_eps=1e-6) for _ in range(depth)),
                                      CrossBlock(dim, heads, ratio)])
 
-    def embed_series(self, x: torch.Tensor, days: torch.Tensor, modality: str, px: int,
-                     dense: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """x (B, T, C, H, W) normalised, days (B, T) day of year, px = patch side in pixels (= metres / 10 for
-        10 m modalities) -> tile (B, D), patches (B, D, H/px, W/px) and, with `dense`, (B, 2D, H, W):
-        [patch token | sub-patch token] per pixel."""
+    def patch_tokens(self, x: torch.Tensor, days: torch.Tensor, modality: str,
+                     px: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The local stage: x (B, T, C, H, W) normalised, days (B, T) day of year, px = patch side in pixels
+        -> patch tokens (B, n, n, D) and their sub-patch tokens (B, n, n, px, px, D), n = H / px. Each
+        patch is summarised from its own pixels only, at positions relative to the patch."""
         if modality not in TIME_SERIES or TIME_SERIES[modality][3] != 1 or SUBPATCH_M[modality] != 10:
             raise SpecError(f"AnySat runs 10 m time series here (s2, s1, s1-asc, l8), not {modality!r}")
         b, _, _, h, w = x.shape
-        if h != w or h % px:
+        if h != w or px < 1 or h % px:
             raise SpecError(f"AnySat needs a square tile of whole {px}-px patches, got {h}x{w}")
         n = h // px
         sub = getattr(self, f"projector_{modality}")(x, days)  # (B, H, W, D)
         sub = sub.reshape(b, n, px, n, px, self.dim).permute(0, 1, 3, 2, 4, 5).reshape(b * n * n, px * px, self.dim)
-        patch_tokens, sub_tokens = self.spatial_encoder(sub, px, SUBPATCH_M[modality])
+        patches, subs = self.spatial_encoder(sub, px, SUBPATCH_M[modality])
+        return patches.reshape(b, n, n, self.dim), subs.reshape(b, n, n, px, px, self.dim)
+
+    def embed_series(self, x: torch.Tensor, days: torch.Tensor, modality: str, px: int,
+                     dense: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """-> tile (B, D), patch grid (B, D, n, n) and, with `dense`, (B, 2D, H, W): [patch token |
+        sub-patch token] per pixel (AnySat's outputs 'tile', 'patch', 'dense'); inputs as `patch_tokens`."""
+        local, subs = self.patch_tokens(x, days, modality, px)
+        b, n = local.shape[:2]
         pos = sincos_2d(self.dim, n, n, cls_token=True, step=float(px)).to(x)  # patch positions x (metres / 10)
-        tokens = torch.cat([self.cls_token.expand(b, 1, self.dim), patch_tokens.reshape(b, n * n, self.dim)], 1)
-        tokens = tokens + pos
+        tokens = torch.cat([self.cls_token.expand(b, 1, self.dim), local.reshape(b, n * n, self.dim)], 1) + pos
         for block in self.blocks[:-1]:
             tokens = block(tokens)
         out = self.blocks[-1](tokens, pos, irpe_buckets(n, n, 1, IRPE_RATIO))
-        tile, patches = out[:, 0], out[:, 1:]
-        grid = patches.transpose(1, 2).reshape(b, self.dim, n, n)
+        tile, patches = out[:, 0], out[:, 1:].reshape(b, n, n, self.dim)
+        grid = patches.permute(0, 3, 1, 2)
         if not dense:
             return tile, grid, None
-        subs = sub_tokens.reshape(b, n, n, px, px, self.dim)
-        both = torch.cat([patches.reshape(b, n, n, 1, 1, self.dim).expand_as(subs), subs], dim=-1)
-        return tile, grid, both.permute(0, 5, 1, 3, 2, 4).reshape(b, 2 * self.dim, h, w)
+        both = torch.cat([patches[:, :, :, None, None].expand_as(subs), subs], dim=-1)  # (B, n, n, px, px, 2D)
+        return tile, grid, both.permute(0, 5, 1, 3, 2, 4).reshape(b, 2 * self.dim, n * px, n * px)
 
 
 def build(variant: Variant, device: str = "cpu") -> AnySatEncoder:
