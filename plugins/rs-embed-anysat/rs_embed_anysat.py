@@ -15,7 +15,6 @@ authors' release checkpoint (`AnyModule`). No reference implementation installs 
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from rs_embed_core.card import InputSpec, ModelCard, Step, Variant
@@ -29,7 +28,7 @@ if TYPE_CHECKING:
 
     from rs_embed_anysat_model import AnySatEncoder
 
-__all__ = ["AnySat", "check_geometry", "days_of_year", "register_embedders"]
+__all__ = ["AnySat", "check_geometry", "register_embedders"]
 
 # ----------------------------------------------------------------------------- the authors' modality tables
 # hubconf.py `get_default_config` (the release model): every projector is in the checkpoint.
@@ -104,21 +103,6 @@ def check_geometry(height: int, width: int, patch_m: int, gsd_m: float = GSD_M) 
         raise SpecError(f"AnySat with {patch_m} m patches cuts a tile into {px}-px patches at {gsd_m:g} m; "
                         f"{height} px is not a multiple of {px} (e.g. {IMAGE_SIZE})")
     return px
-
-
-def days_of_year(times: Any, model: str = "AnySat") -> list[list[int]]:
-    """Per item, per frame datetime -> day of year, 1 January = 0 (the README's `_dates` contract)."""
-    out = []
-    for i, frames in enumerate(times):
-        row = []
-        for t, when in enumerate(frames):
-            if not isinstance(when, (dt.date, dt.datetime)):
-                raise SpecError(f"{model} needs the date of every frame (its day of year is a model input); item "
-                                f"{i} frame {t} has {when!r}. Use a provider that stamps frames (composites are "
-                                "stamped at their bin centre).")
-            row.append(when.timetuple().tm_yday - 1)
-        out.append(row)
-    return out
 
 
 CHAIN = (
@@ -236,12 +220,14 @@ class AnySat(Embedder):
     def forward(self, x: torch.Tensor, ctx: BatchContext) -> EmbedOutput:
         import torch
 
+        from rs_embed_core.nn.geo_time import days_of_year
+
         if x.ndim != 5 or x.shape[2] != len(S2_BANDS) or tuple(ctx.band_names) != S2_BANDS:
             raise SpecError(f"AnySat takes (B, T, 10, H, W) with the bands {list(S2_BANDS)}; got "
                             f"{tuple(x.shape)} and {list(ctx.band_names)}")
         patch_m = int(self.variant.params["patch_size_m"])
         px = check_geometry(x.shape[-2], x.shape[-1], patch_m)
-        days = torch.tensor(days_of_year(ctx.times), dtype=torch.float32, device=x.device)
+        days = torch.tensor(days_of_year(ctx.times, "AnySat"), dtype=torch.float32, device=x.device)
         if days.shape != x.shape[:2]:
             raise SpecError(f"AnySat needs one date per frame: {tuple(days.shape)} dates for {tuple(x.shape[:2])}")
         if self.model is None:

@@ -8,7 +8,7 @@ from .cyclic import latlon_code, week_hour_code
 from .alibi import alibi_bias_2d, alibi_slopes
 from .flexi import BandGroupPatchEmbed, FlexiPatchEmbed, pi_resize_kernel, resize_matrix
 from .fourier import fourier_features, in_fourier_range
-from .geo_time import lonlat_to_xyz, month_table, months_of
+from .geo_time import days_of_year, frame_dates, lonlat_to_xyz, month_table, months_of
 from .hypernet import KernelGenerator, PostNormEncoderLayer, ResidualMlp, generated_kernel
 from .irpe import ContextualRPE, irpe_bucket_count, irpe_buckets
 from .layer_scale import LayerScale, LayerScaleBlock
@@ -49,7 +49,9 @@ __all__ = [
     "alibi_bias_2d",
     "alibi_slopes",
     "date_code",
+    "days_of_year",
     "fourier_features",
+    "frame_dates",
     "generated_kernel",
     "grid_to_tokens",
     "in_fourier_range",

@@ -23,7 +23,7 @@ from rs_embed_core.card import Step, WeightsSpec
 from rs_embed_core.embedder import BatchContext
 from rs_embed_core.errors import SpecError, UnknownBandError, WeightsError
 from rs_embed_core.grid import GridSpec, grid_for
-from rs_embed_core.nn import date_code, irpe_buckets
+from rs_embed_core.nn import date_code, days_of_year, irpe_buckets
 from rs_embed_core.preprocess import apply_chain
 from rs_embed_core.providers import FetchRequest
 from rs_embed_core.specs import OutputSpec, PointBuffer, SensorSpec, TemporalSpec
@@ -139,9 +139,9 @@ def test_date_code_is_the_ltae_sinusoid():
 
 def test_days_of_year_count_from_zero():
     times = ((dt.datetime(2022, 1, 1, 12), dt.date(2021, 12, 31), dt.date(2020, 12, 31)),)
-    assert ra.days_of_year(times) == [[0, 364, 365]]
-    with pytest.raises(SpecError, match="date of every frame"):
-        ra.days_of_year(((dt.date(2022, 1, 1), None),))
+    assert days_of_year(times, "AnySat") == [[0, 364, 365]]
+    with pytest.raises(SpecError, match="date of every frame .its day of year"):
+        days_of_year(((dt.date(2022, 1, 1), None),), "AnySat")
 
 
 @pytest.mark.parametrize("h, w, patch, match", [
