@@ -345,3 +345,13 @@ def test_listing_models_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_tiled_large_roi_stitches_patch_grids(small_registered, tmp_path):
+    from rs_embed import get_embedding
+
+    with random_weights("anysat_small_test", "small", tmp_path, seed=5):
+        emb = get_embedding("anysat_small_test", PointBuffer(2.35, 48.85, 240), WHEN, OutputSpec.grid(),
+                            backend=FakeProvider(), device="cpu", input_prep="tile")
+    assert emb.data.shape == (64, 48, 48) and np.isfinite(emb.data).all()  # 2 x 2 tiles of 24 px
+    assert emb.grid.shape == (48, 48) and emb.grid.res == pytest.approx(10.0)  # one 10 m patch per cell
