@@ -128,8 +128,9 @@ pixels to be {GSD_M:g} m (Sentinel-2's native spacing; nothing tells it another)
 (PointBuffer buffer {IMAGE_SIZE * 5} m) is exact, a larger one is resized (coarser pixels than the model assumes) \
 unless input_prep="tile".
 Side inputs: s2_dates = each frame's day of year from its timestamp, 1 January = 0, 31 December = 364 (the \
-README's contract; the demo notebook and the TreeSatAI loader count from 1, a one-day shift of a 367-day \
-code). A frame without a date is a SpecError. Patch size in metres: a variant parameter ({DEFAULT_PATCH_M} m \
+README's contract for the released model; the pre-training loaders differ: TreeSatAI-TS and S2NAIP count \
+from 1, as the demo notebook does, a one-day shift of a 367-day code; PASTIS counts days since 1 September \
+2018). A frame without a date is a SpecError. Patch size in metres: a variant parameter ({DEFAULT_PATCH_M} m \
 default, 20 m 'base-p20' and 'base-dense', 40 m 'base-p40'), a positive multiple of 10 m dividing the tile.
 Outputs: pooled = the tile token (output='tile': the class token after the final cross-attention block). \
 grid = one token per patch (output='patch'), D x 24/p x 24/p for p-px patches, row 0 north. 'base-dense' \
