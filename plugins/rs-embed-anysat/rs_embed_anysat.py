@@ -116,7 +116,8 @@ Default input: Sentinel-2 level-2A ({S2_L2A}), the ten bands {' '.join(S2_BANDS)
 {FRAMES} frames (the window split into {FRAMES} equal bins, each a median composite stamped at its bin centre), \
 {IMAGE_SIZE} x {IMAGE_SIZE} px at {GSD_M:g} m (a 240 m tile), patches of {DEFAULT_PATCH_M} m: the user \
 documentation's defaults. Frames: any count a SensorSpec allows (1..366; the L-TAE takes any number of dates); \
-composite='none' (every scene) also runs, each scene with its own date. Only Sentinel-2 is accepted: AnySat's other projectors (Sentinel-1, Landsat 7/8, ALOS-2, MODIS, aerial, \
+composite='none' (every scene) also runs, each scene with its own date. Only Sentinel-2 is accepted: AnySat's \
+other projectors (Sentinel-1, Landsat 7/8, ALOS-2, MODIS, aerial, \
 SPOT, NAIP) load with the checkpoint, but no normalisation statistics are published for them (the authors \
 normalise each dataset with statistics files that are not in the repository) and several need inputs a request \
 cannot give (the S1 VV/VH ratio band, ascending-only orbits, 0.2 m imagery); another collection, another band set or \
@@ -142,19 +143,27 @@ GroupNorm over channels and dates) -> sub-patch tokens; spatial encoder (6 block
 ratio {IRPE_RATIO}, class-token summary, LayerNorm eps 1e-5) with sin-cos positions of sub-patches x 10 m; ViT \
 (6 pre-norm blocks, eps 1e-6) over patch tokens + sin-cos positions of patches x (patch m / 10); a cross-attention \
 block whose queries are a learned vector + those positions, iRPE on keys, no residual around the attention (as \
-the authors'). The sin-cos position tables are computed in float64 and rounded to float32 (the authors': float32 throughout; about 1e-7 apart); the iRPE buckets and the L-TAE date code in float32, as theirs. flash-attn (the authors' optional kernel) \
-is the same arithmetic as the plain attention used here.
+the authors'). Kept as the authors' code computes it: iRPE's term comes from head 0's query and is added to every \
+head (their pure-PyTorch path, the one their hub entry point runs: it does not reach their optional compiled \
+rpe_ops); the spatial encoder's RPE sees the scaled queries, the cross block's the unscaled ones. The sin-cos \
+position tables are computed in float64 and rounded to float32 (the authors': float32 throughout; about 1e-7 \
+apart); the iRPE buckets and the L-TAE date code in float32, as theirs. flash-attn (the authors' optional \
+kernel) is the same arithmetic as the plain attention used here.
 Weights: {HUB_REPO} {HUB_FILE} (MIT; the hub entry point's only published size is base; small and tiny are \
 'coming soon'). No full sha256 or commit of the file could be found (one public record gives 504 MB and \
 SHA-256 {SHA256_PREFIX_SEEN}...{SHA256_SUFFIX_SEEN}, abbreviated), so no default weights are pinned: download it \
 and pass weights='<path>' (pinned by its own sha256, opened with weights_only=True, unwrapped from its \
-'state_dict' entry, loaded strictly with no ignore list: the release file holds the encoder alone). \
-models/AnySat_full.pth (the training checkpoint with the JEPA predictor and target encoder) is not the release \
-layout and is refused by the strict load.
+'state_dict' entry, loaded strictly with no ignore list: the release file holds the encoder alone). The \
+repository's other file, models/AnySat_full.pth (1.1 GB), is not what the hub entry point loads and is not \
+supported.
 Reference: none installs here (the authors' code is torch.hub-only, not on PyPI; no rshf/torchgeo/terratorch \
-class). The tests check the published facts instead: the release layout and parameter count (125.9 M), a \
-full-size strict load through weights=, the iRPE buckets, the L-TAE date code, the locality of the spatial \
-encoder (a patch's token depends on its pixels only), grid order, and batch = single."""
+class). tests/test_anysat_reference.py compares with the authors' hubconf model on shared random weights \
+wherever a checkout of their code is given (ANYSAT_REFERENCE_DIR; skipped here); run by hand against their code \
+at commit e03e72e it passes, max |d| 3.3e-6 (tiny) and 1.3e-5 (base, outputs of magnitude ~15: 9e-7 relative) \
+for tile, patch and dense at 10..120 m patches. Always run: the release layout and parameter count (125.9 M), a \
+full-size strict load through weights=, the iRPE buckets, the L-TAE date code, the locality and \
+position-independence of the patch stage, frame-order invariance of the L-TAE, grid and dense order, batch = \
+single."""
 
 
 class AnySat(Embedder):
@@ -234,7 +243,9 @@ class AnySat(Embedder):
         if self.model is None:
             self.load()
         dense = self.variant.params["grid"] == "dense"
-        tile, patches, subs = self.model.embed_series(x.float(), days, "s2", px, dense=dense)  # type: ignore[union-attr]
+        net = self.model
+        assert net is not None
+        tile, patches, subs = net.embed_series(x.float(), days, "s2", px, dense=dense)
         grid = subs if dense else patches
         b = x.shape[0]
         extra = {"patch_size_m": [patch_m] * b, "days_of_year": days.long().tolist()}
