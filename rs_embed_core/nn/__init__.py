@@ -8,9 +8,11 @@ from .cyclic import latlon_code, week_hour_code
 from .alibi import alibi_bias_2d, alibi_slopes
 from .flexi import BandGroupPatchEmbed, FlexiPatchEmbed, pi_resize_kernel, resize_matrix
 from .fourier import fourier_features, in_fourier_range
-from .geo_time import lonlat_to_xyz, month_table, months_of
+from .geo_time import days_of_year, frame_dates, lonlat_to_xyz, month_table, months_of
 from .hypernet import KernelGenerator, PostNormEncoderLayer, ResidualMlp, generated_kernel
+from .irpe import ContextualRPE, irpe_bucket_count, irpe_buckets
 from .layer_scale import LayerScale, LayerScaleBlock
+from .ltae import LTAE, date_code
 from .patch_embed import PatchEmbed
 from .patch_embed_3d import PatchEmbed3D
 from .pos_embed import sincos_1d, sincos_2d, sincos_2d_gsd, sincos_3d
@@ -23,9 +25,11 @@ __all__ = [
     "ACTIVATIONS",
     "Attention",
     "BandGroupPatchEmbed",
+    "ContextualRPE",
     "Block",
     "FlexiPatchEmbed",
     "KernelGenerator",
+    "LTAE",
     "LayerScale",
     "LayerScaleBlock",
     "Mlp",
@@ -44,10 +48,15 @@ __all__ = [
     "activation",
     "alibi_bias_2d",
     "alibi_slopes",
+    "date_code",
+    "days_of_year",
     "fourier_features",
+    "frame_dates",
     "generated_kernel",
     "grid_to_tokens",
     "in_fourier_range",
+    "irpe_bucket_count",
+    "irpe_buckets",
     "lonlat_to_xyz",
     "month_table",
     "months_of",

@@ -6,7 +6,8 @@
   table as a frozen `nn.Embedding`, so December and January are neighbours).
 - `lonlat_to_xyz(lon, lat)`: degrees -> unit vector on the sphere (x, y, z), the location input of
   Presto and Galileo (continuous across the antimeridian and the poles).
-- `months_of(times)`: frame datetimes -> month indices 0..11, refusing frames without a date.
+- `months_of(times)` / `days_of_year(times)`: frame datetimes -> month indices 0..11 / days of year from 0,
+  refusing frames without a date (`frame_dates`).
 """
 
 from __future__ import annotations
@@ -39,16 +40,26 @@ def lonlat_to_xyz(lon: torch.Tensor, lat: torch.Tensor) -> torch.Tensor:
     return torch.stack([lat_r.cos() * lon_r.cos(), lat_r.cos() * lon_r.sin(), lat_r.sin()], dim=-1)
 
 
-def months_of(times: Sequence[Sequence[Any]], model: str) -> list[list[int]]:
-    """Per item, per frame datetimes -> month indices 0..11 (January = 0); every frame needs a date."""
+def frame_dates(times: Sequence[Sequence[Any]], model: str, use: str = "its month") -> list[list[dt.date]]:
+    """Per item, per frame datetimes, checked: every frame needs a date (`use` says what the model reads from it)."""
     out = []
     for i, frames in enumerate(times):
         row = []
         for t, when in enumerate(frames):
             if not isinstance(when, (dt.date, dt.datetime)):
-                raise SpecError(f"{model} needs the date of every frame (its month is a model input); item {i} "
+                raise SpecError(f"{model} needs the date of every frame ({use} is a model input); item {i} "
                                 f"frame {t} has {when!r}. Use a provider that stamps frames (composites are "
                                 "stamped at their bin centre).")
-            row.append(when.month - 1)
+            row.append(when)
         out.append(row)
     return out
+
+
+def months_of(times: Sequence[Sequence[Any]], model: str) -> list[list[int]]:
+    """Per item, per frame datetimes -> month indices 0..11 (January = 0); every frame needs a date."""
+    return [[when.month - 1 for when in row] for row in frame_dates(times, model)]
+
+
+def days_of_year(times: Sequence[Sequence[Any]], model: str) -> list[list[int]]:
+    """Per item, per frame datetimes -> day of year counted from 0 (1 January = 0, 31 December = 364 or 365)."""
+    return [[when.timetuple().tm_yday - 1 for when in row] for row in frame_dates(times, model, "its day of year")]
