@@ -28,6 +28,7 @@ class FileServer:
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
+        self.redirects: dict[str, str] = {}  # path -> Location
         self.requests: list[tuple[str, str | None]] = []
         self.lie = False
         self.cut_once: int | None = None  # the next response stops after this many bytes (a dropped connection)
@@ -39,6 +40,12 @@ class FileServer:
 
             def do_GET(self) -> None:
                 server.requests.append((self.path, self.headers.get("Range")))
+                if self.path in server.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body = server.files.get(self.path)
                 if body is None:
                     self.send_error(404, "Not Found")
@@ -109,6 +116,8 @@ def test_from_url_accepts_https_and_loopback_http_only():
     spec = WeightsSpec.from_url("https://zenodo.org/records/1/files/w.pth", filename="w.pth", sha256=DIGEST,
                                 size=10, license="cc-by-4.0")
     assert (spec.repo_id, spec.revision, spec.url, spec.size) == ("url/zenodo.org", DIGEST[:40], spec.url, 10)
+    d = spec.describe()  # what describe / manifests show
+    assert (d["url"], d["size"], d["sha256"], d["repo_id"]) == (spec.url, 10, DIGEST, "url/zenodo.org")
     for bad in ("http://example.org/w.pth", "ftp://127.0.0.1/w.pth", "https://user:pw@example.org/w.pth"):
         with pytest.raises(SpecError):
             WeightsSpec.from_url(bad, filename="w.pth", sha256=DIGEST, size=10, license="x")
@@ -165,6 +174,15 @@ def test_url_download_digest_mismatch_removes_the_file_and_names_both_digests(on
     assert not (folder / "model.pth").exists() and not (folder / "model.pth.part").exists()
     server.lie = False  # the mirror is fixed: the next run downloads afresh
     assert W.weights_file(spec).read_bytes() == PAYLOAD
+
+
+def test_url_download_follows_redirects_but_never_to_plain_http(online, server):
+    server.redirects["/moved.pth"] = server.url("/w/model.pth")  # loopback http -> loopback http: allowed
+    assert W.weights_file(url_spec(server, "/moved.pth")).read_bytes() == PAYLOAD
+    server.redirects["/away.pth"] = "http://example.org/model.pth"
+    other = hashlib.sha256(b"other").hexdigest()
+    with pytest.raises(WeightsError, match="refused redirect .* to http://example.org/model.pth"):
+        W.weights_file(url_spec(server, "/away.pth", digest=other, size=5))
 
 
 def test_url_download_404_names_the_url(online, server):

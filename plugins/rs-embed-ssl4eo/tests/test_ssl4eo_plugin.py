@@ -141,6 +141,7 @@ def test_embedder_contract_on_random_weights(tiny_registered, tmp_path):
 def test_mae_variant_default_weights_use_the_commits_lfs_digest_and_weights_path_still_works(
         tiny_registered, tmp_path, monkeypatch):
     from rs_embed import get_embedding
+    from rs_embed_core.export import ModelRequest, export_batch
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "rs"))
     w = rs4.MAE_WEIGHTS["vit_small_mae"]
@@ -161,7 +162,12 @@ def test_mae_variant_default_weights_use_the_commits_lfs_digest_and_weights_path
         assert emb.data.shape == (48,) and np.isfinite(emb.data).all()
         mine = get_embedding("ssl4eo_tiny_test", ROI, WHEN, backend=FakeProvider(bands=rs4.S2_BANDS), device="cpu",
                              variant="tiny_mae", weights=str(path))  # weights= (your own file) still works
+        export_batch([ROI], WHEN, [ModelRequest("ssl4eo_tiny_test", variant="tiny_mae")], tmp_path / "out",
+                     backend=FakeProvider(bands=rs4.S2_BANDS), device="cpu", progress=False)
     np.testing.assert_array_equal(emb.data, mine.data)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    recorded = manifest["models"]["ssl4eo_tiny_test-tiny_mae"]["weights"]  # the digest the file was verified against
+    assert (recorded["revision"], recorded["sha256"]) == (w.revision, file_sha256(path))
 
 
 def test_missing_weights_offline_say_where_to_put_them(tmp_path, monkeypatch):
