@@ -586,8 +586,8 @@ def load_state_dict(spec: WeightsSpec) -> dict[str, torch.Tensor]:
             return _read_safetensors(load_file, converted)
         log.warning("converted weights %s do not match their conversion record; converting again", converted)
     path = weights_file(spec)
-    if digest is None:
-        digest = pinned_digest(spec)
+    if digest is None:  # read and recorded by weights_file (or, with a read-only cache, the verified file's own)
+        digest = pinned_digest(spec) or file_digest(path)
         converted = rs_embed_cache_dir() / "converted" / f"{digest}.safetensors"
         sidecar = converted.with_suffix(".json")
     import pickle
