@@ -419,7 +419,10 @@ def _fetch_url(spec: WeightsSpec, checked: list[Path]) -> Path:
     if _offline():
         raise _unavailable(spec, "offline (HF_HUB_OFFLINE is set) and not in the rs-embed cache", checked)
     assert spec.url is not None and spec.size is not None and spec.sha256 is not None  # WeightsSpec checks these
-    got = fetch_pinned(spec.url, dest, size=spec.size, sha256=spec.sha256)
+    try:
+        got = fetch_pinned(spec.url, dest, size=spec.size, sha256=spec.sha256)
+    except OSError as exc:  # the cache folder cannot be written (the transfer's own errors are WeightsErrors)
+        raise _unavailable(spec, f"download failed: {_short(exc)}", checked) from None
     if got:  # hashed while streaming: record it so _verify does not read the file again
         _record_digest(dest.resolve(), got)
     return dest

@@ -218,6 +218,15 @@ def test_url_download_offline_says_where_to_put_the_file(online, server, monkeyp
     assert W.weights_file(spec) == wdir / "model.pth" and server.requests == []
 
 
+def test_url_download_into_an_unwritable_cache_is_a_weights_error(online, server, monkeypatch):
+    (online / "ro").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("RS_EMBED_CACHE", str(online / "ro"))
+    spec = url_spec(server)
+    with pytest.raises(WeightsError, match="download failed") as err:
+        W.weights_file(spec)
+    assert spec.url in str(err.value) and server.requests == []
+
+
 def test_url_cache_file_corrupted_later_is_removed_on_load(online, server):
     spec = url_spec(server)
     path = W.weights_file(spec)
