@@ -47,6 +47,13 @@ class Step:
 class WeightsSpec:
     """A file on the Hugging Face Hub pinned to a commit and a content hash.
 
+    `sha256=None` leaves the digest to the pinned commit (`from_revision`): a Hub commit holds each
+    file's Git LFS pointer, so the commit fixes the bytes; the download reads that pointer's sha256 from
+    the Hub's metadata at exactly this revision, verifies the file against it and records it, so later
+    offline loads verify against the recorded digest.
+
+    `url` set means a file published outside the Hub (`from_url`): full sha256 and size required.
+
     `path` set means your own local file (a fine-tuned or private checkpoint, `weights=` in the
     API): it is used as is, pinned by its sha256; repo_id is "local" and revision the first 40
     hex digits of that sha256.
@@ -55,7 +62,9 @@ class WeightsSpec:
     repo_id: str
     revision: str  # a full commit sha, never a branch name
     filename: str
-    sha256: str  # 64 hex digits; or a prefix of at least 8 where the publisher pins only that (torchgeo)
+    # 64 hex digits; or a prefix of at least 8 where the publisher pins only that (torchgeo); None: the
+    # pinned commit's Git LFS digest, read from the Hub on download (see from_revision)
+    sha256: str | None
     license: str
     path: str | None = None
     repo_type: str = "model"  # "dataset" for a file of a Hub dataset repository (a precomputed product)
@@ -70,35 +79,84 @@ class WeightsSpec:
         repo_id is `url/<host>` and the revision the first 40 hex digits of the sha256: the file is
         content-addressed in the cache exactly as Hub files are by commit.
         """
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise SpecError(f"weights url must be an https URL, got {url!r}")
-        if len(sha256) != 64:
+        host = _checked_url(url)
+        if not isinstance(sha256, str) or len(sha256) != 64:
             raise SpecError(f"weights fetched from a URL need the full 64-hex sha256, got {sha256!r}")
-        if not isinstance(size, int) or size <= 0:
-            raise SpecError(f"weights fetched from a URL need their size in bytes, got {size!r}")
-        return cls(f"url/{parts.hostname}", sha256[:40], filename, sha256, license, url=url, size=size)
+        return cls(f"url/{host}", sha256[:40], filename, sha256, license, url=url, size=size)
+
+    @classmethod
+    def from_revision(cls, repo_id: str, revision: str, filename: str, license: str,
+                      repo_type: str = "model") -> WeightsSpec:
+        """A Hub file pinned by its commit alone, where no page we can read publishes its sha256.
+
+        The digest is the file's Git LFS sha256 at `revision`, read from the Hub on first download,
+        checked against the bytes and recorded in the rs-embed cache (see `weights.pinned_digest`).
+        """
+        return cls(repo_id, revision, filename, None, license, repo_type=repo_type)
 
     def __attrs_post_init__(self) -> None:
         if self.repo_type not in ("model", "dataset"):
             raise SpecError(f"weights repo_type must be 'model' or 'dataset', got {self.repo_type!r}")
         if len(self.revision) != 40 or any(c not in "0123456789abcdef" for c in self.revision):
             raise SpecError(f"weights revision must be a 40-hex commit sha, got {self.revision!r}")
-        if not 8 <= len(self.sha256) <= 64 or any(c not in "0123456789abcdef" for c in self.sha256):
+        if self.sha256 is None:
+            if self.url is not None or self.path is not None:
+                raise SpecError("only a Hub file can leave its sha256 to the pinned revision; "
+                                "a URL or local file needs its full sha256")
+        elif not 8 <= len(self.sha256) <= 64 or any(c not in "0123456789abcdef" for c in self.sha256):
             raise SpecError(
                 f"weights sha256 must be 64 lowercase hex digits (or a published prefix of at least 8), "
                 f"got {self.sha256!r}"
             )
+        if self.url is not None:
+            _checked_url(self.url)
+            if self.sha256 is None or len(self.sha256) != 64:
+                raise SpecError(f"weights fetched from a URL need the full 64-hex sha256, got {self.sha256!r}")
+            if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size <= 0:
+                raise SpecError(f"weights fetched from a URL need their size in bytes, got {self.size!r}")
 
     @property
     def sha256_is_prefix(self) -> bool:
         """True when only a prefix of the digest is pinned (e.g. torchgeo's `-abcdef12.pth` file names)."""
-        return len(self.sha256) < 64
+        return self.sha256 is not None and len(self.sha256) < 64
+
+    @property
+    def digest_from_revision(self) -> bool:
+        """True when the sha256 is the pinned commit's Git LFS digest, read from the Hub (from_revision)."""
+        return self.sha256 is None
 
     def matches(self, digest: str) -> bool:
+        if self.sha256 is None:
+            raise ValueError("this spec pins no sha256 itself: compare with weights.pinned_digest(spec)")
         return digest.startswith(self.sha256)
+
+    def describe(self) -> dict[str, Any]:
+        """What `describe`, manifests and status print about the pin."""
+        out: dict[str, Any] = {"repo_id": self.repo_id, "revision": self.revision, "filename": self.filename,
+                               "sha256": self.sha256, "license": self.license}
+        if self.sha256 is None:
+            out["sha256_source"] = f"Git LFS pointer of {self.filename} at commit {self.revision} (read from the Hub)"
+        if self.url is not None:
+            out.update(url=self.url, size=self.size)
+        if self.repo_type != "model":
+            out["repo_type"] = self.repo_type
+        return out
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _checked_url(url: str) -> str:
+    """The URL's host; https only, or plain http to this machine (a loopback mirror, the tests' file server)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url) if isinstance(url, str) else None
+    host = parts.hostname if parts is not None else None
+    if parts is None or not host or not (parts.scheme == "https" or (parts.scheme == "http" and host in LOOPBACK_HOSTS)):
+        raise SpecError(f"weights url must be an https URL (plain http only to {', '.join(LOOPBACK_HOSTS)}), got {url!r}")
+    if parts.username or parts.password:
+        raise SpecError("weights url must not carry credentials")
+    return host
 
 
 @frozen(hash=False)
@@ -176,13 +234,7 @@ class ModelCard:
                     "default": v.name == (self.default_variant or self.variants[0].name),
                     "pooled_dim": v.pooled_dim,
                     "grid_dim": v.grid_dim,
-                    "weights": None if v.weights is None else {
-                        "repo_id": v.weights.repo_id,
-                        "revision": v.weights.revision,
-                        "filename": v.weights.filename,
-                        "sha256": v.weights.sha256,
-                        "license": v.weights.license,
-                    },
+                    "weights": None if v.weights is None else v.weights.describe(),
                     "params": dict(v.params),
                 }
                 for v in self.variants

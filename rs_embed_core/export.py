@@ -48,6 +48,7 @@ from .forward import check_precision
 from .workers import check_workers
 from .specs import BBox, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
 from .tiling import TileSpec
+from .weights import pinned_digest
 
 LAYOUTS = ("per_item", "combined")
 FORMATS = ("auto", "parquet", "npz")
@@ -865,7 +866,8 @@ def _manifest(request, reqs, jobs, spatials, shown, final, files, stats, skipped
             "dimensions": job.variant.pooled_dim if job.output.mode == "pooled" else job.variant.grid_dim,
             "output": converter.unstructure(job.output),
             "weights": None if w is None else {"repo_id": w.repo_id, "revision": w.revision,
-                                               "filename": w.filename, "sha256": w.sha256,
+                                               "filename": w.filename, "sha256": pinned_digest(w),
+                                               **({"url": w.url, "size": w.size} if w.url else {}),
                                                **({"path": w.path} if w.path else {})},
             "preprocessing": [s.to_dict() for s in job.steps],
             "sensors": [converter.unstructure(s) for s in job.sensors],

@@ -3,6 +3,11 @@
 A variant's WeightsSpec pins a Hugging Face file to a commit and a sha256. `weights_file`
 resolves it (a local directory override first, then the Hugging Face cache / Hub), verifies
 the hash and remembers the verification so multi-GB files are not re-hashed on every load.
+A spec whose sha256 is left to its commit (`WeightsSpec.from_revision`) gets the digest from the
+Hub's metadata for that exact revision (the file's Git LFS pointer), recorded in the rs-embed cache
+so later offline loads verify against it. A file published outside the Hub (`WeightsSpec.from_url`)
+is downloaded into a content-addressed folder of the rs-embed cache (`download.fetch_pinned`:
+resumable, atomic, size- and sha256-checked) and verified the same way.
 `load_state_dict` reads safetensors memory-mapped and opens pickle checkpoints only with
 `torch.load(weights_only=True)`, converting them once to safetensors. `strict_load` loads
 into a module with an explicit drop list, so a checkpoint that does not fit fails loudly
@@ -35,6 +40,7 @@ __all__ = [
     "CACHE_ENV",
     "rs_embed_cache_dir",
     "weights_file",
+    "pinned_digest",
     "load_state_dict",
     "strict_load",
 ]
@@ -150,16 +156,24 @@ def file_digest(path: Path) -> str:
     got = _sha256(real)
     if _stat_key(real) != key:  # changed while we read it: do not record a digest of a moving target
         return got
-    try:
-        body = json.dumps({**key, "sha256": got})
-        _atomic_write(record, lambda tmp: Path(tmp).write_text(body))
-    except OSError as exc:  # a read-only cache only costs a re-hash next time
-        log.debug("could not record verified weights %s: %s", real, exc)
+    _record_digest(real, got, key)
     return got
 
 
+def _record_digest(real: Path, digest: str, key: dict[str, Any] | None = None) -> None:
+    """Remember that this version of `real` (its `_stat_key`) hashes to `digest`."""
+    try:
+        body = json.dumps({**(key or _stat_key(real)), "sha256": digest})
+        _atomic_write(_record_path(real), lambda tmp: Path(tmp).write_text(body))
+    except OSError as exc:  # a read-only cache only costs a re-hash next time
+        log.debug("could not record verified weights %s: %s", real, exc)
+
+
 def _verify(path: Path, spec: WeightsSpec, content_digest: Callable[[Path], str] | None = None) -> str:
-    """Check the file against the pinned sha256 (or its pinned prefix); return the full digest."""
+    """Check the file against the pinned sha256 (or its pinned prefix); return the full digest.
+    A `from_revision` spec is checked against the commit's recorded LFS digest (`_with_revision_digest`)."""
+    if spec.sha256 is None:
+        raise WeightsError(f"internal: {spec.repo_id}/{spec.filename} has no digest to verify against yet")
     if content_digest is not None:
         got = content_digest(path)
         if not spec.matches(got):
@@ -197,17 +211,27 @@ def _unavailable(spec: WeightsSpec, reason: str, checked: list[Path]) -> Weights
     org, name = _repo_parts(spec)
     override = os.environ.get(WEIGHTS_DIR_ENV)
     where = f"${WEIGHTS_DIR_ENV}" if not override else override
-    lines = [
-        f"weights not available: repo {spec.repo_id!r}, file {spec.filename!r}, revision {spec.revision} "
-        f"({reason}).",
-        "Place the file in one of these locations:",
-        f"  - the Hugging Face cache: {_hf_cache_path(spec)}",
-        f"    (on a machine with Hub access: hf download {spec.repo_id} {spec.filename} "
-        f"--revision {spec.revision}{' --repo-type dataset' if spec.repo_type == 'dataset' else ''}, then copy "
-        "the cache folder; HF_HUB_CACHE selects it)",
+    if spec.url is not None:
+        lines = [
+            f"weights not available: {spec.url} (file {spec.filename!r}, {spec.size} bytes) ({reason}).",
+            "Place the file in one of these locations:",
+            f"  - the rs-embed cache: {_url_cache_path(spec)}",
+            f"    (on a machine with access: download {spec.url} and copy it there; {CACHE_ENV} selects the cache)",
+        ]
+    else:
+        lines = [
+            f"weights not available: repo {spec.repo_id!r}, file {spec.filename!r}, revision {spec.revision} "
+            f"({reason}).",
+            "Place the file in one of these locations:",
+            f"  - the Hugging Face cache: {_hf_cache_path(spec)}",
+            f"    (on a machine with Hub access: hf download {spec.repo_id} {spec.filename} "
+            f"--revision {spec.revision}{' --repo-type dataset' if spec.repo_type == 'dataset' else ''}, then copy "
+            "the cache folder; HF_HUB_CACHE selects it)",
+        ]
+    lines += [
         f"  - a local folder: set {WEIGHTS_DIR_ENV}=<dir> and put it at "
         f"{where}/{org}__{name}/{spec.filename} (or {where}/{spec.filename})",
-        f"Expected sha256: {spec.sha256}.",
+        f"Expected sha256: {spec.sha256 or _REVISION_DIGEST_NOTE.format(spec=spec)}.",
     ]
     if checked:
         lines.append("Looked in: " + ", ".join(str(p) for p in checked) + ".")
@@ -283,12 +307,135 @@ def _download(spec: WeightsSpec, checked: list[Path]) -> Path:
         raise _unavailable(spec, f"download failed: {_short(exc)}", checked) from None
 
 
+# --------------------------------------------------------------------------- digests pinned by a commit
+
+_REVISION_DIGEST_NOTE = "the Git LFS sha256 of {spec.filename} at commit {spec.revision}, read from the Hub"
+
+
+def _pin_record_path(spec: WeightsSpec) -> Path:
+    key = hashlib.sha256(f"{spec.repo_type}:{spec.repo_id}@{spec.revision}/{spec.filename}".encode()).hexdigest()
+    return rs_embed_cache_dir() / "verified" / "revision-digests" / f"{key[:40]}.json"
+
+
+def _pin_fields(spec: WeightsSpec) -> dict[str, str]:
+    return {"repo_type": spec.repo_type, "repo_id": spec.repo_id, "revision": spec.revision, "filename": spec.filename}
+
+
+def _is_digest(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def pinned_digest(spec: WeightsSpec) -> str | None:
+    """The sha256 a file must have: the spec's own, else the digest recorded for its commit (no network).
+    None for a `from_revision` spec whose digest has not been read from the Hub on this machine yet."""
+    if spec.sha256 is not None:
+        return spec.sha256
+    try:
+        saved = json.loads(_pin_record_path(spec).read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(saved, dict) and {k: saved.get(k) for k in _pin_fields(spec)} == _pin_fields(spec) \
+            and _is_digest(saved.get("sha256")):
+        return saved["sha256"]
+    return None
+
+
+def _record_pin(spec: WeightsSpec, digest: str, source: str) -> None:
+    body = json.dumps({**_pin_fields(spec), "sha256": digest, "source": source})
+    try:
+        _atomic_write(_pin_record_path(spec), lambda tmp: Path(tmp).write_text(body))
+    except OSError as exc:  # read-only cache: the Hub is asked again next time
+        log.warning("could not record the sha256 of %s/%s @ %s: %s", spec.repo_id, spec.filename, spec.revision, exc)
+
+
+def _hf_blob_digest(spec: WeightsSpec) -> str | None:
+    """The sha256 huggingface_hub stored a downloaded LFS file under (`blobs/<sha256>`, the snapshot
+    entry a link to it): the X-Linked-Etag the Hub sent for this revision, for a cache copied here."""
+    snapshot = _hf_cache_path(spec)
+    if not snapshot.is_symlink():
+        return None
+    target = Path(os.readlink(snapshot)).name
+    return target if _is_digest(target) else None
+
+
+def _hub_lfs_digest(spec: WeightsSpec, checked: list[Path]) -> str:
+    """The file's Git LFS sha256 at exactly `spec.revision`, from the Hub's path metadata."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import HfHubHTTPError, OfflineModeIsEnabled
+
+    if _offline() or not hub_reachable():
+        why = "offline (HF_HUB_OFFLINE is set)" if _offline() else "the Hugging Face Hub cannot be reached from here"
+        raise _unavailable(spec, f"{why}, and the file's sha256, which is read from the Hub at the pinned "
+                                 "revision, is not recorded on this machine yet: load it once with Hub access, "
+                                 "or pass weights='<path>' (pinned by its own sha256)", checked)
+    try:
+        infos = HfApi().get_paths_info(spec.repo_id, [spec.filename], revision=spec.revision,
+                                       repo_type=spec.repo_type)
+    except (HfHubHTTPError, OfflineModeIsEnabled, OSError) as exc:
+        raise _unavailable(spec, f"reading the file's metadata at the pinned revision failed: {_short(exc)}",
+                           checked) from None
+    info = next((i for i in infos if getattr(i, "path", None) == spec.filename), None)
+    if info is None:
+        raise _unavailable(spec, "the repository has no such file at this revision", checked)
+    lfs = getattr(info, "lfs", None)
+    digest = getattr(lfs, "sha256", None) if lfs is not None else None
+    if not _is_digest(digest):
+        raise WeightsError(f"the Hub lists no Git LFS sha256 for {spec.repo_id}/{spec.filename} @ {spec.revision} "
+                           f"(got {digest!r}): pin the file's sha256 on the card instead")
+    return str(digest)
+
+
+def _with_revision_digest(spec: WeightsSpec, checked: list[Path]) -> WeightsSpec:
+    """`spec` with its sha256 filled in: recorded here before, the name of a copied Hub-cache blob, or
+    the Hub's metadata for the pinned commit (recorded for later, offline, loads)."""
+    import attrs
+
+    digest = pinned_digest(spec)
+    if digest is None:
+        digest = _hf_blob_digest(spec)
+        source = "huggingface_hub cache blob name (the Hub's X-Linked-Etag for this revision)"
+        if digest is None:
+            digest = _hub_lfs_digest(spec, checked)
+            source = "Hub path metadata (lfs.sha256) at the pinned revision"
+        _record_pin(spec, digest, source)
+    return attrs.evolve(spec, sha256=digest)
+
+
+# --------------------------------------------------------------------------- files outside the Hub
+
+
+def _url_cache_path(spec: WeightsSpec) -> Path:
+    """Content-addressed: `<rs-embed cache>/url/<sha256>/<filename>` (names checked by _file_parts)."""
+    return rs_embed_cache_dir().joinpath("url", str(spec.sha256), *_file_parts(spec))
+
+
+def _fetch_url(spec: WeightsSpec, checked: list[Path]) -> Path:
+    from .download import fetch_pinned
+
+    dest = _url_cache_path(spec)
+    checked.append(dest)
+    if dest.is_file():
+        return dest
+    if _offline():
+        raise _unavailable(spec, "offline (HF_HUB_OFFLINE is set) and not in the rs-embed cache", checked)
+    assert spec.url is not None and spec.size is not None and spec.sha256 is not None  # WeightsSpec checks these
+    try:
+        got = fetch_pinned(spec.url, dest, size=spec.size, sha256=spec.sha256)
+    except OSError as exc:  # the cache folder cannot be written (the transfer's own errors are WeightsErrors)
+        raise _unavailable(spec, f"download failed: {_short(exc)}", checked) from None
+    if got:  # hashed while streaming: record it so _verify does not read the file again
+        _record_digest(dest.resolve(), got)
+    return dest
+
+
 def weights_file(spec: WeightsSpec, *, content_digest: Callable[[Path], str] | None = None) -> Path:
     """The verified local path of a pinned weights file.
 
     Order: `$RS_EMBED_WEIGHTS_DIR/<org>__<name>/<filename>`, then `$RS_EMBED_WEIGHTS_DIR/<filename>`,
-    then `huggingface_hub.hf_hub_download` (honours HF_HUB_OFFLINE and HF_HUB_CACHE). Raises one
-    WeightsError saying where to put the file when it cannot be found, or when its sha256 differs.
+    then `huggingface_hub.hf_hub_download` (honours HF_HUB_OFFLINE and HF_HUB_CACHE), or for a
+    `from_url` spec (org "url", name the host) `<rs-embed cache>/url/<sha256>/<filename>`, downloaded
+    there when missing. Raises one WeightsError saying where to put the file when it cannot be found,
+    or when its sha256 differs.
 
     `content_digest(path) -> hex` is for small assets pinned by what they hold rather than by
     their bytes (e.g. a tokenizer vocabulary whose header or line endings vary between hosts):
@@ -311,9 +458,16 @@ def weights_file(spec: WeightsSpec, *, content_digest: Callable[[Path], str] | N
             if cand.is_file():
                 path = cand
                 break
+    if spec.sha256 is None:
+        spec = _with_revision_digest(spec, checked)
     if path is None:
-        path = _download(spec, checked)
-    _verify(path, spec, content_digest)
+        path = _fetch_url(spec, checked) if spec.url is not None else _download(spec, checked)
+    try:
+        _verify(path, spec, content_digest)
+    except WeightsError:
+        if spec.url is not None and path == _url_cache_path(spec):  # our own download: remove it, fetch again
+            path.unlink(missing_ok=True)
+        raise
     log.debug("weights %s/%s @ %s -> %s", spec.repo_id, spec.filename, spec.revision[:12], path)
     return path
 
@@ -323,14 +477,23 @@ def weights_status(spec: WeightsSpec) -> dict[str, Any]:
     if spec.path is not None:
         return {"path": spec.path, "present": Path(spec.path).is_file()}
     org, name = _repo_parts(spec)
-    cache = _hf_cache_path(spec)
     override = os.environ.get(WEIGHTS_DIR_ENV)
     local = [str(c) for c in _override_candidates(spec, Path(override).expanduser())] if override else [
         f"${WEIGHTS_DIR_ENV}/{org}__{name}/{spec.filename}"]
-    converted = rs_embed_cache_dir() / "converted" / f"{spec.sha256}.safetensors"
-    present = cache.is_file() or converted.is_file() or any(Path(c).is_file() for c in local if override)
-    return {"present": present, "hf_cache": str(cache), "weights_dir": local,
-            "download": f"hf download {spec.repo_id} {spec.filename} --revision {spec.revision}"}
+    digest = pinned_digest(spec)
+    converted = rs_embed_cache_dir() / "converted" / f"{digest}.safetensors"
+    in_dir = any(Path(c).is_file() for c in local if override)
+    if spec.url is not None:
+        cache = _url_cache_path(spec)
+        return {"present": cache.is_file() or converted.is_file() or in_dir, "cache": str(cache),
+                "weights_dir": local, "download": spec.url}
+    cache = _hf_cache_path(spec)
+    out = {"present": cache.is_file() or (digest is not None and converted.is_file()) or in_dir,
+           "hf_cache": str(cache), "weights_dir": local,
+           "download": f"hf download {spec.repo_id} {spec.filename} --revision {spec.revision}"}
+    if spec.sha256 is None:
+        out["sha256_recorded"] = digest  # None until first read from the Hub on this machine
+    return out
 
 
 def local_weights(weights: str | os.PathLike[str] | WeightsSpec, variant: Any = None) -> WeightsSpec:
@@ -413,18 +576,23 @@ def load_state_dict(spec: WeightsSpec) -> dict[str, torch.Tensor]:
         path = weights_file(spec)
         return _read_safetensors(load_file, path)
 
-    converted = rs_embed_cache_dir() / "converted" / f"{spec.sha256}.safetensors"
+    digest = pinned_digest(spec)  # None: a from_revision digest not read yet, so nothing converted either
+    converted = rs_embed_cache_dir() / "converted" / f"{digest}.safetensors"
     sidecar = converted.with_suffix(".json")
-    if converted.is_file():
+    if digest is not None and converted.is_file():
         try:
             recorded = json.loads(sidecar.read_text())
         except (OSError, ValueError):
             recorded = {}
         # the digest recorded at conversion binds the converted file to the verified source
-        if recorded.get("source_sha256") == spec.sha256 and recorded.get("sha256") == file_digest(converted):
+        if recorded.get("source_sha256") == digest and recorded.get("sha256") == file_digest(converted):
             return _read_safetensors(load_file, converted)
         log.warning("converted weights %s do not match their conversion record; converting again", converted)
     path = weights_file(spec)
+    if digest is None:  # read and recorded by weights_file (or, with a read-only cache, the verified file's own)
+        digest = pinned_digest(spec) or file_digest(path)
+        converted = rs_embed_cache_dir() / "converted" / f"{digest}.safetensors"
+        sidecar = converted.with_suffix(".json")
     import pickle
 
     import torch
@@ -448,7 +616,7 @@ def load_state_dict(spec: WeightsSpec) -> dict[str, torch.Tensor]:
     try:
         _save_safetensors(sd, converted)
         body = json.dumps({"source": f"{spec.repo_id}/{spec.filename}@{spec.revision}",
-                           "source_sha256": spec.sha256, "sha256": file_digest(converted)})
+                           "source_sha256": digest, "sha256": file_digest(converted)})
         _atomic_write(sidecar, lambda tmp: Path(tmp).write_text(body))
     except OSError as exc:  # still usable, just converted again next time
         log.warning("could not cache converted weights at %s: %s", converted, exc)

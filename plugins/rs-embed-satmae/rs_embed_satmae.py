@@ -67,13 +67,18 @@ SATMAEPP_WEIGHTS = WeightsSpec(
 
 # SatMAE: the authors publish fmow_pretrain.pth (ViT-L, 800 epochs) on Zenodo only
 # (zenodo.org/record/7369797, linked from github.com/sustainlab-group/SatMAE). The one Hub copy is a
-# community conversion, MVRL/satmae-vitlarge-fmow-pretrain-800 (used by rshf and cybergis/rs-embed);
-# its model.safetensors was added in commit a9ba7f4b935310067a49781eeba6482e1a606a5a. No sha256 of
-# that file (nor of the Zenodo file) could be found here, and a WeightsSpec without a verified digest
-# would be a pin in name only, so the variant ships without default weights: pass the file you
-# downloaded with `weights=` (pinned by its own sha256, loaded strictly all the same).
-SATMAE_SOURCE = ("MVRL/satmae-vitlarge-fmow-pretrain-800", "a9ba7f4b935310067a49781eeba6482e1a606a5a",
-                 "model.safetensors")
+# community conversion, MVRL/satmae-vitlarge-fmow-pretrain-800 (used by rshf and cybergis/rs-embed),
+# whose model.safetensors (the rshf MaskedAutoencoderViT: the authors' key names, decoder included) was
+# added in commit a9ba7f4b935310067a49781eeba6482e1a606a5a ("Push model using huggingface_hub."; the
+# file's only commit in the Hub's history pages). No page we could read shows its sha256 (nor the Zenodo
+# file's, nor its size), so the digest is left to that commit: the download reads the file's Git LFS
+# sha256 at exactly this revision from the Hub, verifies the bytes against it and records it
+# (WeightsSpec.from_revision). Licence: the SatMAE release's CC-BY-NC-4.0 (the MVRL copy is tagged
+# apache-2.0, which is not the authors' licence).
+SATMAE_WEIGHTS = WeightsSpec.from_revision(
+    "MVRL/satmae-vitlarge-fmow-pretrain-800", "a9ba7f4b935310067a49781eeba6482e1a606a5a", "model.safetensors",
+    "cc-by-nc-4.0",
+)
 SATMAE_ZENODO = "https://zenodo.org/record/7369797/files/fmow_pretrain.pth"
 
 
@@ -121,12 +126,14 @@ torch's default eps 1e-5 because their config cannot carry norm_layer. pooled = 
 patch tokens (the class token of an MAE pre-training is not trained for anything)."""
 
 SATMAE_NOTES = _COMMON_NOTES + f"""
-Weights: none by default. The authors publish fmow_pretrain.pth on Zenodo ({SATMAE_ZENODO}); the Hub \
-copy is the community conversion {SATMAE_SOURCE[0]} (file {SATMAE_SOURCE[2]}, commit {SATMAE_SOURCE[1]}). \
-No sha256 of either could be verified here, so rs-embed does not pin one: download either file and \
-pass weights="<path>" (pinned by its own sha256, strictly loaded; the Zenodo training checkpoint's \
-`model` entry is used). Licence of the SatMAE release: CC-BY-NC-4.0 (github.com/sustainlab-group/SatMAE \
-LICENSE; the MVRL copy is tagged apache-2.0, which is not the authors' licence)."""
+Weights: the Hub copy {SATMAE_WEIGHTS.repo_id} (file {SATMAE_WEIGHTS.filename}, the community \
+conversion of the authors' fmow_pretrain.pth on Zenodo, {SATMAE_ZENODO}), pinned to commit \
+{SATMAE_WEIGHTS.revision}. No published sha256 of it could be read, so the digest is the file's Git LFS \
+sha256 at that commit: read from the Hub's metadata on the first download, the bytes verified against it, \
+and recorded in the rs-embed cache for later (offline) loads. Not verified here (no Hub access). The \
+authors' Zenodo training checkpoint works as weights="<path>" too (its `model` entry is used; pinned by \
+its own sha256). Licence of the SatMAE release: CC-BY-NC-4.0 (github.com/sustainlab-group/SatMAE LICENSE; \
+the MVRL copy is tagged apache-2.0, which is not the authors' licence)."""
 
 SATMAEPP_NOTES = _COMMON_NOTES + """
 Weights: the authors' pre-training checkpoint on the Hub (mubashir04/checkpoint_ViT-L_pretrain_fmow_rgb, \
@@ -184,28 +191,19 @@ class SatMAE(_SatMAEBase):
         aliases=("satmae_rgb",),
         description=(
             "SatMAE (Cong et al., NeurIPS 2022): MAE-pre-trained ViT-L/16 on fMoW-RGB (800 epochs); "
-            "Sentinel-2 RGB in, patch-token embeddings out. No default weights (see notes)."
+            "Sentinel-2 RGB in, patch-token embeddings out."
         ),
         input=_INPUT,
-        variants=(Variant("vit_large", pooled_dim=1024, grid_dim=1024, weights=None, params=VIT_LARGE),),
+        variants=(Variant("vit_large", pooled_dim=1024, grid_dim=1024, weights=SATMAE_WEIGHTS, params=VIT_LARGE),),
         default_variant="vit_large",
         preprocessing=_chain(),
         pooled=_POOLED,
         grid=_GRID,
-        license="code: Apache-2.0 (rs-embed); weights: CC-BY-NC-4.0 (SatMAE release), supplied by you",
+        license="code: Apache-2.0 (rs-embed); weights: CC-BY-NC-4.0 (SatMAE release)",
         citation=_CITE_SATMAE,
         homepage="https://github.com/sustainlab-group/SatMAE",
         notes=SATMAE_NOTES,
     )
-
-    def _no_weights_message(self) -> str:
-        repo, rev, name = SATMAE_SOURCE
-        return (
-            "SatMAE has no pinned default weights: no verified sha256 of its published checkpoint is known. "
-            f"Download the authors' {SATMAE_ZENODO} or the Hub copy "
-            f"(hf download {repo} {name} --revision {rev}) and pass weights='<path to the file>' "
-            "(pinned by its sha256 and loaded strictly)."
-        )
 
 
 class SatMAEPP(_SatMAEBase):

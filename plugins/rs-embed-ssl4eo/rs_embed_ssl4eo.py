@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from rs_embed_core.card import InputSpec, ModelCard, Step, Variant, WeightsSpec
 from rs_embed_core.embedder import BatchContext, Embedder, EmbedOutput, requested_bands
-from rs_embed_core.errors import SpecError, WeightsError
+from rs_embed_core.errors import SpecError
 from rs_embed_core.hookspecs import hookimpl
 from rs_embed_core.specs import SensorSpec
 
@@ -50,10 +50,15 @@ DINO_WEIGHTS = WeightsSpec(
 )
 # torchgeo 0.8.1 ViT{Small,Base,Large}16_Weights.SENTINEL2_ALL_MAE point at the authors' encoder files
 # https://huggingface.co/wangyi111/SSL4EO-S12/resolve/75c72195d35201dc1fb210818993518c25da566b/B13_vit{s,b,l}16_mae_ep99_enc.pth
-# with no hash in the name; no sha256 of these files could be found here (the Hub pages found list only
-# the full training checkpoints of earlier commits), and a pin without a verified digest would be a pin in
-# name only: these variants ship without default weights; pass the downloaded file as weights=.
+# with no hash in the name; no sha256 of these files could be found (the Hub pages found list only the full
+# training checkpoints of earlier commits). The commit pins them all the same: the digest is each file's Git
+# LFS sha256 at that commit, read from the Hub on the first download, verified and recorded
+# (WeightsSpec.from_revision).
 MAE_SOURCE = ("wangyi111/SSL4EO-S12", "75c72195d35201dc1fb210818993518c25da566b")
+MAE_FILES = {"vit_small_mae": "B13_vits16_mae_ep99_enc.pth", "vit_base_mae": "B13_vitb16_mae_ep99_enc.pth",
+             "vit_large_mae": "B13_vitl16_mae_ep99_enc.pth"}
+MAE_WEIGHTS = {variant: WeightsSpec.from_revision(*MAE_SOURCE, filename, WEIGHTS_LICENSE)
+               for variant, filename in MAE_FILES.items()}
 
 
 def _vit(embed_dim: int, depth: int, heads: int) -> dict[str, Any]:
@@ -67,12 +72,13 @@ def _vit(embed_dim: int, depth: int, heads: int) -> dict[str, Any]:
 VARIANTS = (
     Variant("vit_small_moco", pooled_dim=384, grid_dim=384, weights=MOCO_WEIGHTS, params=_vit(384, 12, 12)),
     Variant("vit_small_dino", pooled_dim=384, grid_dim=384, weights=DINO_WEIGHTS, params=_vit(384, 12, 6)),
-    Variant("vit_small_mae", pooled_dim=384, grid_dim=384, weights=None, params=_vit(384, 12, 6)),
-    Variant("vit_base_mae", pooled_dim=768, grid_dim=768, weights=None, params=_vit(768, 12, 12)),
-    Variant("vit_large_mae", pooled_dim=1024, grid_dim=1024, weights=None, params=_vit(1024, 24, 16)),
+    Variant("vit_small_mae", pooled_dim=384, grid_dim=384, weights=MAE_WEIGHTS["vit_small_mae"],
+            params=_vit(384, 12, 6)),
+    Variant("vit_base_mae", pooled_dim=768, grid_dim=768, weights=MAE_WEIGHTS["vit_base_mae"],
+            params=_vit(768, 12, 12)),
+    Variant("vit_large_mae", pooled_dim=1024, grid_dim=1024, weights=MAE_WEIGHTS["vit_large_mae"],
+            params=_vit(1024, 24, 16)),
 )
-MAE_FILES = {"vit_small_mae": "B13_vits16_mae_ep99_enc.pth", "vit_base_mae": "B13_vitb16_mae_ep99_enc.pth",
-             "vit_large_mae": "B13_vitl16_mae_ep99_enc.pth"}
 
 # Pre-training input (SSL4EO-S12 ssl4eo_dataset.py, dtype "uint8", the ssl4eo_250k_s2c_uint8.lmdb every
 # ViT-S script trains on): uint8(DN / 10000 * 255), then ToTensor's / 255, i.e. reflectance DN / 10000 in
@@ -103,10 +109,12 @@ compared with torchgeo's builders). A classification head, if a file holds one, 
 everything else loads strictly. pooled = class token after the final LayerNorm (timm's pooled output \
 for these encoders, what torchgeo's models return); grid = the patch tokens after it (D x 14 x 14).
 Weights: MoCo and DINO ViT-S/16 from torchgeo's Hub files at the commits torchgeo 0.8.1 pins, full \
-sha256 from those commits' Git LFS pointers (not recomputed here). MAE ViT-S/B/L: torchgeo points at the \
-authors' {MAE_SOURCE[0]} files at commit {MAE_SOURCE[1]} (B13_vit{{s,b,l}}16_mae_ep99_enc.pth), whose \
-sha256 could not be found: no default weights; download the file and pass weights="<path>" (pinned by its \
-own sha256, loaded strictly). Licence CC-BY-4.0 (the authors' Hub repository)."""
+sha256 from those commits' Git LFS pointers (not recomputed here). MAE ViT-S/B/L: the authors' \
+{MAE_SOURCE[0]} files torchgeo points at, pinned to the same commit {MAE_SOURCE[1]} \
+(B13_vit{{s,b,l}}16_mae_ep99_enc.pth); no published sha256 of them could be read, so the digest is each \
+file's Git LFS sha256 at that commit, read from the Hub's metadata on the first download, verified and \
+recorded in the rs-embed cache for later (offline) loads (not verified here: no Hub access). Licence \
+CC-BY-4.0 (the authors' Hub repository)."""
 
 
 class SSL4EO(Embedder):
@@ -150,13 +158,6 @@ class SSL4EO(Embedder):
             )
 
     def load(self) -> None:
-        if self.variant.weights is None:
-            name = MAE_FILES.get(self.variant.name, "<file>")
-            raise WeightsError(
-                f"SSL4EO variant {self.variant.name!r} has no pinned default weights (no verified sha256 of its "
-                f"published file is known). Download it (hf download {MAE_SOURCE[0]} {name} --revision "
-                f"{MAE_SOURCE[1]}) and pass weights='<path to the file>' (pinned by its sha256, loaded strictly)."
-            )
         from rs_embed_ssl4eo_model import build
 
         self.net = build(self.variant, self.device)

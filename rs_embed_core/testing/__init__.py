@@ -2,7 +2,8 @@
 
 - `FakeProvider`: deterministic, world-coordinate pixels with call records, latency and faults.
 - `build_hf_cache`, `offline_hub`, `random_weights_file`, `weights_spec_for`: random weights
-  served by huggingface_hub from an offline cache, so loading code runs exactly as in production.
+  served by huggingface_hub from an offline cache, so loading code runs exactly as in production;
+  `fake_hub_lfs`: the Hub's file metadata for `WeightsSpec.from_revision` digests.
 - `perturbed_state_dict`, `random_state`: shared random weights for equality tests against a
   reference implementation.
 - `check_embedder_contract`, `check_strict_loading`: what every embedder must pass;
@@ -25,6 +26,7 @@ from .contract import (
 )
 from .hub import (
     build_hf_cache,
+    fake_hub_lfs,
     file_sha256,
     hf_cache_file,
     offline_hub,
@@ -39,6 +41,7 @@ __all__ = [
     "FakeProvider",
     "S2_L2A_BANDS",
     "build_hf_cache",
+    "fake_hub_lfs",
     "offline_hub",
     "random_weights_file",
     "perturbed_state_dict",

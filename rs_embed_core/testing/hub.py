@@ -4,7 +4,8 @@
 (`models--ORG--NAME/snapshots/REV/FILE`, plus `refs/main`); `offline_hub` points
 huggingface_hub at that cache in offline mode. huggingface_hub copies its environment into
 `huggingface_hub.constants` at import time, so setting the environment alone is not enough:
-`offline_hub` patches both and restores both.
+`offline_hub` patches both and restores both. `fake_hub_lfs` stands in for the Hub's file metadata
+(the Git LFS sha256 a `WeightsSpec.from_revision` download is verified against).
 """
 
 from __future__ import annotations
@@ -100,6 +101,38 @@ def offline_hub(cache_dir: str | Path, *, clear_weights_dir: bool = True) -> Ite
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def fake_hub_lfs(digests: Mapping[tuple[str, str, str], str]) -> Iterator[list[tuple[str, str, str]]]:
+    """Within the block the Hub "answers" `HfApi.get_paths_info` from `digests`
+    {(repo_id, revision, filename): sha256} and counts as reachable; yields the (repo_id, revision,
+    filename) of each lookup. A file not in `digests` is absent at that revision. Combine with
+    `offline_hub(..., )` outside the block to check that later loads use the recorded digest only."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
+    from .. import weights
+
+    calls: list[tuple[str, str, str]] = []
+
+    def get_paths_info(self: Any, repo_id: str, paths: Any, *, expand: bool = False, revision: str | None = None,
+                       repo_type: str | None = None, token: Any = None) -> list[Any]:
+        out = []
+        for path in [paths] if isinstance(paths, str) else paths:
+            calls.append((repo_id, str(revision), path))
+            digest = digests.get((repo_id, str(revision), path))
+            if digest is not None:
+                out.append(RepoFile(path=path, size=0, oid="0" * 40, lfs={"size": 0, "oid": digest, "pointerSize": 134}))
+        return out
+
+    saved = (HfApi.get_paths_info, weights.hub_reachable)
+    HfApi.get_paths_info = get_paths_info  # type: ignore[method-assign]
+    weights.hub_reachable = lambda timeout_s=3.0: True  # type: ignore[assignment]
+    try:
+        yield calls
+    finally:
+        HfApi.get_paths_info, weights.hub_reachable = saved  # type: ignore[method-assign]
 
 
 def _random_like(key: str, ref: Any, gen: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import attrs
 import numpy as np
@@ -21,7 +22,10 @@ from rs_embed_core.testing import (
     registered,
     FakeProvider,
     check_embedder_contract,
+    build_hf_cache,
     check_strict_loading,
+    fake_hub_lfs,
+    file_sha256,
     offline_hub,
     random_weights,
     random_weights_file,
@@ -63,8 +67,18 @@ def test_cards_describe_weights_chain_and_licences():
     w = pp.variant().weights
     assert w.repo_id == "mubashir04/checkpoint_ViT-L_pretrain_fmow_rgb" and len(w.revision) == 40
     assert len(w.sha256) == 64 and w.license == "apache-2.0"
-    assert sm.variant().weights is None and "CC-BY-NC-4.0" in sm.license
-    assert rs.SATMAE_SOURCE[0] in sm.notes and "zenodo" in sm.notes.lower()
+    assert "CC-BY-NC-4.0" in sm.license and "zenodo" in sm.notes.lower()
+
+
+def test_satmae_default_variant_has_default_weights_pinned_to_a_commit():
+    """The default variant ships weights: the MVRL Hub copy pinned to a 40-hex commit, digest from that commit."""
+    w = rs.SatMAE.card.variant().weights
+    assert rs.SatMAE.card.default_variant == "vit_large" and w is rs.SATMAE_WEIGHTS
+    assert w.repo_id == "MVRL/satmae-vitlarge-fmow-pretrain-800" and w.filename == "model.safetensors"
+    assert re.fullmatch(r"[0-9a-f]{40}", w.revision) and w.digest_from_revision and w.license == "cc-by-nc-4.0"
+    d = rs.SatMAE.card.describe()["variants"][0]["weights"]
+    assert d["revision"] == w.revision and d["sha256"] is None and w.revision in d["sha256_source"]
+    assert w.repo_id in rs.SatMAE.card.notes and w.revision in rs.SatMAE.card.notes
 
 
 def test_module_hook_registers_both():
@@ -109,16 +123,44 @@ def test_authors_eval_chain_replicates_resize_256_and_center_crop():
     assert out.grid.res == pytest.approx(10.0 * 300 / 256)  # the central 224/256 of the ROI
 
 
-def test_satmae_without_weights_fails_before_fetching_and_says_where_to_get_them(tmp_path, monkeypatch):
+def test_satmae_offline_without_its_weights_fails_before_fetching_and_says_where_to_put_them(tmp_path, monkeypatch):
     from rs_embed import get_embedding
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "rs"))
     provider = FakeProvider()
-    with pytest.raises(WeightsError) as err:
+    with offline_hub(tmp_path / "hub"), pytest.raises(WeightsError) as err:
         get_embedding("satmae", PointBuffer(121.5, 31.2, 1280), WHEN, backend=provider, device="cpu")
     text = str(err.value)
-    assert rs.SATMAE_SOURCE[0] in text and rs.SATMAE_SOURCE[1] in text and "zenodo" in text and "weights=" in text
+    w = rs.SATMAE_WEIGHTS
+    assert w.repo_id in text and w.revision in text and "Place the file" in text and "weights=" in text
     assert provider.calls == 0
+
+
+def test_satmae_default_weights_verified_against_the_commits_lfs_digest_then_offline(tiny_registered, tmp_path,
+                                                                                      monkeypatch):
+    """The MVRL safetensors layout (flat keys, MAE decoder included) at the pinned commit: the first load reads
+    the LFS sha256 from the (faked) Hub metadata, later offline loads use the recorded digest."""
+    from rs_embed import get_embedding
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "rs"))
+    w = rs.SATMAE_WEIGHTS
+    net = rsm.build_net(TINY_PARAMS)
+    sd = {**net.state_dict(), "decoder_pred.weight": torch.zeros(768, 16), "mask_token": torch.zeros(1, 1, 16)}
+    org, name = w.repo_id.split("/")
+    local = random_weights_file(sd, tmp_path / "wd" / f"{org}__{name}" / w.filename, seed=5)
+    monkeypatch.setenv("RS_EMBED_WEIGHTS_DIR", str(tmp_path / "wd"))
+    with fake_hub_lfs({(w.repo_id, w.revision, w.filename): file_sha256(local)}) as calls:
+        rs.SatMAE(TinySatMAE.card.variant()).load()
+    assert calls == [(w.repo_id, w.revision, w.filename)]
+    roi, provider = PointBuffer(121.5, 31.2, 1280), FakeProvider()
+    build_hf_cache(tmp_path / "hub", w.repo_id, w.revision, {w.filename: local})
+    with offline_hub(tmp_path / "hub"):  # hides RS_EMBED_WEIGHTS_DIR: the Hub cache copy, checked offline
+        emb = get_embedding("satmae_tiny_test", roi, WHEN, backend=provider, device="cpu")
+    assert emb.data.shape == (32,) and emb.meta["weights"]["revision"] == w.revision
+    local.write_bytes(b"not the pinned file")
+    build_hf_cache(tmp_path / "hub2", w.repo_id, w.revision, {w.filename: local})
+    with offline_hub(tmp_path / "hub2"), pytest.raises(WeightsError, match="sha256 mismatch"):
+        rs.SatMAE(TinySatMAE.card.variant()).load()
 
 
 def test_satmae_with_your_weights_file_runs_the_network(tiny_registered, tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import attrs
 import numpy as np
@@ -17,7 +18,10 @@ from rs_embed_core.specs import OutputSpec, PointBuffer, SensorSpec, TemporalSpe
 from rs_embed_core.testing import (
     FakeProvider,
     check_embedder_contract,
+    build_hf_cache,
     check_strict_loading,
+    fake_hub_lfs,
+    file_sha256,
     offline_hub,
     random_weights,
     random_weights_file,
@@ -58,7 +62,10 @@ def test_card_pins_weights_to_lfs_digests_and_states_the_licence():
                                                "vit_large_mae"]
     assert [v.pooled_dim for v in card.variants] == [384, 384, 384, 768, 1024]
     assert card.variant("vit_small_moco").params["heads"] == 12 and card.variant("vit_small_dino").params["heads"] == 6
-    assert all(card.variant(n).weights is None for n in rs4.MAE_FILES)
+    for n, filename in rs4.MAE_FILES.items():  # pinned by the commit; digest read from it (from_revision)
+        w = card.variant(n).weights
+        assert (w.repo_id, w.revision, w.filename) == ("wangyi111/SSL4EO-S12", rs4.MAE_SOURCE[1], filename)
+        assert re.fullmatch(r"[0-9a-f]{40}", w.revision) and w.digest_from_revision and w.license == "cc-by-4.0"
     assert card.input.bands == rs4.S2_BANDS and "CC-BY-4.0" in card.license
 
 
@@ -131,16 +138,36 @@ def test_embedder_contract_on_random_weights(tiny_registered, tmp_path):
     assert "batch == single (grid)" in report.checks
 
 
-def test_mae_variant_without_pinned_weights_says_how_and_runs_with_weights_path(tiny_registered, tmp_path, monkeypatch):
+def test_mae_variant_default_weights_use_the_commits_lfs_digest_and_weights_path_still_works(
+        tiny_registered, tmp_path, monkeypatch):
     from rs_embed import get_embedding
+    from rs_embed_core.export import ModelRequest, export_batch
 
-    with pytest.raises(WeightsError, match="B13_vits16_mae_ep99_enc.pth"):
-        rs4.SSL4EO(rs4.SSL4EO.card.variant("vit_small_mae")).load()
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "rs"))
-    path = random_weights_file(rs4m.build_net(TINY_MAE.params), tmp_path / "B13_vits16_mae_ep99_enc.pth", seed=3)
-    emb = get_embedding("ssl4eo_tiny_test", ROI, WHEN, backend=FakeProvider(bands=rs4.S2_BANDS), device="cpu",
-                        variant="tiny_mae", weights=str(path))
-    assert emb.data.shape == (48,) and np.isfinite(emb.data).all()
+    w = rs4.MAE_WEIGHTS["vit_small_mae"]
+    with offline_hub(tmp_path / "hub"), pytest.raises(WeightsError, match="not recorded on this machine") as err:
+        rs4.SSL4EO(rs4.SSL4EO.card.variant("vit_small_mae")).load()
+    assert w.filename in str(err.value) and w.revision in str(err.value)
+    path = random_weights_file(rs4m.build_net(TINY_MAE.params), tmp_path / w.filename, seed=3)
+    # first load with Hub access (metadata faked): the LFS digest of the pinned commit checks the file ...
+    monkeypatch.setenv("RS_EMBED_WEIGHTS_DIR", str(tmp_path))  # $RS_EMBED_WEIGHTS_DIR/<filename>
+    with fake_hub_lfs({(w.repo_id, w.revision, w.filename): file_sha256(path)}) as calls:
+        rs4.SSL4EO(TINY_MAE).load()
+    assert calls == [(w.repo_id, w.revision, w.filename)]
+    # ... and is recorded: offline, the default tiny MAE variant runs from the Hub cache
+    build_hf_cache(tmp_path / "hub", w.repo_id, w.revision, {w.filename: path})
+    with offline_hub(tmp_path / "hub"):
+        emb = get_embedding("ssl4eo_tiny_test", ROI, WHEN, backend=FakeProvider(bands=rs4.S2_BANDS), device="cpu",
+                            variant="tiny_mae")
+        assert emb.data.shape == (48,) and np.isfinite(emb.data).all()
+        mine = get_embedding("ssl4eo_tiny_test", ROI, WHEN, backend=FakeProvider(bands=rs4.S2_BANDS), device="cpu",
+                             variant="tiny_mae", weights=str(path))  # weights= (your own file) still works
+        export_batch([ROI], WHEN, [ModelRequest("ssl4eo_tiny_test", variant="tiny_mae")], tmp_path / "out",
+                     backend=FakeProvider(bands=rs4.S2_BANDS), device="cpu", progress=False)
+    np.testing.assert_array_equal(emb.data, mine.data)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    recorded = manifest["models"]["ssl4eo_tiny_test-tiny_mae"]["weights"]  # the digest the file was verified against
+    assert (recorded["revision"], recorded["sha256"]) == (w.revision, file_sha256(path))
 
 
 def test_missing_weights_offline_say_where_to_put_them(tmp_path, monkeypatch):
