@@ -71,7 +71,8 @@ refused: the normalisation statistics exist for these bands only. Chain: (DN - m
 per-band statistics (FoMo-Bench stats.json, the "standard" normalisation its MAE pre-training used), \
 invalid pixels 0 (the mean), resize to {IMAGE_SIZE} (bilinear, antialiased). The public code does not say \
 whether TalloS's Sentinel-2 is level-1C or level-2A; its blue mean (DN 1284) is typical of top-of-atmosphere \
-values, hence level-1C here; pass sensor= with COPERNICUS/S2_SR_HARMONIZED to use level-2A.
+values, hence level-1C here; pass sensor= with COPERNICUS/S2_SR_HARMONIZED to use level-2A. rs-embed 0.3.1 \
+differed: 12 level-2A bands (B1..B12 without B10) scaled DN / 10000, not the authors' normalisation.
 Network: the authors' MultiSpectralViT (single embedding layer): per band, 16 x 16 patches -> LayerNorm \
 -> Linear -> LayerNorm, + spectral embedding of the band id + position embedding of the patch; tokens of \
 all bands concatenated band after band; vit-pytorch pre-norm transformer (dim 768, depth 12, 12 heads of \

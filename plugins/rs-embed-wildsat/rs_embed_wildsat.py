@@ -7,8 +7,8 @@ SatlasPretrain's Sentinel-2 true-colour tiles, contrasting each image with speci
 the test-time reference.
 
 - `WildSATEmbedder` (model id "wildsat"), variants "vitb16" (default), "resnet50", "swint": pooled =
-  the backbone's 1000-d output (the fine-tuned classifier layer, the feature WildSAT's heads read);
-  "<arch>_image": pooled = the image head's 256-d projection of it. grid = the backbone's last
+  the image head's 256-d projection of the backbone's output; "<arch>_features": pooled = that 1000-d
+  output itself (the fine-tuned classifier layer, the feature WildSAT's heads read). grid = the backbone's last
   feature map (ViT: patch tokens after the final LayerNorm, 768 x 14 x 14; ResNet-50: layer4,
   2048 x 16 x 16; Swin-T: the normed last stage, 768 x 16 x 16).
 """
@@ -33,6 +33,7 @@ __all__ = ["WildSATEmbedder", "register_embedders"]
 # SatlasPretrain's Sentinel-2 "tci" images (ESA's 8-bit true-colour image of level-1C products), 512 x 512
 # tiles of Web-Mercator zoom 13 (about 10 m a pixel), are WildSAT's training input (dataset/satlas_sentinel.py).
 S2_COLLECTION = "COPERNICUS/S2_HARMONIZED"
+S2_COLLECTIONS = (S2_COLLECTION, "COPERNICUS/S2_SR_HARMONIZED")  # level-2A: same chain, not what WildSAT saw
 RGB_BANDS = ("B4", "B3", "B2")
 TILE_PX, GSD_M = 512, 10.0
 # ESA publishes no formula for the TCI stretch; DN 0..2500 -> 0..255 is the emulation rs-embed's DOFA
@@ -54,11 +55,12 @@ def _variant(name: str, arch: str, input_size: int, grid_dim: int, head: str | N
 
 
 # train.py resizes the 512 px tiles to 224 for vitb16 only; ResNet-50 and Swin-T see them at 512.
+# pooled = the image head (as rs-embed 0.3.1's default "feature"); "_features" = the backbone's 1000-d output.
 VARIANTS = tuple(
     _variant(name + suffix, arch, size, dim, head)
     for name, arch, size, dim in (("vitb16", "vit_b_16", 224, 768), ("resnet50", "resnet50", 512, 2048),
                                   ("swint", "swin_t", 512, 768))
-    for suffix, head in (("", None), ("_image", "image"))
+    for suffix, head in (("", "image"), ("_features", None))
 )
 
 PREPROCESSING = (
@@ -70,20 +72,23 @@ PREPROCESSING = (
 
 NOTES = f"""\
 Input: Sentinel-2 level-1C ({S2_COLLECTION}) red, green, blue ({", ".join(RGB_BANDS)}) at {GSD_M:g} m, one \
-median composite, {TILE_PX} x {TILE_PX} px (SatlasPretrain's tile size); other bands or collections are \
-refused. Chain: DN 0..{TCI_HIGH_DN:g} -> 0..255 rounded (emulating ESA's 8-bit TCI image that SatlasPretrain \
+median composite, {TILE_PX} x {TILE_PX} px (SatlasPretrain's tile size); level-2A \
+(COPERNICUS/S2_SR_HARMONIZED, rs-embed 0.3.1's default) is accepted with sensor= and the same chain, but is \
+not what WildSAT saw; other bands or collections are refused. Chain: DN 0..{TCI_HIGH_DN:g} -> 0..255 rounded (emulating ESA's 8-bit TCI image that SatlasPretrain \
 stores and WildSAT was trained on; ESA publishes no formula, the same emulation as rs-embed's DOFA), / 255 \
 (torchvision ToTensor), invalid pixels 0, resize to {TILE_PX} (bilinear, antialiased). In the network, as the \
 authors' dataset and quickstart do: the ViT-B/16 variants resize the tile to 224 (bilinear, antialiased, \
 torchvision's Resize on a tensor); then each image has its minimum (over all channels and pixels) \
 subtracted and is divided by max(its new maximum, 1), i.e. by 1 for these inputs; a constant image \
 becomes zeros. No ImageNet mean/std normalisation: WildSAT's code applies none. Deviations: the TCI \
-stretch is emulated, not reproduced; invalid pixels set to 0 take part in the minimum.
+stretch is emulated, not reproduced; invalid pixels set to 0 take part in the minimum. rs-embed 0.3.1 \
+differed: level-2A, DN / 10000 stretched per image to 0..1, every backbone at 224 px.
 Network: torchvision's vit_b_16 / resnet50 / swin_t with their 1000-way ImageNet classifier, fine-tuned \
 (train.py: --use_bnft --is_tunefc), plus three bias-free Linear 1000 -> 256 heads into the text, location \
 and image spaces (decoder.backbone1/2/3). pooled = the classifier layer's 1000-d output (what the \
-authors' SingleTaskModel returns as features); the "_image" variants return the image head's 256-d \
-projection (unnormalised, as trained with a contrastive loss). grid = the last feature map before pooling. \
+authors' SingleTaskModel returns as features) for the "_features" variants; the others return the image \
+head's 256-d projection of it (unnormalised, as trained with a contrastive loss; rs-embed 0.3.1's \
+default). grid = the last feature map before pooling. \
 Checkpoints of the authors' other initialisations (CLIP+LoRA, Prithvi, SatCLIP, Satlas, MoCo, SeCo) use \
 other architectures and are not supported.
 Weights: the authors publish training checkpoints on Google Drive only ({DRIVE_FILES["vit_b_16"]} ViT-B/16, \
@@ -106,7 +111,7 @@ class WildSATEmbedder(Embedder):
         variants=VARIANTS,
         default_variant="vitb16",
         preprocessing=PREPROCESSING,
-        pooled="the fine-tuned ImageNet classifier layer's 1000-d output; '_image' variants: the image head (256-d)",
+        pooled="the image head's 256-d projection; '_features' variants: the fine-tuned classifier layer's 1000-d output",
         grid="the backbone's last feature map, row-major (ViT 768 x 14 x 14, ResNet-50 2048 x 16 x 16, "
              "Swin-T 768 x 16 x 16)",
         license="code: Apache-2.0 (rs-embed); weights: no licence stated by the authors",
@@ -127,8 +132,8 @@ class WildSATEmbedder(Embedder):
     def check_request(cls, variant: Variant, sensors: tuple[SensorSpec, ...], steps: tuple[Any, ...]) -> None:
         bands = requested_bands(sensors, steps)
         collections = {s.collection for s in sensors}
-        if collections != {S2_COLLECTION} or bands != RGB_BANDS:
-            raise SpecError(f"WildSAT takes Sentinel-2 L1C red, green, blue {list(RGB_BANDS)} of {S2_COLLECTION} "
+        if len(collections) != 1 or not collections <= set(S2_COLLECTIONS) or bands != RGB_BANDS:
+            raise SpecError(f"WildSAT takes Sentinel-2 red, green, blue {list(RGB_BANDS)} of one of {list(S2_COLLECTIONS)} "
                             f"in this order; the request gives {list(bands)} of {sorted(collections)}")
 
     def load(self) -> None:

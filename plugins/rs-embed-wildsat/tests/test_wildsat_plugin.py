@@ -30,7 +30,7 @@ import rs_embed_wildsat_model as wm
 
 TINY_VIT = {"dim": 48, "depth": 1, "heads": 2, "mlp_dim": 96, "classes": 40}
 PLACEHOLDER = WeightsSpec("test/wildsat", "0" * 40, "wildsat.pth", "0" * 64, "test")  # replaced by random_weights
-TINY = attrs.evolve(ws.WildSATEmbedder.card.variant("vitb16_image"), name="tiny", pooled_dim=256,
+TINY = attrs.evolve(ws.WildSATEmbedder.card.variant("vitb16"), name="tiny", pooled_dim=256,
                               grid_dim=48, weights=PLACEHOLDER,
                               params={"arch": "vit_b_16", "input_size": 224, "head": "image", "backbone": TINY_VIT})
 TINY_FEATS = attrs.evolve(TINY, name="tiny_feats", pooled_dim=40, params={**TINY.params, "head": None})
@@ -56,11 +56,11 @@ def _template(params: dict) -> dict[str, torch.Tensor]:
 def test_card_variants_dims_and_no_unpinned_weights():
     card = ws.WildSATEmbedder.card
     json.dumps(card.describe())
-    assert [v.name for v in card.variants] == ["vitb16", "vitb16_image", "resnet50", "resnet50_image", "swint",
-                                               "swint_image"]
-    assert card.variant().name == "vitb16"
-    assert [(v.pooled_dim, v.grid_dim) for v in card.variants] == [(1000, 768), (256, 768), (1000, 2048),
-                                                                   (256, 2048), (1000, 768), (256, 768)]
+    assert [v.name for v in card.variants] == ["vitb16", "vitb16_features", "resnet50", "resnet50_features", "swint",
+                                               "swint_features"]
+    assert card.variant().name == "vitb16" and card.variant().params["head"] == "image"
+    assert [(v.pooled_dim, v.grid_dim) for v in card.variants] == [(256, 768), (1000, 768), (256, 2048),
+                                                                   (1000, 2048), (256, 768), (1000, 768)]
     assert all(v.weights is None for v in card.variants)  # no published digest: nothing pinned
     assert card.input.bands == ("B4", "B3", "B2") and "no licence" in card.license
     with pytest.raises(WeightsError, match="1IxBpf3nbEMzny4YJWS6stMBxel6gMiYE"):
@@ -81,8 +81,8 @@ def test_chain_emulates_tci_over_255_and_the_network_shifts_by_the_minimum():
 
 @pytest.mark.parametrize("sensor", [
     SensorSpec("COPERNICUS/S2_HARMONIZED", ("B2", "B3", "B4"), 10),
-    SensorSpec("COPERNICUS/S2_SR_HARMONIZED", ("B4", "B3", "B2"), 10),
     SensorSpec("COPERNICUS/S2_HARMONIZED", ("B4", "B3", "B2", "B8"), 10),
+    SensorSpec("LANDSAT/LC08/C02/T1_L2", ("SR_B4", "SR_B3", "SR_B2"), 30),
 ])
 def test_other_band_sets_are_refused_before_any_fetch(tiny_registered, sensor):
     from rs_embed import get_embedding
@@ -167,6 +167,16 @@ def test_public_api_equals_the_network_on_the_preprocessed_pixels(tiny_registere
         expected = net.decoder.backbone3(net.backbone(small - small.min())[0])[0].numpy()
     assert emb.data.shape == (256,)
     np.testing.assert_allclose(emb.data, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_level_2a_is_accepted_with_sensor(tiny_registered, tmp_path):
+    from rs_embed import get_embedding
+
+    sensor = SensorSpec("COPERNICUS/S2_SR_HARMONIZED", ws.RGB_BANDS, 10)
+    with random_weights("wildsat_tiny_test", "tiny", tmp_path, state_dict=_template(TINY.params), seed=1):
+        emb = get_embedding("wildsat_tiny_test", ROI, WHEN, backend=FakeProvider(bands=ws.RGB_BANDS), sensor=sensor,
+                            device="cpu")
+    assert emb.data.shape == (256,) and np.isfinite(emb.data).all()
 
 
 def test_listing_models_does_not_import_torch():
