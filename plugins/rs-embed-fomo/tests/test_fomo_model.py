@@ -69,6 +69,27 @@ def test_full_size_loads_the_authors_layout_strictly_and_drops_only_cls_token_an
     assert torch.equal(net.spectral_embedding, sd["spectral_embedding"])
 
 
+def test_full_size_file_loads_through_the_plugin(tmp_path, monkeypatch):
+    """The authors' layout at full size, saved as their .pt, through weights= -> verified file -> safetensors
+    conversion -> strict load with the drop list; every tensor arrives."""
+    import attrs
+
+    from rs_embed_core.weights import CACHE_ENV, local_weights
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "rs"))
+    sd = _random_authors_file(7)
+    path = tmp_path / rf.WEIGHTS_FILE
+    torch.save(sd, path)
+    net = rfm.build(attrs.evolve(rf.FOMONET1, weights=local_weights(path)))
+    path.unlink()
+    own = net.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in sd.items() if k.split(".")[0] not in rfm.DROP)
+    x = torch.randn(1, 10, 64, 64, generator=torch.Generator().manual_seed(8))
+    with torch.inference_mode():
+        pooled, grid = net(x, [rf.S2_SPECTRAL_IDS[b] for b in rf.S2_BANDS])
+    assert pooled.shape == (1, 768) and grid.shape == (1, 768, 4, 4) and torch.isfinite(pooled).all()
+
+
 def test_transformer_equals_vit_pytorch_full_size():
     ref = vit.Transformer(dim=768, depth=12, heads=12, dim_head=64, mlp_dim=2048).eval()
     net = rfm.build_net(FULL).transformer.eval()

@@ -61,3 +61,37 @@ def test_swin_shifted_windows_matter_on_a_map_smaller_than_padding():
     x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
         assert (net(x)[0] - ref(x)).abs().max().item() <= TOL * max(1.0, ref(x).abs().max().item())
+
+
+def test_default_variant_full_size_training_checkpoint_loads_and_equals_torchvision(tmp_path, monkeypatch):
+    """ViT-B/16 at full size in the authors' training-checkpoint layout through weights= (strict, module.
+    stripped): the backbone equals torchvision's on the same weights and the default pooled is the image head."""
+    import argparse
+
+    import attrs
+
+    import rs_embed_wildsat as ws
+    from rs_embed_core.weights import CACHE_ENV, local_weights
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "rs"))
+    var = ws.WildSATEmbedder.card.variant()
+    ref = tvm.vit_b_16(weights=None).eval()
+    sd = perturbed_state_dict(ref, seed=4)
+    ref.load_state_dict(sd)
+    heads = {f"decoder.backbone{i}.0.weight": torch.randn(256, 1000, generator=torch.Generator().manual_seed(i)) * 0.03
+             for i in (1, 2, 3)}
+    ckpt = {"epoch": 1, "opt": argparse.Namespace(satellite_encoder="vitb16"),
+            "satellite_state_dict": {f"module.{k}": v for k, v in
+                                     {**{f"backbone.{k}": v for k, v in sd.items()}, **heads}.items()}}
+    path = tmp_path / "vitb16-imagenet-bnfc.pth"
+    torch.save(ckpt, path)
+    del ckpt
+    net = wm.build(attrs.evolve(var, weights=local_weights(path)))
+    path.unlink()
+    x = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        pooled, grid = wm.embed(net, x, var.params)
+        small = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", antialias=True)
+        want = ref(small - small.min()) @ heads["decoder.backbone3.0.weight"].T
+    assert pooled.shape == (1, 256) and grid.shape == (1, 768, 14, 14)
+    assert (pooled - want).abs().max().item() <= TOL * max(1.0, want.abs().max().item())
