@@ -29,7 +29,7 @@ KNOWN_MODELS: dict[str, str] = {
     "olmoearth": "rs-embed-olmoearth", "croma": "rs-embed-croma", "panopticon": "rs-embed-panopticon",
     "copernicusfm": "rs-embed-copernicusfm", "ssl4eo": "rs-embed-ssl4eo", "galileo": "rs-embed-galileo",
     "clay": "rs-embed-clay", "thor": "rs-embed-thor", "wildsat": "rs-embed-wildsat", "fomo": "rs-embed-fomo",
-    "fomonet": "rs-embed-fomo", "fomo_net": "rs-embed-fomo",
+    "fomonet": "rs-embed-fomo",
     "gse": "rs-embed-gse", "gse_annual": "rs-embed-gse", "tessera": "rs-embed-tessera",
     "copernicus": "rs-embed-copernicus-embed", "copernicus_embed": "rs-embed-copernicus-embed",
 }

@@ -89,7 +89,7 @@ of the authors' layout only)."""
 class FoMo(Embedder):
     card = ModelCard(
         id="fomo",
-        aliases=("fomonet", "fomo_net"),
+        aliases=("fomonet",),
         description=(
             "FoMo-Net_1 (Bountos et al., 2025): a ViT-B pre-trained on multi-sensor forest-monitoring data with "
             "one token per band and patch (spectral ids); 10-band Sentinel-2, 64 px in."
