@@ -3,7 +3,7 @@
 No installable reference of FoMo-Net exists (FoMo-Bench is a repository, not a package). What is
 checked: the keys and shapes of MultiSpectralViT (single embedding layer) as FoMo-Bench's
 model_zoo/multimodal_mae.py and examples/pretrained_fomo_example.py define them, written out here from
-that public code; the transformer against vit-pytorch 1.26.14's `vit.Transformer` (whose layout FoMo's
+that public code; the transformer against vit-pytorch 1.17.8's `vit.Transformer` (whose layout FoMo's
 copies) on shared random weights; the tokenisation by invariants that hold for the authors' forward.
 """
 
