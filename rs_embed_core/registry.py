@@ -30,6 +30,8 @@ KNOWN_MODELS: dict[str, str] = {
     "copernicusfm": "rs-embed-copernicusfm", "ssl4eo": "rs-embed-ssl4eo", "galileo": "rs-embed-galileo",
     "clay": "rs-embed-clay", "thor": "rs-embed-thor", "terrafm": "rs-embed-terrafm",
     "anysat": "rs-embed-anysat",
+    "wildsat": "rs-embed-wildsat", "fomo": "rs-embed-fomo",
+    "fomonet": "rs-embed-fomo",
     "gse": "rs-embed-gse", "gse_annual": "rs-embed-gse", "tessera": "rs-embed-tessera",
     "copernicus": "rs-embed-copernicus-embed", "copernicus_embed": "rs-embed-copernicus-embed",
 }

@@ -42,6 +42,25 @@ def test_vitpytorch_keys_and_attention_equal_the_textbook_formula():
         VitPytorchTransformer(dim=16, depth=0, heads=2, dim_head=4, mlp_dim=32)
 
 
+def test_vitpytorch_vit_layout_names_and_same_function():
+    """vit_layout: vit-pytorch's vit.Transformer names (to_out.0 with bias, MLP at net.1 / net.4); same maths."""
+    simple = VitPytorchTransformer(dim=16, depth=1, heads=2, dim_head=4, mlp_dim=32).eval()
+    vit = VitPytorchTransformer(dim=16, depth=1, heads=2, dim_head=4, mlp_dim=32, vit_layout=True).eval()
+    keys = set(vit.state_dict())
+    assert {"layers.0.0.to_out.0.weight", "layers.0.0.to_out.0.bias", "layers.0.1.net.1.weight",
+            "layers.0.1.net.4.weight", "layers.0.1.net.4.bias"} <= keys and "layers.0.1.net.3.weight" not in keys
+    rename = {"layers.0.0.to_out.weight": "layers.0.0.to_out.0.weight", "layers.0.1.net.3.weight": "layers.0.1.net.4.weight",
+              "layers.0.1.net.3.bias": "layers.0.1.net.4.bias"}
+    sd = {rename.get(k, k): v for k, v in simple.state_dict().items()}
+    sd["layers.0.0.to_out.0.bias"] = torch.zeros(16)
+    vit.load_state_dict(sd, strict=True)
+    x = torch.randn(2, 5, 16)
+    torch.testing.assert_close(vit(x), simple(x))
+    with torch.no_grad():
+        vit.layers[0][0].to_out[0].bias.fill_(0.5)
+    assert not torch.allclose(vit(x), simple(x))  # the bias is used
+
+
 def test_sincos_1d_endpoint_spans_one_to_one_ten_thousandth():
     dim, pos = 8, torch.tensor([0.5, 2.19])
     got = sincos_1d(dim, pos, endpoint=True, dtype=torch.float32)
