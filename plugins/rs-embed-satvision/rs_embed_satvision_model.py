@@ -26,7 +26,7 @@ from torch import nn
 
 from rs_embed_core.card import Variant, WeightsSpec
 from rs_embed_core.errors import SpecError, WeightsError
-from rs_embed_core.nn import relative_position_index, shifted_window_mask, window_partition, window_reverse
+from rs_embed_core.nn import TimmMlp, relative_position_index, shifted_window_mask, window_partition, window_reverse
 from rs_embed_core.weights import load_state_dict, strict_load, weights_file
 
 STRIP = "encoder."
@@ -80,15 +80,6 @@ class WindowAttention(nn.Module):
         return self.proj(x)
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class SwinV2Block(nn.Module):
     """Post-norm block: x + norm1(W-MSA(x)), then + norm2(MLP); `extra_norm` adds norm3 after both.
 
@@ -104,7 +95,7 @@ class SwinV2Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, window, heads)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = TimmMlp(dim, int(dim * mlp_ratio))
         self.norm3 = nn.LayerNorm(dim) if extra_norm else nn.Identity()
         mask = shifted_window_mask(resolution, (window,) * 2, (shift,) * 2) if shift else None
         self.register_buffer("attn_mask", mask, persistent=False)
