@@ -28,7 +28,8 @@ KNOWN_MODELS: dict[str, str] = {
     "satmaepp": "rs-embed-satmae", "scalemae": "rs-embed-scalemae", "dofa": "rs-embed-dofa",
     "olmoearth": "rs-embed-olmoearth", "croma": "rs-embed-croma", "panopticon": "rs-embed-panopticon",
     "copernicusfm": "rs-embed-copernicusfm", "ssl4eo": "rs-embed-ssl4eo", "galileo": "rs-embed-galileo",
-    "clay": "rs-embed-clay", "thor": "rs-embed-thor",
+    "clay": "rs-embed-clay", "thor": "rs-embed-thor", "agrifm": "rs-embed-agrifm",
+    "satvision": "rs-embed-satvision", "satvision_toa": "rs-embed-satvision",
     "gse": "rs-embed-gse", "gse_annual": "rs-embed-gse", "tessera": "rs-embed-tessera",
     "copernicus": "rs-embed-copernicus-embed", "copernicus_embed": "rs-embed-copernicus-embed",
 }
