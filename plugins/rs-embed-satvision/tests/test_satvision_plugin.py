@@ -152,3 +152,40 @@ def test_listing_models_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def _write_modis_mosaic(path, descriptions):
+    """A gridded MOD021KM day in EPSG:4326 (~1 km cells) over the ROI: reflectance % and brightness temperature K."""
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(0)
+    base = np.array([12.0, 30.0, 8.0, 20.0, 10.0, 300.0, 2.0, 240.0, 250.0, 280.0, 260.0, 290.0, 288.0, 250.0])
+    data = (base[:, None, None] * (1 + 0.05 * rng.standard_normal((14, 200, 200)))).astype(np.float32)
+    profile = dict(driver="GTiff", width=200, height=200, count=14, dtype="float32", crs="EPSG:4326",
+                   transform=from_origin(120.5, 32.2, 0.01, 0.01), nodata=-999.0)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        for i, d in enumerate(descriptions, start=1):
+            dst.set_band_description(i, d)
+    return path
+
+
+def test_modis_mosaic_from_local_files_reaches_the_model(tiny_model, tmp_path):
+    """Item 4: the MODIS L1B collection is served by the local provider (band descriptions = band numbers)."""
+    from rs_embed import LocalProvider, get_embedding
+
+    path = _write_modis_mosaic(tmp_path / "MOD021KM_2022-07-01.tif", rs.BANDS)
+    provider = LocalProvider(str(path), collection=rs.COLLECTION)
+    roi, day = PointBuffer(121.5, 31.2, 64000), TemporalSpec.range("2022-07-01", "2022-07-02")
+    emb = get_embedding(tiny_model.card.id, roi, day, OutputSpec.grid(), backend=provider, device="cpu")
+    assert emb.data.shape == (64, 4, 4) and np.isfinite(emb.data).all()
+    assert emb.meta["sensor"]["collection"] == rs.COLLECTION and tuple(emb.meta["sensor"]["bands"]) == rs.BANDS
+    assert emb.meta["provider"] == provider.name
+    # a 14-band file without descriptions is read by position ("1".."14"): band 21 is missing, refused by name
+    positional = _write_modis_mosaic(tmp_path / "positional_2022-07-01.tif", ())
+    from rs_embed_core.errors import UnknownBandError
+
+    with pytest.raises(UnknownBandError, match="21"):
+        get_embedding(tiny_model.card.id, roi, day, OutputSpec.pooled(), device="cpu",
+                      backend=LocalProvider(str(positional), collection=rs.COLLECTION))
