@@ -147,6 +147,21 @@ def test_frame_order_matters(models):
     assert float((a - b).abs().max()) > 1e-2
 
 
+def test_grid_keeps_spatial_order(models):
+    """grid[:, :, row, col] is where it is on the ground: a change in one corner moves that cell most."""
+    _, ours = models
+    x = _frames(8, side=64, b=1)
+    with torch.inference_mode():
+        base = ours.net(x)
+    assert base.shape[-2:] == (4, 4)
+    for row, col in ((0, 0), (0, 3), (3, 1)):
+        y = x.clone()
+        y[..., row * 16:(row + 1) * 16, col * 16:(col + 1) * 16] += 3.0
+        with torch.inference_mode():
+            moved = (ours.net(y) - base).abs().mean(dim=(0, 1))
+        assert divmod(int(moved.argmax()), 4) == (row, col)
+
+
 def test_window_shapes_per_stage(models):
     """Attention runs on (frames x 7 x 7) windows while the map is larger than the window, on the whole map after."""
     _, ours = models
