@@ -194,6 +194,8 @@ class SatVisionSwinV2(nn.Module):
 def checkpoint_tensors(spec: WeightsSpec) -> dict[str, torch.Tensor]:
     """The file's tensors: the "module" entry of a DeepSpeed checkpoint (the published layout), else
     whatever `load_state_dict` unwraps. Read with weights_only=True (no arbitrary code) and memory-mapped."""
+    if spec.filename.lower().endswith(".safetensors"):
+        return load_state_dict(spec)
     path = weights_file(spec)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)

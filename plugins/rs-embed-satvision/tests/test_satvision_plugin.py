@@ -189,3 +189,17 @@ def test_modis_mosaic_from_local_files_reaches_the_model(tiny_model, tmp_path):
     with pytest.raises(UnknownBandError, match="21"):
         get_embedding(tiny_model.card.id, roi, day, OutputSpec.pooled(), device="cpu",
                       backend=LocalProvider(str(positional), collection=rs.COLLECTION))
+
+
+def test_a_safetensors_export_of_the_encoder_loads_too(tmp_path, monkeypatch):
+    """weights= may also be a safetensors file of the `module` entry (e.g. converted once by the user)."""
+    from safetensors.torch import save_file
+
+    from rs_embed_core.weights import CACHE_ENV, local_weights
+
+    net = rsm.SatVisionSwinV2(TINY_PARAMS)
+    sd = {f"encoder.{k}": torch.randn_like(v) for k, v in net.state_dict().items()}
+    save_file(sd, tmp_path / "svtoa.safetensors")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    loaded = rsm.build(attrs.evolve(TINY, weights=local_weights(tmp_path / "svtoa.safetensors")), "cpu")
+    assert all(torch.equal(loaded.state_dict()[k.removeprefix("encoder.")], v) for k, v in sd.items())
