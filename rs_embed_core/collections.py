@@ -143,6 +143,30 @@ _MODIS_SR = tuple(
     )
 ) + (Band("StateQA", 500, None, "500 m state flags (cloud, shadow, snow)"),)
 
+# MODIS Terra level-1B calibrated radiances at 1 km (MOD021KM v6.1, LAADS), gridded: the reflective solar
+# bands as top-of-atmosphere reflectance in percent (value x 0.01 = reflectance), the thermal emissive bands
+# as brightness temperature in kelvin (satpy's modis_l1b calibration). Band names are the MODIS band numbers.
+# Centre wavelength and bandwidth from the MODIS band table (nm); the bands SatVision-TOA uses, plus 20 and 34.
+_MODIS_L1B = tuple(
+    Band(str(k), 1000, c, d, w)
+    for k, c, w, d in (
+        (1, 645, 50, "red (TOA reflectance, %)"), (2, 858.5, 35, "near infrared (TOA reflectance, %)"),
+        (3, 469, 20, "blue (TOA reflectance, %)"), (6, 1640, 24, "short-wave infrared 1.6 um (TOA reflectance, %)"),
+        (7, 2130, 50, "short-wave infrared 2.1 um (TOA reflectance, %)"),
+        (20, 3750, 180, "mid-wave infrared 3.75 um (brightness temperature, K)"),
+        (21, 3959, 60, "mid-wave infrared 3.96 um, fire (brightness temperature, K)"),
+        (26, 1375, 30, "cirrus 1.38 um (TOA reflectance, %)"),
+        (27, 6715, 360, "water vapour 6.7 um (brightness temperature, K)"),
+        (28, 7325, 300, "water vapour 7.3 um (brightness temperature, K)"),
+        (29, 8550, 300, "thermal infrared 8.55 um (brightness temperature, K)"),
+        (30, 9730, 300, "ozone 9.73 um (brightness temperature, K)"),
+        (31, 11030, 500, "thermal infrared 11 um (brightness temperature, K)"),
+        (32, 12020, 500, "thermal infrared 12 um (brightness temperature, K)"),
+        (33, 13335, 300, "carbon dioxide 13.3 um (brightness temperature, K)"),
+        (34, 13635, 300, "carbon dioxide 13.6 um (brightness temperature, K)"),
+    )
+)
+
 # Google Satellite Embedding V1 (AlphaEarth Foundations), Earth Engine's GOOGLE/SATELLITE_EMBEDDING/V1/ANNUAL:
 # 64 unit-length axes A00-A63 in [-1, 1], 10 m, one image per UTM zone tile and year (catalogue page).
 SATELLITE_EMBEDDING = "GOOGLE/SATELLITE_EMBEDDING/V1/ANNUAL"
@@ -195,6 +219,8 @@ COLLECTIONS: dict[str, Collection] = {
                    description="Sentinel-1 C-band SAR ground range detected, backscatter in dB"),
         Collection("MODIS/061/MOD09A1", _MODIS_SR, reflectance_scale=1e-4,
                    description="MODIS Terra surface reflectance, 8-day composite, 500 m"),
+        Collection("MODIS/061/MOD021KM", _MODIS_L1B, reflectance_scale=0.01,
+                   description="MODIS Terra L1B at 1 km, gridded: TOA reflectance (%) and brightness temperature (K)"),
         Collection(SATELLITE_EMBEDDING, _GSE_BANDS, kind="embedding", annual=True,
                    description="Google Satellite Embedding V1 (AlphaEarth Foundations), annual, 10 m, 64 axes"),
     )

@@ -28,10 +28,9 @@ KNOWN_MODELS: dict[str, str] = {
     "satmaepp": "rs-embed-satmae", "scalemae": "rs-embed-scalemae", "dofa": "rs-embed-dofa",
     "olmoearth": "rs-embed-olmoearth", "croma": "rs-embed-croma", "panopticon": "rs-embed-panopticon",
     "copernicusfm": "rs-embed-copernicusfm", "ssl4eo": "rs-embed-ssl4eo", "galileo": "rs-embed-galileo",
-    "clay": "rs-embed-clay", "thor": "rs-embed-thor", "terrafm": "rs-embed-terrafm",
-    "anysat": "rs-embed-anysat",
-    "wildsat": "rs-embed-wildsat", "fomo": "rs-embed-fomo",
-    "fomonet": "rs-embed-fomo",
+    "clay": "rs-embed-clay", "thor": "rs-embed-thor", "terrafm": "rs-embed-terrafm", "anysat": "rs-embed-anysat",
+    "wildsat": "rs-embed-wildsat", "fomo": "rs-embed-fomo", "fomonet": "rs-embed-fomo", "agrifm": "rs-embed-agrifm",
+    "satvision": "rs-embed-satvision", "satvision_toa": "rs-embed-satvision",
     "gse": "rs-embed-gse", "gse_annual": "rs-embed-gse", "tessera": "rs-embed-tessera",
     "copernicus": "rs-embed-copernicus-embed", "copernicus_embed": "rs-embed-copernicus-embed",
 }

@@ -19,6 +19,7 @@ from .pos_embed import sincos_1d, sincos_2d, sincos_2d_gsd, sincos_3d
 from .timm_block import TimmAttention, TimmBlock, TimmMlp
 from .tokens import grid_to_tokens, patch_missing, pool_tokens, prepend_tokens, split_prefix, tokens_to_grid
 from .transformer import ACTIVATIONS, Attention, Block, Mlp, QuickGELU, Transformer, activation
+from .windows import relative_position_index, shifted_window_mask, window_partition, window_reverse
 from .vitpytorch import VitPytorchAttention, VitPytorchFeedForward, VitPytorchTransformer
 
 __all__ = [
@@ -75,4 +76,8 @@ __all__ = [
     "split_prefix",
     "tokens_to_grid",
     "week_hour_code",
+    "relative_position_index",
+    "shifted_window_mask",
+    "window_partition",
+    "window_reverse",
 ]

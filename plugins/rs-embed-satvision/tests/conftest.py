@@ -1,0 +1,5 @@
+"""Make torchvision (and so timm) importable beside the CPU torch: see rs_embed_core.testing.references."""
+
+from rs_embed_core.testing.references import import_torchvision
+
+import_torchvision()
