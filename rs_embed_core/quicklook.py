@@ -127,6 +127,10 @@ def write_embedding_png(emb: Any, path: str | Path, title: str | None = None) ->
     from .api import _png_rgb
 
     _check_out(path, (".png",))
+    return _embedding_canvas(emb, title).write(path, _png_rgb)
+
+
+def _embedding_canvas(emb: Any, title: str | None = None) -> _Canvas:
     cells, basis = grid_rgb(emb.data)
     h, w = cells.shape[:2]
     s = max(1, 512 // max(h, w))
@@ -148,7 +152,7 @@ def write_embedding_png(emb: Any, path: str | Path, title: str | None = None) ->
         canvas.lat_ticks(py, np.asarray(lat))
         if _projected(g.crs):
             canvas.scale_bar(g.res / s)
-    return canvas.write(path, _png_rgb)
+    return canvas
 
 
 def _projected(crs: str) -> bool:
