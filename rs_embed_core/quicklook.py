@@ -16,6 +16,7 @@ map (the core's `maps` extra) of the same colours.
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,7 +176,7 @@ class _Sample:
 
     def add(self, rows: np.ndarray) -> None:
         first = (-self.seen) % self.stride
-        part = rows[first::self.stride]
+        part = np.array(rows[first::self.stride])  # a copy: a view would keep the whole chunk alive
         self.seen += len(rows)
         self.parts.append(part)
         self.size += len(part)
@@ -205,8 +206,8 @@ class ExportColours:
 
 def export_colours(export: str | Path, model: str | None = None, level: str = "auto",
                    chunk_rows: int = 16384) -> ExportColours:
-    """One PCA basis over every item (or token cell) of `export`, and each one's colour; memory stays
-    bounded (a second read of the export when it holds more than FIT_ROWS vectors)."""
+    """One PCA basis over every item (or token cell) of `export`, and each one's colour. At most FIT_ROWS
+    vectors are held at once (larger exports are read twice: fit on a subsample, then paint)."""
     from .search_source import ExportVectors
 
     src = ExportVectors(export, model, level)
@@ -293,10 +294,10 @@ def quicklook_map(export: str | Path, model: str | None = None, level: str = "au
     lons = [p[0] for f in feats for p in f["geometry"]["coordinates"][0]]
     lats = [p[1] for f in feats for p in f["geometry"]["coordinates"][0]]
     m.fit_bounds([[min(lats), min(lons)], [max(lats), max(lons)]])
-    legend = "<br>".join(ec.basis.legend()).lower()
+    legend = "<br>".join(html.escape(t.lower()) for t in [ec.src.key, *ec.basis.legend()])
     m.get_root().html.add_child(folium.Element(
         f'<div style="position:fixed;bottom:24px;left:12px;z-index:9999;background:white;padding:4px 8px;'
-        f'font:12px sans-serif;opacity:.9">{ec.src.key}: {legend}</div>'))
+        f'font:12px sans-serif;opacity:.9">{legend}</div>'))
     return m
 
 
@@ -392,7 +393,7 @@ class _Canvas:
         if deg[-1] < deg[0]:
             pix, deg = pix[::-1], deg[::-1]
         length = self.pic.shape[1] if axis == "x" else self.pic.shape[0]
-        label_px = text_size(_degrees(-179.99999, 1e-4, pos, neg))[0] + 10 if axis == "x" else 28
+        label_px = text_size("000.0000°E")[0] + 10 if axis == "x" else 28  # room for a label, or a line
         step = _nice_step(float(deg[-1] - deg[0]), max(1, min(6, length // label_px)))
         for v in np.arange(math.ceil(deg[0] / step) * step, deg[-1] + step * 1e-9, step):
             self.ticks.append((axis, float(np.interp(v, deg, pix)), _degrees(float(v), step, pos, neg)))
