@@ -235,10 +235,14 @@ def quicklook(export: str | Path, out: str | Path, model: str | None = None, lev
     places far apart relative to their size get one panel each, named, instead (as the search score map).
     """
     from .api import _png_rgb
-    from .search_map import Footprints, _Layout
 
     _check_out(out, (".png",))
-    ec = export_colours(export, model, level)
+    return _export_canvas(export_colours(export, model, level)).write(out, _png_rgb)
+
+
+def _export_canvas(ec: ExportColours) -> _Canvas:
+    from .search_map import Footprints, _Layout
+
     fp = Footprints(ec.src)
     boxes = fp.box_of(ec.items, ec.rows, ec.cols)
     layout = _Layout.choose(boxes, ec.items, {int(i): fp.item_box(int(i)) for i in np.unique(ec.items)})
@@ -249,7 +253,7 @@ def quicklook(export: str | Path, out: str | Path, model: str | None = None, lev
         x0, y0, x1, y1 = layout.pixels(boxes[j], int(ec.items[j]))
         pic[y0:y1, x0:x1] = ec.rgb[j]
     what = "cells" if ec.src.level == "cell" else "items"
-    title = f"{Path(export).name}  {ec.src.key}  PCA RGB OF {len(boxes)} {what}"
+    title = f"{ec.src.root.name}  {ec.src.key}  PCA RGB OF {len(boxes)} {what}"
     canvas = _Canvas(pic, title, ec.basis.legend())
     if -1 in layout.frames:
         minx, maxy, kx, scale, _, _ = layout.frames[-1]
@@ -261,7 +265,7 @@ def quicklook(export: str | Path, out: str | Path, model: str | None = None, lev
         for i, (*_, ox, oy) in layout.frames.items():
             canvas.label(ec.src.names[i], ox, oy)
         canvas.note("ONE PANEL PER ITEM (PLACES FAR APART), EXPORT ORDER; EACH FOOTPRINT FILLS ITS PANEL")
-    return canvas.write(out, _png_rgb)
+    return canvas
 
 
 def quicklook_map(export: str | Path, model: str | None = None, level: str = "auto",

@@ -23,6 +23,7 @@ from rs_embed import (  # noqa: E402
     export_batch, load_export, quicklook, quicklook_map,
 )
 from rs_embed_core import quicklook as ql  # noqa: E402
+from rs_embed_core.api import _png_rgb  # noqa: E402
 from rs_embed_core.cli import main  # noqa: E402
 from rs_embed_core.sample import make_sample_scene  # noqa: E402
 
@@ -196,6 +197,26 @@ def test_export_items_share_one_basis(scene, tmp_path):
     png = _png(quicklook(scene / "items", tmp_path / "map.png"))
     colours = {tuple(c) for c in png.reshape(-1, 3)}
     assert all(tuple(c) in colours for c in ec.rgb)  # every item painted in its colour
+
+
+def test_adjacent_places_share_one_map_with_true_lon_lat_ticks(scene, tmp_path):
+    """Where the ticks say a place is, its colour is painted (read from the PNG, the ticks from the canvas)."""
+    spots = {f"p{i}{j}": (121.48 + 0.0064 * i, 31.19 + 0.0054 * j) for j in range(3) for i in range(3)}
+    export_batch([PointBuffer(lon, lat, 300) for lon, lat in spots.values()], WINDOW, out=tmp_path / "dense",
+                 names=list(spots), models=["mosaiks"], backend=f"local:{scene / 'scene'}", progress=False)
+    ec = ql.export_colours(tmp_path / "dense")
+    canvas = ql._export_canvas(ec)
+    png = _png(canvas.write(tmp_path / "dense.png", _png_rgb))
+
+    def axis(name):
+        (p0, t0), (p1, t1) = sorted((p, float(t[:-2])) for a, p, t in canvas.ticks if a == name)[:2]
+        return lambda v: p0 + (v - t0) * (p1 - p0) / (t1 - t0)
+
+    x_of, y_of = axis("x"), axis("y")
+    assert not canvas.marks and canvas.bar is not None  # one map, not panels
+    for k, (lon, lat) in enumerate(spots.values()):
+        x, y = ql._Canvas.LEFT + int(round(x_of(lon))), ql._Canvas.TOP + int(round(y_of(lat)))
+        assert (png[y, x] == ec.rgb[k]).all(), list(spots)[k]
 
 
 def test_export_cells_and_the_two_pass_path(scene, monkeypatch):
