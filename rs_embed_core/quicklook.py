@@ -419,7 +419,8 @@ class _Canvas:
         h, w = self.pic.shape[:2]
         lines = self.notes + self.legend
         width = max(w + self.LEFT + self.RIGHT, max(text_size(t)[0] for t in lines + [self.title]) + 2 * 8)
-        bottom = 6 + (14 if any(a == "x" for a, _, _ in self.ticks) else 0) + (16 if self.bar else 0) + 11 * len(lines) + 6
+        x_labels = 14 if any(a == "x" for a, _, _ in self.ticks) else 0
+        bottom = 6 + x_labels + (16 if self.bar else 0) + 11 * len(lines) + 6
         img = np.empty((self.TOP + h + bottom, width, 3), np.uint8)
         img[:] = _BG
         ox, oy = self.LEFT, self.TOP
@@ -442,7 +443,7 @@ class _Canvas:
                 y = oy + int(round(p))
                 img[y:y + 1, ox - 5:ox - 1] = _INK
                 draw_text(img, text, max(ox - 7 - tw, 0), min(max(y - th // 2, 0), img.shape[0] - th), _INK)
-        y = oy + h + 6 + (14 if any(a == "x" for a, _, _ in self.ticks) else 0)
+        y = oy + h + 6 + x_labels
         if self.bar:
             n, text = self.bar
             img[y + 4:y + 6, ox:ox + n] = _INK
