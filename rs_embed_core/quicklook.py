@@ -377,7 +377,7 @@ def _degrees(v: float, step: float, pos: str, neg: str) -> str:
 class _Canvas:
     """A picture with margins: title above, lat ticks left, lon ticks, scale bar and legend below."""
 
-    LEFT, TOP, RIGHT = 72, 30, 24
+    LEFT, TOP, RIGHT = 72, 30, 36
 
     def __init__(self, pic: np.ndarray, title: str, legend: list[str]) -> None:
         self.pic = pic
@@ -397,7 +397,7 @@ class _Canvas:
         if deg[-1] < deg[0]:
             pix, deg = pix[::-1], deg[::-1]
         length = self.pic.shape[1] if axis == "x" else self.pic.shape[0]
-        label_px = text_size("000.0000°E")[0] + 10 if axis == "x" else 28  # room for a label, or a line
+        label_px = text_size("000.0000°E")[0] + 18 if axis == "x" else 28  # room for a label, or a line
         step = _nice_step(float(deg[-1] - deg[0]), max(1, min(6, length // label_px)))
         for v in np.arange(math.ceil(deg[0] / step) * step, deg[-1] + step * 1e-9, step):
             self.ticks.append((axis, float(np.interp(v, deg, pix)), _degrees(float(v), step, pos, neg)))
