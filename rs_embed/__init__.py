@@ -19,6 +19,7 @@ from rs_embed_core.errors import (
     DataNotFoundError,
     DimensionMismatchError,
     IncomparableQueryError,
+    MissingExtraError,
     ModelNotInExportError,
     NoTextTowerError,
     SearchError,
@@ -43,6 +44,7 @@ from rs_embed_core.card import WeightsSpec
 from rs_embed_core.export import ExportResult, ExportWarning, LoadedExport, ModelRequest, export_batch, export_npz, load_export
 from rs_embed_core.grid import GridSpec
 from rs_embed_core.retry import RetryPolicy
+from rs_embed_core.quicklook import quicklook, quicklook_map
 from rs_embed_core.search import LonLat, TextQuery, build_index, search
 from rs_embed_core.runner import LowValidDataWarning, SaturatedInputWarning
 from rs_embed_core.tiling import TileSpec
@@ -53,7 +55,7 @@ __all__ = [
     "BatchError", "DimensionMismatchError", "IncomparableQueryError", "ModelNotInExportError", "NoTextTowerError",
     "SearchError", "UnknownItemError", "FetchTimeoutError", "ItemError", "ItemFailedError", "LowValidDataError", "LowValidDataWarning", "SaturatedInputWarning",
     "ExportError", "ExportLockedError", "ExportResult", "ExportWarning", "LoadedExport", "ModelRequest", "export_batch", "export_npz", "load_export",
-    "LonLat", "TextQuery", "build_index", "search",
+    "LonLat", "TextQuery", "build_index", "search", "MissingExtraError", "quicklook", "quicklook_map",
     "RetryPolicy", "TileSpec", "TransientProviderError", "UnknownProviderError", "WeightsSpec",
     "BBox", "DataNotFoundError", "Embedding", "GridSpec", "LocalProvider", "OutputSpec", "PluginError", "PointBuffer",
     "ProviderError", "RsEmbedError", "SensorSpec", "SpecError", "Step", "TemporalSpec", "UnknownBandError",

@@ -523,6 +523,30 @@ def sample_data(out_dir: str) -> None:
     click.echo(str(pts))
 
 
+@main.command("quicklook")
+@click.argument("export", type=click.Path(file_okay=False))
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="map.png (a picture with lon/lat axes) or map.html (interactive; needs the `maps` extra).")
+@click.option("--model", help="The export's model key or id (when it holds several).")
+@click.option("--level", type=click.Choice(["auto", "item", "cell"]), default="auto", show_default=True,
+              help="Items, or the token cells of a grid export (auto: cells for grid exports).")
+def quicklook_command(export: str, out_path: str, model: str | None, level: str) -> None:
+    """Map EXPORT's embeddings in PCA colours (PC1-3 -> RGB): similar embeddings look alike."""
+    from .errors import SpecError
+    from .quicklook import quicklook, quicklook_map
+
+    suffix = Path(out_path).suffix.lower()
+    if suffix not in (".png", ".html"):
+        raise SpecError(f"--out must end in .png or .html, got {out_path}")
+    _writable_file(out_path, "--out")
+    if suffix == ".png":
+        quicklook(export, out_path, model=model, level=level)
+    else:
+        html = quicklook_map(export, model=model, level=level).get_root().render().encode()
+        _atomic_write(out_path, lambda f: f.write(html))
+    click.echo(f"wrote {out_path}", err=True)
+
+
 from .search_cli import search_command  # noqa: E402 - the command lives in its own module
 
 main.add_command(search_command)

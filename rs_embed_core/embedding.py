@@ -26,6 +26,13 @@ class Embedding:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.data.shape)
 
+    def quicklook(self, path: str, title: str | None = None) -> str:
+        """Write a PNG of a grid embedding's PCA colours (PC1-3 -> RGB, 2-98 percentile stretch; similar
+        cells look alike), north up with lon/lat ticks; returns the path. See rs_embed_core.quicklook."""
+        from .quicklook import write_embedding_png
+
+        return write_embedding_png(self, path, title)
+
     def to_xarray(self):
         """An xarray.DataArray: dims ("band",) or ("band", "y", "x") with UTM coordinates."""
         try:

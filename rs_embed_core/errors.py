@@ -101,6 +101,16 @@ class DimensionMismatchError(IncomparableQueryError):
 
 class NoTextTowerError(IncomparableQueryError):
     """A text query on a model without a text tower (only CLIP-style models such as RemoteCLIP embed text)."""
+
+
+class MissingExtraError(RsEmbedError, ImportError):
+    """An optional feature needs a package of one of the core's extras (`.extra`, e.g. "maps"), not installed."""
+
+    def __init__(self, message: str, extra: str) -> None:
+        super().__init__(message)
+        self.extra = extra
+
+
 class ExportError(RsEmbedError):
     """An export folder is damaged (manifest, journal or a deliverable unreadable); the message says what and
     what to do (usually: rerun with resume=True, which rebuilds the deliverables from the verified parts)."""

@@ -36,26 +36,16 @@ def ramp(t: np.ndarray) -> np.ndarray:
     return np.round(_RAMP[lo] * (1 - f) + _RAMP[lo + 1] * f).astype(np.uint8)
 
 
-class ScoreMap:
-    """Collects (box, score) of every scanned row, then paints them (`add` is the scan's callback)."""
+class Footprints:
+    """The lon/lat bounding boxes of an export's items or token cells (what the PNG maps paint)."""
 
     def __init__(self, src: ExportVectors) -> None:
         self.src = src
-        self.boxes: list[np.ndarray] = []  # (n, 4): minlon, minlat, maxlon, maxlat
-        self.scores: list[np.ndarray] = []
-        self.kept: list[np.ndarray] = []  # False: left out by `where` or the query itself (drawn grey)
-        self.items: list[np.ndarray] = []
         self._item_box: dict[int, np.ndarray] = {}
-
-    def add(self, chunk: Chunk, scores: np.ndarray, kept: np.ndarray | None) -> None:
-        self.boxes.append(self.box_of(chunk.items, chunk.rows, chunk.cols))
-        self.scores.append(np.asarray(scores, np.float64))
-        self.kept.append(np.ones(len(scores), bool) if kept is None else kept)
-        self.items.append(np.asarray(chunk.items, np.int64))
 
     def box_of(self, items: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         if self.src.level == "item":
-            return np.stack([self._item(int(i)) for i in items]) if len(items) else np.zeros((0, 4))
+            return np.stack([self.item_box(int(i)) for i in items]) if len(items) else np.zeros((0, 4))
         from .grid import _transformer
 
         out = np.zeros((len(items), 4))
@@ -70,12 +60,29 @@ class ScoreMap:
             out[sel] = np.stack([lon.min(0), lat.min(0), lon.max(0), lat.max(0)], axis=1)
         return out
 
-    def _item(self, i: int) -> np.ndarray:
+    def item_box(self, i: int) -> np.ndarray:
         box = self._item_box.get(i)
         if box is None:
             ring = np.asarray(self.src.item_footprint(i))
             box = self._item_box[i] = np.array([ring[:, 0].min(), ring[:, 1].min(), ring[:, 0].max(), ring[:, 1].max()])
         return box
+
+
+class ScoreMap(Footprints):
+    """Collects (box, score) of every scanned row, then paints them (`add` is the scan's callback)."""
+
+    def __init__(self, src: ExportVectors) -> None:
+        super().__init__(src)
+        self.boxes: list[np.ndarray] = []  # (n, 4): minlon, minlat, maxlon, maxlat
+        self.scores: list[np.ndarray] = []
+        self.kept: list[np.ndarray] = []  # False: left out by `where` or the query itself (drawn grey)
+        self.items: list[np.ndarray] = []
+
+    def add(self, chunk: Chunk, scores: np.ndarray, kept: np.ndarray | None) -> None:
+        self.boxes.append(self.box_of(chunk.items, chunk.rows, chunk.cols))
+        self.scores.append(np.asarray(scores, np.float64))
+        self.kept.append(np.ones(len(scores), bool) if kept is None else kept)
+        self.items.append(np.asarray(chunk.items, np.int64))
 
     def write(self, path: str, hits: Any, parts: list[Any]) -> str:
         from .api import _png_rgb
@@ -85,7 +92,7 @@ class ScoreMap:
         scores = np.concatenate(self.scores) if self.scores else np.zeros(0)
         kept = np.concatenate(self.kept) if self.kept else np.zeros(0, bool)
         lo, hi = (float(scores[kept].min()), float(scores[kept].max())) if kept.any() else (0.0, 1.0)
-        layout = _Layout.choose(boxes, items, {int(i): self._item(int(i)) for i in np.unique(items)})
+        layout = _Layout.choose(boxes, items, {int(i): self.item_box(int(i)) for i in np.unique(items)})
         w, h = layout.size
         img = np.empty((h + _BAR + 4, w, 3), np.uint8)
         img[:] = _BACKGROUND
@@ -112,7 +119,7 @@ class ScoreMap:
             outline(b, int(i), _HIT)
         for p in parts:
             if p.exclude_item is not None:
-                outline(self._item(p.exclude_item), p.exclude_item, _QUERY, fill=self.src.level == "item")
+                outline(self.item_box(p.exclude_item), p.exclude_item, _QUERY, fill=self.src.level == "item")
             elif p.exclude_cell is not None:
                 i, r, c = p.exclude_cell
                 outline(self.box_of(np.asarray([i]), np.asarray([r]), np.asarray([c]))[0], i, _QUERY, fill=True)
