@@ -48,7 +48,7 @@ from .forward import check_precision
 from .workers import check_workers
 from .specs import BBox, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
 from .tiling import TileSpec
-from .weights import pinned_digest
+from .weights import weights_record
 
 LAYOUTS = ("per_item", "combined")
 FORMATS = ("auto", "parquet", "npz")
@@ -865,10 +865,7 @@ def _manifest(request, reqs, jobs, spatials, shown, final, files, stats, skipped
             "model": job.card.id, "variant": job.variant.name,
             "dimensions": job.variant.pooled_dim if job.output.mode == "pooled" else job.variant.grid_dim,
             "output": converter.unstructure(job.output),
-            "weights": None if w is None else {"repo_id": w.repo_id, "revision": w.revision,
-                                               "filename": w.filename, "sha256": pinned_digest(w),
-                                               **({"url": w.url, "size": w.size} if w.url else {}),
-                                               **({"path": w.path} if w.path else {})},
+            "weights": weights_record(w),
             "preprocessing": [s.to_dict() for s in job.steps],
             "sensors": [converter.unstructure(s) for s in job.sensors],
             "device": job.device,

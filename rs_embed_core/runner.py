@@ -39,6 +39,7 @@ from .plan import plan_fetches, users_of
 from .prepare import PrepSpec, Prepared, prepare
 from .preprocess import chain_to_meta, check_chain
 from .providers import Provider
+from .weights import weights_record
 from .workers import check_workers
 from .raster import Raster, RasterHead
 from .registry import embedder_class, embedder_plugin, provider_factory
@@ -287,8 +288,7 @@ def job_meta(job: Job, provider: Provider, temporal: TemporalSpec, valid_policy:
     return {
         "model": job.card.id,
         "variant": job.variant.name,
-        "weights": None if w is None else {"repo_id": w.repo_id, "revision": w.revision, "filename": w.filename,
-                                           "sha256": w.sha256, **({"path": w.path} if w.path else {})},
+        "weights": weights_record(w),
         "plugin": embedder_plugin(job.card.id),
         "provider": getattr(provider, "name", type(provider).__name__),
         "sensor": sensors[0] if len(sensors) == 1 else sensors,

@@ -41,6 +41,7 @@ __all__ = [
     "rs_embed_cache_dir",
     "weights_file",
     "pinned_digest",
+    "weights_record",
     "load_state_dict",
     "strict_load",
 ]
@@ -323,6 +324,15 @@ def _pin_fields(spec: WeightsSpec) -> dict[str, str]:
 
 def _is_digest(value: Any) -> bool:
     return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def weights_record(spec: WeightsSpec | None) -> dict[str, Any] | None:
+    """What an embedding's meta and an export's manifest say about the weights that made it."""
+    if spec is None:
+        return None
+    return {"repo_id": spec.repo_id, "revision": spec.revision, "filename": spec.filename,
+            "sha256": pinned_digest(spec), **({"url": spec.url, "size": spec.size} if spec.url else {}),
+            **({"path": spec.path} if spec.path else {})}
 
 
 def pinned_digest(spec: WeightsSpec) -> str | None:
