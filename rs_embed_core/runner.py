@@ -28,7 +28,7 @@ from . import __version__
 from .card import ModelCard, Step, Variant
 from .convert import converter
 from .embedder import BatchContext, Embedder
-from .assemble import make_embedding
+from .assemble import cell_valid, make_embedding
 from .embedding import Embedding
 from .errors import BatchError, ItemError, LowValidDataError, RsEmbedError, SpecError
 from .fetching import fetch_stream, raster_cache  # noqa: F401  (raster_cache: re-exported for tests)
@@ -323,6 +323,7 @@ class _Partial:
     fetched: Raster
     grids: dict[int, np.ndarray] = attrs.field(factory=dict)
     pooled: dict[int, np.ndarray] = attrs.field(factory=dict)
+    valid: dict[int, np.ndarray] = attrs.field(factory=dict)  # tile -> its token cells' valid fractions
 
 
 def _describe(spatial: Any) -> str:
@@ -393,7 +394,7 @@ def run(
         return i, j, result
 
     def embedding(i: int, j: int, pooled: np.ndarray | None, grid: np.ndarray | None, prepped: Raster,
-                  fetched: Raster, tiling: dict[str, Any] | None, out_grid=None) -> Embedding:
+                  fetched: Raster, tiling: dict[str, Any] | None, out_grid=None, out_valid=None) -> Embedding:
         job = jobs[j]
         meta = {
             **metas[j],
@@ -408,7 +409,7 @@ def run(
             meta["name"] = names[i]
         if tiling is not None:
             meta["tiling"] = tiling
-        return make_embedding(job.card, job.output, pooled, grid, prepped, meta, out_grid)
+        return make_embedding(job.card, job.output, pooled, grid, prepped, meta, out_grid, out_valid)
 
     def flush(j: int) -> Iterator[tuple[int, int, Embedding | ItemError]]:
         pieces = pending[j]
@@ -478,6 +479,7 @@ def run(
                     f"model {job.card.id!r} returns no token grid, so its tiles cannot be stitched; use input_prep='resize'")))
                 continue
             part.grids[p.tile] = grid[b]
+            part.valid[p.tile] = cell_valid(p.prepped, grid.shape[3], grid.shape[2])
             if pooled is not None:
                 part.pooled[p.tile] = pooled[b]
             if len(part.grids) == len(part.plan.offsets):
@@ -488,14 +490,15 @@ def run(
         order = range(len(part.plan.offsets))
         try:
             pooled_list = [part.pooled[k] for k in order] if len(part.pooled) == len(part.plan.offsets) else None
-            g, g_spec, vec = stitch(part.plan, part.fetched.grid, [part.grids[k] for k in order], pooled_list)
+            g, g_spec, vec, cells = stitch(part.plan, part.fetched.grid, [part.grids[k] for k in order], pooled_list,
+                                           [part.valid[k] for k in order])
         except RsEmbedError as exc:
             return item_error(i, j, "model", exc)
         tiling = {**part.plan.to_meta(), "pooled": "area-weighted mean of the tiles' pooled vectors"
                   if job.output.pooling == "model" else f"{job.output.pooling} of the stitched grid"}
         prepped_meta = last.replace(grid=part.fetched.grid)
         try:
-            return embedding(i, j, vec, g, prepped_meta, part.fetched, tiling, out_grid=g_spec)
+            return embedding(i, j, vec, g, prepped_meta, part.fetched, tiling, out_grid=g_spec, out_valid=cells)
         except RsEmbedError as exc:
             return item_error(i, j, "model", exc)
 
