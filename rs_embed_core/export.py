@@ -381,30 +381,46 @@ def _jsonable(v: Any) -> Any:
     return json.loads(json.dumps(v, default=str))
 
 
+_ABSENT = object()
+MAX_DIFFS = 8  # differing fields named in a refused resume's error; the rest are counted
+
+
+def _show(v: Any) -> str:
+    text = "(absent)" if v is _ABSENT else json.dumps(v, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _changes(old: Any, new: Any, path: str) -> list[str]:
+    """`path: old -> new` for every leaf where two JSON documents differ (lists compared position by position)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = list(old) + [k for k in new if k not in old]
+        return [c for k in keys for c in _changes(old.get(k, _ABSENT), new.get(k, _ABSENT), f"{path}.{k}" if path else k)]
+    if isinstance(old, list) and isinstance(new, list):
+        head = [] if len(old) == len(new) else [f"{path}: {len(old)} -> {len(new)} entries"]
+        return head + [c for i in range(min(len(old), len(new))) for c in _changes(old[i], new[i], f"{path}[{i}]")]
+    return [] if old == new else [f"{path}: {_show(old)} -> {_show(new)}"]
+
+
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    changed = []
-    for k in sorted(set(old) | set(new)):
-        if k == "backend":  # a provider object's repr is not a stable identity; compare names only
-            a, b = old.get(k), new.get(k)
-            a = a.get("provider") if isinstance(a, dict) else a
-            b = b.get("provider") if isinstance(b, dict) else b
-            if a != b:
-                changed.append(f"backend ({a!r} -> {b!r})")
-            continue
-        if old.get(k) != new.get(k):
-            if k == "spatials" and isinstance(old.get(k), list) and isinstance(new.get(k), list):
-                changed.append(f"spatials ({len(old[k])} -> {len(new[k])} ROIs, or their coordinates)")
-            else:
-                changed.append(f"{k} ({json.dumps(old.get(k))[:80]} -> {json.dumps(new.get(k))[:80]})")
+    """The fields in which a resumed request differs from the folder's, each with both values, at most MAX_DIFFS."""
+    old, new = dict(old), dict(new)
+    a, b = old.pop("backend", None), new.pop("backend", None)
+    # a provider object's repr is not a stable identity: compare provider names only
+    a = a.get("provider") if isinstance(a, dict) else a
+    b = b.get("provider") if isinstance(b, dict) else b
+    changed = _changes(old, new, "") + ([] if a == b else [f"backend: {_show(a)} -> {_show(b)}"])
+    if len(changed) > MAX_DIFFS:
+        changed = changed[:MAX_DIFFS] + [f"... and {len(changed) - MAX_DIFFS} more"]
     return changed
 
 
 # ---------------------------------------------------------------- result
 
 
-@frozen(eq=False)
+@frozen(eq=False, repr=False)
 class ExportResult:
-    """What an export wrote: the folder, the manifest, and the counts."""
+    """What an export wrote: the folder, the manifest, and the counts. Its repr is one line (the manifest is
+    `result.manifest`, or OUT/manifest.json)."""
 
     out: Path
     manifest: dict[str, Any]
@@ -412,6 +428,12 @@ class ExportResult:
     ok: int
     failed: int
     skipped: int  # (item, model) pairs already done by an earlier run (resume)
+
+    def __repr__(self) -> str:
+        files = ", ".join(f"{k!r}: {v!r}" if isinstance(v, str) or v is None else f"{k!r}: {len(v)} files"
+                          for k, v in self.files.items())
+        return (f"ExportResult(out={str(self.out)!r}, ok={self.ok}, failed={self.failed}, skipped={self.skipped}, "
+                f"complete={self.manifest.get('complete')}, files={{{files}}})")
 
 
 # ---------------------------------------------------------------- export
@@ -502,8 +524,9 @@ def export_batch(
                 raise SpecError(f"{root} already holds an export; pass resume=True to continue it, or choose another out")
             changed = _diff(_pinned_request(root), request)
             if changed:
-                raise SpecError(f"{root} holds an export of a different request: {'; '.join(changed)}. "
-                                "Use another out folder (nothing there was changed).")
+                raise SpecError(f"{root} holds an export of a different request; what differs (that folder's -> "
+                                "this call's):\n  " + "\n  ".join(changed) +
+                                "\nUse another out folder, or repeat the original request (nothing there was changed).")
         elif any(not p.name.startswith(".") for p in root.iterdir()):
             raise SpecError(f"{root} is not empty and holds no rs-embed export; choose an empty or new folder")
         remove_stale_temporaries(root)
