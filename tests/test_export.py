@@ -354,4 +354,4 @@ def test_export_result_prints_one_line_and_a_variant_has_its_own_key(tmp_path):
     got = load_export(tmp_path / "out")
     assert set(got.embeddings) == {"mosaiks-k1024", "spectral_stats"} and got.embeddings["mosaiks-k1024"].shape[1] == 2048
     doc = (Path(__file__).resolve().parents[1] / "docs" / "export.md").read_text()
-    assert "`mosaiks-k1024`" in doc  # the naming rule is documented where the files are
+    assert 'data.embeddings["mosaiks-k1024"]' in doc and "output key" in doc  # the rule is documented
