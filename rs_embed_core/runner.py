@@ -37,6 +37,7 @@ from .forward import DEFAULT_PRECISION, check_device_precision, check_precision,
 from .grid import grid_for
 from .plan import plan_fetches, users_of
 from .prepare import PrepSpec, Prepared, prepare
+from .progress import RunProgress
 from .preprocess import chain_to_meta, check_chain
 from .providers import Provider
 from .workers import check_workers
@@ -363,11 +364,7 @@ def run(
     same_key = Counter(r.key for r in requests)
     refuse = min_valid_fraction if on_low_valid == "error" else None
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(spatials) * len(jobs), unit="emb", leave=False,
-               desc="embed " + ",".join(j.card.id for j in jobs),
-               disable={None: None, True: False, False: True}[progress])
+    bar = RunProgress(len(spatials) * len(jobs), "embed " + ",".join(j.card.id for j in jobs), progress, len(requests))
     got: dict[int, Raster | BaseException] = {}  # fetched, until every user took it
     attempts_of: dict[int, int] = {}  # request -> attempts its fetch took
     item_attempts: dict[int, int] = {}  # item -> the most attempts of its fetches
@@ -390,7 +387,7 @@ def run(
     def finish(i: int, j: int, result: Embedding | ItemError) -> tuple[int, int, Embedding | ItemError]:
         partial.pop((i, j), None)
         fetched_of.pop((i, j), None)
-        bar.update(1)
+        bar.item_done(isinstance(result, ItemError))
         return i, j, result
 
     def embedding(i: int, j: int, pooled: np.ndarray | None, grid: np.ndarray | None, prepped: Raster,
@@ -480,6 +477,7 @@ def run(
                 continue
             part.grids[p.tile] = grid[b]
             part.valid[p.tile] = cell_valid(p.prepped, grid.shape[3], grid.shape[2])
+            bar.tile_done()
             if pooled is not None:
                 part.pooled[p.tile] = pooled[b]
             if len(part.grids) == len(part.plan.offsets):
@@ -536,6 +534,7 @@ def run(
         fetched_of[(i, j)] = fetched
         if ready.plan is not None:
             partial[(i, j)] = _Partial(ready.plan, fetched)
+            bar.tiles_planned(len(ready.plan.offsets))
         for step, frac in ready.prepped[0].meta.get("saturated", {}).items():
             if frac > SATURATION_WARN:
                 saturated.setdefault(f"{job.card.id}:{step}", []).append(i)
@@ -549,6 +548,7 @@ def run(
                                                           workers=workers):
             got[r] = result
             attempts_of[r] = attempts
+            bar.fetch_done()
             if on_input is not None and isinstance(result, (Raster, RasterHead)):
                 on_input(requests[r], result, sorted({i for i, _ in users.get(r, [])}))
             for i, j in users.get(r, []):
