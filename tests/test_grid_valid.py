@@ -154,3 +154,15 @@ def test_an_unfinished_export_reads_masks_from_its_parts(tmp_path):
         warnings.simplefilter("ignore", ex.ExportWarning)
         got = load_export(tmp_path / "out")
     np.testing.assert_array_equal(got.valid["tiny_test_model"][0], expected_cells(32, 4).astype(np.float32))
+
+
+def test_export_npz_keeps_the_mask(tmp_path):
+    pytest.importorskip("pyarrow")
+    from rs_embed import export_npz
+
+    p = aligned_point(32)
+    ref = get_embedding("tiny_test_model", p, WINDOW, OutputSpec.grid(), backend=Holed())
+    dest = export_npz(p, WINDOW, ["tiny_test_model"], tmp_path / "one.npz", backend=Holed(), output=OutputSpec.grid())
+    with np.load(dest, allow_pickle=False) as z:
+        np.testing.assert_array_equal(z["tiny_test_model__valid"], ref.valid)
+        np.testing.assert_array_equal(z["tiny_test_model"], ref.data)
