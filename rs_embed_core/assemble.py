@@ -33,8 +33,11 @@ def cell_valid(raster: Raster, width: int, height: int) -> np.ndarray:
     width x height grid that divides its footprint (a model's token grid). Exact: 1.0 = all valid, 0.0 = none."""
     t, h, w = raster.valid.shape
     share = raster.valid.mean(axis=0, dtype=np.float64) if t else np.zeros((h, w))
-    ly, lx = _overlaps(h, height), _overlaps(w, width)
-    frac = ly @ share @ lx.T / (h * w)  # a cell is h units tall and w units wide
+    if h % height == 0 and w % width == 0:  # whole pixels per cell (tokens, or a product's own pixels): block means
+        frac = share.reshape(height, h // height, width, w // width).mean(axis=(1, 3))
+    else:
+        ly, lx = _overlaps(h, height), _overlaps(w, width)
+        frac = ly @ share @ lx.T / (h * w)  # a cell is h units tall and w units wide
     return np.clip(frac, 0.0, 1.0).astype(np.float32)
 
 
