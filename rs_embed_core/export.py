@@ -234,8 +234,8 @@ def _belonging(recs: dict[tuple[int, str], dict[str, Any]], n: int, keys: list[s
 def _load_part(path: Path) -> Embedding:
     with np.load(path, allow_pickle=False) as z:
         grid = json.loads(str(z["grid"]))
-        return Embedding(z["data"], json.loads(str(z["meta"])), None if grid is None else converter.structure(grid, GridSpec),
-                         z["valid"] if "valid" in z.files else None)
+        spec = None if grid is None else converter.structure(grid, GridSpec)
+        return Embedding(z["data"], json.loads(str(z["meta"])), spec, z["valid"] if "valid" in z.files else None)
 
 
 class Journal:
@@ -394,7 +394,8 @@ def _changes(old: Any, new: Any, path: str) -> list[str]:
     """`path: old -> new` for every leaf where two JSON documents differ (lists compared position by position)."""
     if isinstance(old, dict) and isinstance(new, dict):
         keys = list(old) + [k for k in new if k not in old]
-        return [c for k in keys for c in _changes(old.get(k, _ABSENT), new.get(k, _ABSENT), f"{path}.{k}" if path else k)]
+        return [c for k in keys
+                for c in _changes(old.get(k, _ABSENT), new.get(k, _ABSENT), f"{path}.{k}" if path else k)]
     if isinstance(old, list) and isinstance(new, list):
         head = [] if len(old) == len(new) else [f"{path}: {len(old)} -> {len(new)} entries"]
         return head + [c for i in range(min(len(old), len(new))) for c in _changes(old[i], new[i], f"{path}[{i}]")]

@@ -213,9 +213,11 @@ def test_output_files_honour_the_umask_and_grammar(tmp_path):
     assert "wrote 1 embedding (" in r.output
     with np.load(out) as z:  # grid npz keeps the georeferencing and the cell valid mask
         assert z["crs"][0].startswith("EPSG:326") and z["transform"].shape == (1, 6)
-        assert z["valid"].shape == (1, 4, 4) and z["valid"][0, 0, 0] == 60 / 64 and (z["valid"][0].ravel()[1:] == 1).all()
+        assert z["valid"].shape == (1, 4, 4) and z["valid"][0, 0, 0] == 60 / 64
+        assert (z["valid"][0].ravel()[1:] == 1).all()
     r = CliRunner().invoke(main, ["embed", "tiny_test_model", "--point", "121.5,31.2,160", "--year", "2022",
-                                  "--backend", "world", "--output", "grid", "--out", str(tmp_path / "g.json"), "--quiet"])
+                                  "--backend", "world", "--output", "grid", "--out", str(tmp_path / "g.json"),
+                                  "--quiet"])
     assert r.exit_code == 0, r.output
     grid = json.loads((tmp_path / "g.json").read_text())[0]["grid"]
     assert grid["valid"][0][:2] == [60 / 64, 1.0]

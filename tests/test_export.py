@@ -352,6 +352,7 @@ def test_export_result_prints_one_line_and_a_variant_has_its_own_key(tmp_path):
     assert "ok=6, failed=0, skipped=0, complete=True" in text and "'mosaiks-k1024': 'mosaiks-k1024.parquet'" in text
     assert "spatials" not in text  # no manifest dump
     got = load_export(tmp_path / "out")
-    assert set(got.embeddings) == {"mosaiks-k1024", "spectral_stats"} and got.embeddings["mosaiks-k1024"].shape[1] == 2048
+    assert set(got.embeddings) == {"mosaiks-k1024", "spectral_stats"}
+    assert got.embeddings["mosaiks-k1024"].shape[1] == 2048
     doc = (Path(__file__).resolve().parents[1] / "docs" / "export.md").read_text()
     assert 'data.embeddings["mosaiks-k1024"]' in doc and "output key" in doc  # the rule is documented

@@ -79,7 +79,8 @@ def test_failures_are_counted_in_the_summary(capsys):
     out = get_embeddings_batch("tiny_test_model", [aligned_point(32), aligned_point(64)], WINDOW, backend=Broken(),
                                progress=True, continue_on_error=True, max_retries=0)
     assert out[1].__class__.__name__ == "ItemError"
-    assert lines(capsys.readouterr().err)[-1].startswith("embed tiny_test_model: 1 of 2 embeddings, 1 failed, 2 fetches")
+    last = lines(capsys.readouterr().err)[-1]
+    assert last.startswith("embed tiny_test_model: 1 of 2 embeddings, 1 failed, 2 fetches")
 
 
 def test_quiet_when_asked_off_a_terminal_or_quick(capsys, monkeypatch):
