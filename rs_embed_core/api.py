@@ -89,17 +89,20 @@ def get_embedding(
     min_valid_fraction: float = DEFAULT_MIN_VALID_FRACTION,
     on_low_valid: str = "warn",
     precision: str = "fp32",
+    progress: bool | None = None,
 ) -> Embedding:
     """The embedding of one ROI: exactly `get_embeddings_batch(model, [spatial], ...)[0]`.
 
-    A failure raises the original typed error (ProviderError, DataNotFoundError, ...).
+    A failure raises the original typed error (ProviderError, DataNotFoundError, ...). `progress`: None
+    shows fetch and tile progress on a terminal only when the call lasts more than a couple of seconds
+    (a tiled ROI), then a one-line summary; True always, False never.
     """
     if not isinstance(spatial, (PointBuffer, BBox)):
         raise SpecError(f"spatial must be a PointBuffer or BBox, got {spatial!r}")
     try:
         return get_embeddings_batch(
             model, [spatial], temporal, output, backend, device, input_prep,
-            sensor=sensor, variant=variant, preprocessing=preprocessing, weights=weights, progress=False,
+            sensor=sensor, variant=variant, preprocessing=preprocessing, weights=weights, progress=progress,
             max_retries=max_retries, min_valid_fraction=min_valid_fraction, on_low_valid=on_low_valid,
             precision=precision,
         )[0]

@@ -353,8 +353,9 @@ def embed(model, points, bboxes, roi_file, buffer_m, start, end, year, backend, 
         if out_path.lower().endswith(".npz"):
             write_npz(out_path, names, embs)
         else:
-            doc = [{"name": n, "shape": list(e.shape), "embedding": e.data.tolist(), "meta": e.meta,
-                    "grid": None if e.grid is None else {"crs": e.grid.crs, "transform": list(e.grid.transform)}}
+            doc = [{"name": n, "shape": list(e.shape), "embedding": _json_values(e.data), "meta": e.meta,
+                    "grid": None if e.grid is None else {"crs": e.grid.crs, "transform": list(e.grid.transform),
+                                                         "valid": None if e.valid is None else e.valid.tolist()}}
                    for n, e in zip(names, embs)]
             _atomic_write(out_path, lambda f: f.write(json.dumps(doc, default=str).encode()))
         click.echo(f"wrote {len(embs)} embedding{'s' if len(embs) != 1 else ''} {tuple(embs[0].shape)} to {out_path}",
@@ -377,7 +378,7 @@ def _summary(names: list[str], embs: list[Any], to_stderr: bool = True) -> None:
         flat = np.ravel(e.data)
         head = ", ".join(f"{v:.3g}" for v in flat[:4]) + (", ..." if flat.size > 4 else "")
         click.echo(f"  {n:<{width}}  {tuple(e.shape)}  valid input {e.meta.get('valid_fraction', float('nan')):6.1%}  "
-                   f"|e| = {float(np.linalg.norm(e.data)):.4f}  [{head}]", err=to_stderr)
+                   f"|e| = {float(np.linalg.norm(flat[np.isfinite(flat)])):.4f}  [{head}]", err=to_stderr)
     if 1 < len(embs) <= 12 and embs[0].data.ndim == 1:
         x = np.stack([e.data for e in embs]).astype(np.float64)
         centred = len(embs) >= 3  # centring two vectors makes them exact opposites: cosine always -1
@@ -393,13 +394,20 @@ def _summary(names: list[str], embs: list[Any], to_stderr: bool = True) -> None:
         click.echo("(a summary: --out FILE.json or FILE.npz writes the full vectors and their metadata)")
 
 
+def _json_values(a: np.ndarray) -> Any:
+    """Nested lists for JSON, NaN (a grid cell that saw no valid input) as null."""
+    return np.where(np.isnan(a), None, a.astype(object)).tolist() if np.isnan(a).any() else a.tolist()
+
+
 def write_npz(path: str, names: list[str], embs: list[Any]) -> None:
     """One array `embeddings` (N, ...) plus `names` and per-item `meta` JSON strings; grids add each
-    token grid's `crs` and affine `transform` (a, b, c, d, e, f), so they stay georeferenced."""
+    token grid's `crs`, affine `transform` (a, b, c, d, e, f) and cell `valid` mask, so they stay georeferenced."""
     grids = {}
     if embs and embs[0].grid is not None:
         grids = {"crs": np.asarray([e.grid.crs for e in embs]),
                  "transform": np.asarray([list(e.grid.transform) for e in embs], dtype=np.float64)}
+        if all(e.valid is not None for e in embs):
+            grids["valid"] = np.stack([e.valid for e in embs])
     _atomic_write(path, lambda f: np.savez(
         f,
         embeddings=np.stack([e.data for e in embs]),

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 from attrs import field, frozen
 
+from .errors import SpecError
 from .grid import GridSpec
 
 
@@ -16,11 +17,20 @@ class Embedding:
 
     `meta` says what produced it: model id, variant, weights revision, provider, sensor,
     time window, the preprocessing chain that ran, input size, valid fraction, versions.
+    `valid` (grids only) is (h, w) float32: the fraction of the model's input values (frames x
+    pixels after preprocessing) under each cell that were valid. Cells with `valid == 0` saw only
+    fill values and hold NaN in every band of `data`; None for pooled output.
     """
 
     data: np.ndarray
     meta: dict[str, Any] = field(factory=dict)
     grid: GridSpec | None = None
+    valid: np.ndarray | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.valid is not None and (self.data.ndim != 3 or tuple(self.valid.shape) != tuple(self.data.shape[1:])):
+            raise SpecError(f"a cell valid mask of shape {tuple(self.valid.shape)} does not fit data of shape "
+                             f"{tuple(self.data.shape)}; it must be (h, w) of a (D, h, w) grid")
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -34,7 +44,8 @@ class Embedding:
         return write_embedding_png(self, path, title)
 
     def to_xarray(self):
-        """An xarray.DataArray: dims ("band",) or ("band", "y", "x") with UTM coordinates."""
+        """An xarray.DataArray: dims ("band",) or ("band", "y", "x") with UTM coordinates; a grid's cell
+        valid mask is its ("y", "x") coordinate `valid` (`da.where(da.valid > 0.5)` keeps well-covered cells)."""
         try:
             import xarray as xr
         except ImportError:
@@ -47,13 +58,11 @@ class Embedding:
             raise ValueError("a grid embedding without a GridSpec cannot be georeferenced")
         attrs["crs"] = self.grid.crs
         attrs["transform"] = list(self.grid.transform)
-        return xr.DataArray(
-            self.data,
-            dims=("band", "y", "x"),
-            coords={
-                "band": np.arange(self.data.shape[0]),
-                "y": np.asarray(self.grid.y_coords()),
-                "x": np.asarray(self.grid.x_coords()),
-            },
-            attrs=attrs,
-        )
+        coords: dict[str, Any] = {
+            "band": np.arange(self.data.shape[0]),
+            "y": np.asarray(self.grid.y_coords()),
+            "x": np.asarray(self.grid.x_coords()),
+        }
+        if self.valid is not None:
+            coords["valid"] = (("y", "x"), self.valid)
+        return xr.DataArray(self.data, dims=("band", "y", "x"), coords=coords, attrs=attrs)

@@ -200,7 +200,8 @@ def _save_part(path: Path, emb: Embedding) -> tuple[int, str]:
     meta = json.dumps(emb.meta, default=str)
     grid = json.dumps(None if emb.grid is None else converter.unstructure(emb.grid))
     buf = io.BytesIO()
-    np.savez(buf, data=emb.data, meta=np.asarray(meta), grid=np.asarray(grid))
+    extra = {} if emb.valid is None else {"valid": emb.valid}
+    np.savez(buf, data=emb.data, meta=np.asarray(meta), grid=np.asarray(grid), **extra)
     raw = buf.getvalue()
     atomic_write(path, lambda tmp: tmp.write_bytes(raw), durable=False)  # resume checks the digest instead
     return len(raw), hashlib.sha256(raw).hexdigest()
@@ -233,7 +234,8 @@ def _belonging(recs: dict[tuple[int, str], dict[str, Any]], n: int, keys: list[s
 def _load_part(path: Path) -> Embedding:
     with np.load(path, allow_pickle=False) as z:
         grid = json.loads(str(z["grid"]))
-        return Embedding(z["data"], json.loads(str(z["meta"])), None if grid is None else converter.structure(grid, GridSpec))
+        spec = None if grid is None else converter.structure(grid, GridSpec)
+        return Embedding(z["data"], json.loads(str(z["meta"])), spec, z["valid"] if "valid" in z.files else None)
 
 
 class Journal:
@@ -379,30 +381,47 @@ def _jsonable(v: Any) -> Any:
     return json.loads(json.dumps(v, default=str))
 
 
+_ABSENT = object()
+MAX_DIFFS = 8  # differing fields named in a refused resume's error; the rest are counted
+
+
+def _show(v: Any) -> str:
+    text = "(absent)" if v is _ABSENT else json.dumps(v, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _changes(old: Any, new: Any, path: str) -> list[str]:
+    """`path: old -> new` for every leaf where two JSON documents differ (lists compared position by position)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = list(old) + [k for k in new if k not in old]
+        return [c for k in keys
+                for c in _changes(old.get(k, _ABSENT), new.get(k, _ABSENT), f"{path}.{k}" if path else k)]
+    if isinstance(old, list) and isinstance(new, list):
+        head = [] if len(old) == len(new) else [f"{path}: {len(old)} -> {len(new)} entries"]
+        return head + [c for i in range(min(len(old), len(new))) for c in _changes(old[i], new[i], f"{path}[{i}]")]
+    return [] if old == new else [f"{path}: {_show(old)} -> {_show(new)}"]
+
+
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    changed = []
-    for k in sorted(set(old) | set(new)):
-        if k == "backend":  # a provider object's repr is not a stable identity; compare names only
-            a, b = old.get(k), new.get(k)
-            a = a.get("provider") if isinstance(a, dict) else a
-            b = b.get("provider") if isinstance(b, dict) else b
-            if a != b:
-                changed.append(f"backend ({a!r} -> {b!r})")
-            continue
-        if old.get(k) != new.get(k):
-            if k == "spatials" and isinstance(old.get(k), list) and isinstance(new.get(k), list):
-                changed.append(f"spatials ({len(old[k])} -> {len(new[k])} ROIs, or their coordinates)")
-            else:
-                changed.append(f"{k} ({json.dumps(old.get(k))[:80]} -> {json.dumps(new.get(k))[:80]})")
+    """The fields in which a resumed request differs from the folder's, each with both values, at most MAX_DIFFS."""
+    old, new = dict(old), dict(new)
+    a, b = old.pop("backend", None), new.pop("backend", None)
+    # a provider object's repr is not a stable identity: compare provider names only
+    a = a.get("provider") if isinstance(a, dict) else a
+    b = b.get("provider") if isinstance(b, dict) else b
+    changed = _changes(old, new, "") + ([] if a == b else [f"backend: {_show(a)} -> {_show(b)}"])
+    if len(changed) > MAX_DIFFS:
+        changed = changed[:MAX_DIFFS] + [f"... and {len(changed) - MAX_DIFFS} more"]
     return changed
 
 
 # ---------------------------------------------------------------- result
 
 
-@frozen(eq=False)
+@frozen(eq=False, repr=False)
 class ExportResult:
-    """What an export wrote: the folder, the manifest, and the counts."""
+    """What an export wrote: the folder, the manifest, and the counts. Its repr is one line (the manifest is
+    `result.manifest`, or OUT/manifest.json)."""
 
     out: Path
     manifest: dict[str, Any]
@@ -410,6 +429,12 @@ class ExportResult:
     ok: int
     failed: int
     skipped: int  # (item, model) pairs already done by an earlier run (resume)
+
+    def __repr__(self) -> str:
+        files = ", ".join(f"{k!r}: {v!r}" if isinstance(v, str) or v is None else f"{k!r}: {len(v)} files"
+                          for k, v in self.files.items())
+        return (f"ExportResult(out={str(self.out)!r}, ok={self.ok}, failed={self.failed}, skipped={self.skipped}, "
+                f"complete={self.manifest.get('complete')}, files={{{files}}})")
 
 
 # ---------------------------------------------------------------- export
@@ -500,8 +525,9 @@ def export_batch(
                 raise SpecError(f"{root} already holds an export; pass resume=True to continue it, or choose another out")
             changed = _diff(_pinned_request(root), request)
             if changed:
-                raise SpecError(f"{root} holds an export of a different request: {'; '.join(changed)}. "
-                                "Use another out folder (nothing there was changed).")
+                raise SpecError(f"{root} holds an export of a different request; what differs (that folder's -> "
+                                "this call's):\n  " + "\n  ".join(changed) +
+                                "\nUse another out folder, or repeat the original request (nothing there was changed).")
         elif any(not p.name.startswith(".") for p in root.iterdir()):
             raise SpecError(f"{root} is not empty and holds no rs-embed export; choose an empty or new folder")
         remove_stale_temporaries(root)
@@ -622,7 +648,7 @@ def export_npz(
             arrays[r.key] = z["embeddings"][0]
             arrays[f"{r.key}__meta"] = z["meta"][0]
             arrays[f"{r.key}__status"] = z["status"][0]
-            for extra in ("crs", "transform"):
+            for extra in ("crs", "transform", "valid"):
                 if extra in z:
                     arrays[f"{r.key}__{extra}"] = z[extra][0]
     atomic_write(dest, lambda p: _savez(p, **arrays))
@@ -758,11 +784,19 @@ def _write_parquet(dest: Path, r: ModelRequest, job: Job, spatials, shown, tempo
     return dest.name
 
 
+ZARR_COORDS = "name status crs y_utm x_utm"  # the non-index coordinates of the Zarr data arrays
+
+
 def _write_zarr(dest: Path, job: Job, spatials, shown, part, error) -> str:
+    """One Zarr v3 group: `embedding` (item, band, y, x) and `valid` (item, y, x), NaN-padded to the largest grid,
+    with index coordinates item/band/y/x, per item its name, status, CRS and cell-centre coordinates (`y_utm`,
+    `x_utm`, NaN in the padding), the CRS and transform of each item in the attributes, and consolidated metadata
+    so xarray and zarr open it in one read."""
     import zarr
 
+    n = len(spatials)
     shapes = {}
-    for i in range(len(spatials)):
+    for i in range(n):
         e = part(i)
         if e is not None:
             shapes[i] = e.data.shape
@@ -771,22 +805,51 @@ def _write_zarr(dest: Path, job: Job, spatials, shown, part, error) -> str:
     wmax = max((s[2] for s in shapes.values()), default=1)
     items = []
 
+    def coord(group: Any, name: str, values: np.ndarray, dims: tuple[str, ...], **attrs: Any) -> None:
+        # text as zarr's variable-length strings: its fixed-width unicode type has no v3 specification yet
+        a = group.create_array(name, shape=values.shape, dtype=str if values.dtype.kind == "U" else values.dtype,
+                               dimension_names=dims)
+        a[...] = values
+        a.attrs.update(attrs)
+
     def write(tmp: Path) -> None:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        arr = group.create_array("embedding", shape=(len(spatials), d, hmax, wmax), chunks=(1, d, hmax, wmax),
+        arr = group.create_array("embedding", shape=(n, d, hmax, wmax), chunks=(1, d, hmax, wmax),
                                  dtype="float32", fill_value=float("nan"),
                                  dimension_names=("item", "band", "y", "x"))
-        for i in range(len(spatials)):
+        valid = group.create_array("valid", shape=(n, hmax, wmax), chunks=(1, hmax, wmax), dtype="float32",
+                                   fill_value=float("nan"), dimension_names=("item", "y", "x"))
+        ys, xs = np.full((n, hmax), np.nan), np.full((n, wmax), np.nan)
+        crs, status = [""] * n, []
+        for i in range(n):
             e = part(i)
             entry: dict[str, Any] = {"id": i, "name": shown[i], "status": "ok" if e is not None else "failed",
                                      "error": error(i)}
+            status.append(entry["status"])
             if e is not None:
                 h, w = e.data.shape[1:]
                 arr[i, :, :h, :w] = e.data
+                if e.valid is not None:
+                    valid[i, :h, :w] = e.valid
+                ys[i, :h], xs[i, :w], crs[i] = e.grid.y_coords(), e.grid.x_coords(), e.grid.crs
                 entry.update(crs=e.grid.crs, transform=list(e.grid.transform), shape=[h, w])
             items.append(entry)
-        arr.attrs.update({"dims": ["item", "band", "y", "x"], "items": items, "model": job.card.id,
-                          "variant": job.variant.name})
+        coord(group, "item", np.arange(n, dtype=np.int64), ("item",))
+        coord(group, "band", np.arange(d, dtype=np.int64), ("band",))
+        coord(group, "y", np.arange(hmax, dtype=np.int64), ("y",), description="cell row in the item's grid")
+        coord(group, "x", np.arange(wmax, dtype=np.int64), ("x",), description="cell column in the item's grid")
+        coord(group, "name", np.asarray(shown, dtype=str), ("item",))
+        coord(group, "status", np.asarray(status, dtype=str), ("item",))
+        coord(group, "crs", np.asarray(crs, dtype=str), ("item",))
+        coord(group, "y_utm", ys, ("item", "y"), units="m", description="cell centre northing, in the item's crs")
+        coord(group, "x_utm", xs, ("item", "x"), units="m", description="cell centre easting, in the item's crs")
+        arr.attrs.update({"coordinates": ZARR_COORDS, "dims": ["item", "band", "y", "x"], "items": items,
+                          "model": job.card.id, "variant": job.variant.name})
+        valid.attrs.update({"coordinates": ZARR_COORDS, "description": "fraction of valid input values under each "
+                            "cell; 0: the cell saw only fill (its embedding is NaN); NaN: padding or failed item"})
+        with warnings.catch_warnings():  # consolidated metadata is zarr-python's v3 extension; xarray reads it
+            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+            zarr.consolidate_metadata(str(tmp))
 
     atomic_write(dest, write, durable=False)
     return dest.name
@@ -805,12 +868,34 @@ def _write_tiffs(root: Path, r: ModelRequest, spatials, stems, part) -> list[str
 
         def write(tmp: Path, e: Embedding = e) -> None:
             with rasterio.open(tmp, "w", driver="GTiff", width=w, height=h, count=d, dtype="float32",
-                               crs=e.grid.crs, transform=e.grid.affine(), compress="deflate") as dst:
+                               crs=e.grid.crs, transform=e.grid.affine(), compress="deflate", nodata=np.nan) as dst:
                 dst.write(e.data)
                 dst.update_tags(model=e.meta.get("model"), variant=e.meta.get("variant"))
 
+        def write_valid(tmp: Path, e: Embedding = e) -> None:
+            with rasterio.open(tmp, "w", driver="GTiff", width=w, height=h, count=1, dtype="float32",
+                               crs=e.grid.crs, transform=e.grid.affine(), compress="deflate") as dst:
+                dst.write(e.valid, 1)
+                dst.set_band_description(1, "valid_fraction")
+
         atomic_write(dest, write)
         out.append(str(dest.relative_to(root)))
+        if e.valid is not None:
+            atomic_write(_valid_tif(dest), write_valid)
+            out.append(str(_valid_tif(dest).relative_to(root)))
+    return out
+
+
+def _valid_tif(tif: Path) -> Path:
+    """The sidecar GeoTIFF holding a grid GeoTIFF's cell valid mask: `<model>.tif` -> `<model>.valid.tif`."""
+    return tif.with_name(tif.stem + ".valid.tif")
+
+
+def _padded(a: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    """`a` in the top-left corner of a NaN array of `shape` (all NaN for None)."""
+    out = np.full(shape, np.nan, np.float32)
+    if a is not None:
+        out[tuple(slice(0, k) for k in a.shape)] = a
     return out
 
 
@@ -826,16 +911,15 @@ def _write_npz(root: Path, r: ModelRequest, job: Job, spatials, shown, stems, pa
         (job.variant.pooled_dim,) if job.output.mode == "pooled" else (0,))
 
     def filled(e: Embedding | None) -> np.ndarray:
-        out = np.full(shape, np.nan, np.float32)
-        if e is not None:
-            out[tuple(slice(0, n) for n in e.data.shape)] = e.data
-        return out
+        return _padded(None if e is None else e.data, shape)
 
     extra: dict[str, np.ndarray] = {}
     if job.output.mode == "grid":
         extra["crs"] = np.asarray([e.grid.crs if e is not None else "" for e in embs])
         extra["transform"] = np.asarray([list(e.grid.transform) if e is not None else [np.nan] * 6 for e in embs])
         extra["grid_shape"] = np.asarray([list(e.data.shape[1:]) if e is not None else [0, 0] for e in embs])
+        if any(e.valid is not None for e in ok):
+            extra["valid"] = np.stack([_padded(None if e is None else e.valid, shape[1:]) for e in embs])
     if layout == "combined":
         dest = root / f"{r.key}.npz"
         atomic_write(dest, lambda p: _savez(p, embeddings=np.stack([filled(e) for e in embs]),
@@ -913,6 +997,8 @@ class LoadedExport:
     embeddings: dict[str, np.ndarray]  # model key -> (N, D) pooled, or (N, D, h, w) grids (NaN-padded)
     status: dict[str, np.ndarray]  # model key -> (N,) "ok" / "failed" / "pending"
     grids: dict[str, list[GridSpec | None]]  # model key -> per item GridSpec of grid outputs
+    # model key -> (N, h, w) cell valid fractions of grid outputs (NaN-padded like the grids; NaN for failed items)
+    valid: dict[str, np.ndarray] = field(factory=dict)
 
     @property
     def items(self) -> list[dict[str, Any]]:
@@ -940,30 +1026,33 @@ def load_export(path: str | os.PathLike[str]) -> LoadedExport:
     stems = check_names(names, n)
     if "models" not in manifest:  # the first run never finished: only the parts hold results
         return _load_parts(root, manifest, names)
-    embeddings, status, grids = {}, {}, {}
+    embeddings, status, grids, valid = {}, {}, {}, {}
     for key, info in manifest.get("models", {}).items():
         st = np.asarray([it["status"].get(key, "pending") for it in manifest["items"]])
         status[key] = st
         mode = info["output"]["mode"]
         try:
-            arr, gl = _read_deliverable(root, key, stems, layout, fmt, mode, st, n)
+            arr, gl, mask = _read_deliverable(root, key, stems, layout, fmt, mode, st, n)
         except RsEmbedError:
             raise
         except Exception as e:  # noqa: BLE001 - any reader's failure on a damaged file becomes one typed error
             raise ExportError(f"{root}: the {key!r} output is missing or damaged ({type(e).__name__}: {e}); rerun "
                               "export_batch with the same request and resume=True to rebuild it from the parts") from e
         embeddings[key], grids[key] = arr, gl
+        if mask is not None:
+            valid[key] = mask
     if not manifest.get("complete", True):
         c = manifest.get("counts", {})
         warnings.warn(f"{root} is an incomplete export: {c.get('ok', '?')} of "
                       f"{c.get('items', n) * c.get('models', len(embeddings))} (item, model) pairs are done "
                       f"({c.get('failed', '?')} failed); the others are NaN with status 'failed' or 'pending'",
                       ExportWarning, stacklevel=2)
-    return LoadedExport(root, manifest, names, embeddings, status, grids)
+    return LoadedExport(root, manifest, names, embeddings, status, grids, valid)
 
 
 def _read_deliverable(root: Path, key: str, stems: list[str], layout: str, fmt: str, mode: str, st: np.ndarray,
-                      n: int) -> tuple[np.ndarray, list[GridSpec | None]]:
+                      n: int) -> tuple[np.ndarray, list[GridSpec | None], np.ndarray | None]:
+    """(embeddings, per item grids, cell valid masks or None) of one model's output files."""
     if fmt == "npz":
         return _read_npz(root, key, stems, layout, mode)
     if mode == "pooled":
@@ -975,14 +1064,15 @@ def _read_deliverable(root: Path, key: str, stems: list[str], layout: str, fmt: 
         for i, v in zip(table.column("id").to_pylist(), table.column("embedding").to_pylist()):
             if v is not None:
                 arr[i] = v
-        return arr, [None] * n
+        return arr, [None] * n, None
     if layout == "combined":
         import zarr
 
-        z = zarr.open_group(str(root / f"{key}.zarr"), mode="r")["embedding"]
+        group = zarr.open_group(str(root / f"{key}.zarr"), mode="r")
+        z = group["embedding"]
         gl = [None if it.get("crs") is None else _grid_of(it["crs"], it["transform"], it["shape"])
               for it in z.attrs["items"]]
-        return np.asarray(z[:]), gl
+        return np.asarray(z[:]), gl, np.asarray(group["valid"][:]) if "valid" in group else None
     return _read_tiffs(root, key, stems, st)
 
 
@@ -991,7 +1081,7 @@ def _load_parts(root: Path, manifest: dict[str, Any], names: list[str]) -> Loade
     n = len(names)
     keys = [ModelRequest(m["model"], m.get("variant")).key for m in manifest["request"].get("models", [])]
     recs = _belonging(Journal(root / JOURNAL).read() if (root / JOURNAL).is_file() else {}, n, keys, None)
-    embeddings, status, grids = {}, {}, {}
+    embeddings, status, grids, valid = {}, {}, {}, {}
     for key in keys:
         embs: list[Embedding | None] = [None] * n
         st = np.asarray(["pending"] * n, dtype=object)
@@ -1012,11 +1102,13 @@ def _load_parts(root: Path, manifest: dict[str, Any], names: list[str]) -> Loade
                 arr[(i, *(slice(0, k) for k in e.data.shape))] = e.data
         embeddings[key], status[key] = arr, st.astype(str)
         grids[key] = [None if e is None else e.grid for e in embs]
+        if any(e is not None and e.valid is not None for e in embs):
+            valid[key] = np.stack([_padded(None if e is None else e.valid, shape[1:]) for e in embs])
     done = sum(int((s == "ok").sum()) for s in status.values())
     warnings.warn(f"{root} is an unfinished export (its run stopped before writing the outputs): loaded {done} of "
                   f"{n * len(keys)} (item, model) pairs from its parts; resume it with resume=True to finish",
                   ExportWarning, stacklevel=3)
-    return LoadedExport(root, manifest, names, embeddings, status, grids)
+    return LoadedExport(root, manifest, names, embeddings, status, grids, valid)
 
 
 def _grid_of(crs: str, transform: Sequence[float], shape: Sequence[int]) -> GridSpec:
@@ -1026,31 +1118,39 @@ def _grid_of(crs: str, transform: Sequence[float], shape: Sequence[int]) -> Grid
 
 def _read_npz(root: Path, key: str, stems: list[str], layout: str, mode: str):
     files = [root / f"{key}.npz"] if layout == "combined" else [root / "items" / s / f"{key}.npz" for s in stems]
-    arrs, grids = [], []
+    arrs, grids, masks = [], [], []
     for f in files:
         with np.load(f, allow_pickle=False) as z:
             arrs.append(z["embeddings"])
+            if "valid" in z.files:
+                masks.append(z["valid"])
             if mode == "grid":
                 for crs, tr, hw in zip(z["crs"], z["transform"], z["grid_shape"]):
                     grids.append(_grid_of(str(crs), tr, hw) if str(crs) else None)
             else:
                 grids.extend([None] * len(z["embeddings"]))
-    return np.concatenate(arrs), grids
+    return np.concatenate(arrs), grids, np.concatenate(masks) if masks and len(masks) == len(arrs) else None
 
 
 def _read_tiffs(root: Path, key: str, stems: list[str], status: np.ndarray):
     import rasterio
 
-    data, grids = [], []
+    data, grids, masks = [], [], []
     for s, st in zip(stems, status):
         f = root / "items" / s / f"{key}.tif"
         if st != "ok":  # an "ok" item's missing file is an error (load_export says to resume), never NaN
             data.append(None)
             grids.append(None)
+            masks.append(None)
             continue
         with rasterio.open(f) as src:
             data.append(src.read())
             grids.append(_grid_of(src.crs.to_string(), list(src.transform)[:6], (src.height, src.width)))
+        if _valid_tif(f).is_file():  # exports written before cell masks existed have none
+            with rasterio.open(_valid_tif(f)) as src:
+                masks.append(src.read(1))
+        else:
+            masks.append(None)
     shape = next((d.shape for d in data if d is not None), (0, 0, 0))
     hmax = max((d.shape[1] for d in data if d is not None), default=0)
     wmax = max((d.shape[2] for d in data if d is not None), default=0)
@@ -1058,4 +1158,7 @@ def _read_tiffs(root: Path, key: str, stems: list[str], status: np.ndarray):
     for i, d in enumerate(data):
         if d is not None:
             arr[i, :, :d.shape[1], :d.shape[2]] = d
-    return arr, grids
+    valid = None
+    if any(m is not None for m in masks):
+        valid = np.stack([_padded(m, (hmax, wmax)) for m in masks])
+    return arr, grids, valid

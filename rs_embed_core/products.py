@@ -5,8 +5,8 @@ collection and bands, the fetch stage reads those bands through a provider onto 
 grid like any other pixels, and `ProductEmbedder.forward` only pools or passes them through:
 
 - pooled (pooling="model"): the mean of the valid pixels of the ROI;
-- grid: the product's pixels on the request grid (invalid pixels hold 0; the input's validity
-  mask says which, and `meta["valid_fraction"]` how many).
+- grid: the product's pixels on the request grid (forward gives invalid pixels 0; the assembled
+  Embedding has NaN there and its cell valid mask `Embedding.valid` says which).
 
 Products are annual (or one year): `product_year` is the one rule for what a TemporalSpec
 selects. A sensor= or preprocessing= other than the card's is refused, since nothing about a

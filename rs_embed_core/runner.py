@@ -28,7 +28,7 @@ from . import __version__
 from .card import ModelCard, Step, Variant
 from .convert import converter
 from .embedder import BatchContext, Embedder
-from .assemble import make_embedding
+from .assemble import cell_valid, make_embedding
 from .embedding import Embedding
 from .errors import BatchError, ItemError, LowValidDataError, RsEmbedError, SpecError
 from .fetching import fetch_stream, raster_cache  # noqa: F401  (raster_cache: re-exported for tests)
@@ -37,6 +37,7 @@ from .forward import DEFAULT_PRECISION, check_device_precision, check_precision,
 from .grid import grid_for
 from .plan import plan_fetches, users_of
 from .prepare import PrepSpec, Prepared, prepare
+from .progress import RunProgress
 from .preprocess import chain_to_meta, check_chain
 from .providers import Provider
 from .weights import weights_record
@@ -323,6 +324,7 @@ class _Partial:
     fetched: Raster
     grids: dict[int, np.ndarray] = attrs.field(factory=dict)
     pooled: dict[int, np.ndarray] = attrs.field(factory=dict)
+    valid: dict[int, np.ndarray] = attrs.field(factory=dict)  # tile -> its token cells' valid fractions
 
 
 def _describe(spatial: Any) -> str:
@@ -362,11 +364,7 @@ def run(
     same_key = Counter(r.key for r in requests)
     refuse = min_valid_fraction if on_low_valid == "error" else None
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(spatials) * len(jobs), unit="emb", leave=False,
-               desc="embed " + ",".join(j.card.id for j in jobs),
-               disable={None: None, True: False, False: True}[progress])
+    bar = RunProgress(len(spatials) * len(jobs), "embed " + ",".join(j.card.id for j in jobs), progress, len(requests))
     got: dict[int, Raster | BaseException] = {}  # fetched, until every user took it
     attempts_of: dict[int, int] = {}  # request -> attempts its fetch took
     item_attempts: dict[int, int] = {}  # item -> the most attempts of its fetches
@@ -389,11 +387,11 @@ def run(
     def finish(i: int, j: int, result: Embedding | ItemError) -> tuple[int, int, Embedding | ItemError]:
         partial.pop((i, j), None)
         fetched_of.pop((i, j), None)
-        bar.update(1)
+        bar.item_done(isinstance(result, ItemError))
         return i, j, result
 
     def embedding(i: int, j: int, pooled: np.ndarray | None, grid: np.ndarray | None, prepped: Raster,
-                  fetched: Raster, tiling: dict[str, Any] | None, out_grid=None) -> Embedding:
+                  fetched: Raster, tiling: dict[str, Any] | None, out_grid=None, out_valid=None) -> Embedding:
         job = jobs[j]
         meta = {
             **metas[j],
@@ -408,7 +406,7 @@ def run(
             meta["name"] = names[i]
         if tiling is not None:
             meta["tiling"] = tiling
-        return make_embedding(job.card, job.output, pooled, grid, prepped, meta, out_grid)
+        return make_embedding(job.card, job.output, pooled, grid, prepped, meta, out_grid, out_valid)
 
     def flush(j: int) -> Iterator[tuple[int, int, Embedding | ItemError]]:
         pieces = pending[j]
@@ -478,6 +476,8 @@ def run(
                     f"model {job.card.id!r} returns no token grid, so its tiles cannot be stitched; use input_prep='resize'")))
                 continue
             part.grids[p.tile] = grid[b]
+            part.valid[p.tile] = cell_valid(p.prepped, grid.shape[3], grid.shape[2])
+            bar.tile_done()
             if pooled is not None:
                 part.pooled[p.tile] = pooled[b]
             if len(part.grids) == len(part.plan.offsets):
@@ -488,14 +488,15 @@ def run(
         order = range(len(part.plan.offsets))
         try:
             pooled_list = [part.pooled[k] for k in order] if len(part.pooled) == len(part.plan.offsets) else None
-            g, g_spec, vec = stitch(part.plan, part.fetched.grid, [part.grids[k] for k in order], pooled_list)
+            g, g_spec, vec, cells = stitch(part.plan, part.fetched.grid, [part.grids[k] for k in order], pooled_list,
+                                           [part.valid[k] for k in order])
         except RsEmbedError as exc:
             return item_error(i, j, "model", exc)
         tiling = {**part.plan.to_meta(), "pooled": "area-weighted mean of the tiles' pooled vectors"
                   if job.output.pooling == "model" else f"{job.output.pooling} of the stitched grid"}
         prepped_meta = last.replace(grid=part.fetched.grid)
         try:
-            return embedding(i, j, vec, g, prepped_meta, part.fetched, tiling, out_grid=g_spec)
+            return embedding(i, j, vec, g, prepped_meta, part.fetched, tiling, out_grid=g_spec, out_valid=cells)
         except RsEmbedError as exc:
             return item_error(i, j, "model", exc)
 
@@ -533,6 +534,7 @@ def run(
         fetched_of[(i, j)] = fetched
         if ready.plan is not None:
             partial[(i, j)] = _Partial(ready.plan, fetched)
+            bar.tiles_planned(len(ready.plan.offsets))
         for step, frac in ready.prepped[0].meta.get("saturated", {}).items():
             if frac > SATURATION_WARN:
                 saturated.setdefault(f"{job.card.id}:{step}", []).append(i)
@@ -546,6 +548,7 @@ def run(
                                                      workers=workers, held=batch_size):
             got[r] = result
             attempts_of[r] = attempts
+            bar.fetch_done()
             if on_input is not None and isinstance(result, (Raster, RasterHead)):
                 on_input(requests[r], result, sorted({i for i, _ in users.get(r, [])}))
             for i, j in users.get(r, []):

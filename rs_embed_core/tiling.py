@@ -153,13 +153,17 @@ def cut(raster: Raster, plan: TilePlan, fill: float = 0.0) -> list[Raster]:
 
 
 def stitch(
-    plan: TilePlan, grid: GridSpec, tiles: list[np.ndarray], pooled: list[np.ndarray] | None
-) -> tuple[np.ndarray, GridSpec, np.ndarray | None]:
+    plan: TilePlan, grid: GridSpec, tiles: list[np.ndarray], pooled: list[np.ndarray] | None,
+    valid: list[np.ndarray] | None = None,
+) -> tuple[np.ndarray, GridSpec, np.ndarray | None, np.ndarray | None]:
     """Stitch per-tile token grids (D, h, w) onto the ROI lattice.
 
     Returns the stitched (D, H', W') grid, its GridSpec (origin at the ROI's top-left corner,
-    pixel = one token), and the area-weighted mean of `pooled` (or None).
+    pixel = one token), the area-weighted mean of `pooled` (or None), and the tiles' (h, w) cell
+    valid masks `valid` stitched like the grid, each cell's from the tile its tokens come from (or None).
     """
+    if valid is not None:  # a mask rides along as one more band, so it follows the very same owners
+        tiles = [np.concatenate([g, np.asarray(m, g.dtype)[None]]) for g, m in zip(tiles, valid)]
     d, th, tw = tiles[0].shape
     if plan.size % th or plan.size % tw or th != tw:
         raise SpecError(f"a {plan.size} px tile gave a {th}x{tw} token grid: tiles must map to whole, square tokens")
@@ -189,6 +193,9 @@ def stitch(
         owner[region] = np.where(win, k, owner[region])
     if (owner < 0).any():
         raise SpecError("tiling left cells of the ROI uncovered (internal error in the tile plan)")
+    cells = None
+    if valid is not None:
+        out, cells = out[:-1], out[-1].astype(np.float32)
     out_grid = GridSpec(grid.crs, grid.x0, grid.y0, grid.res * tok, gw, gh,
                         None if grid.res_y is None else grid.res_y * tok)
     vec = None
@@ -199,4 +206,4 @@ def stitch(
         area = cell_h[:, None] * cell_w[None, :]
         weights = np.bincount(owner.ravel(), weights=area.ravel(), minlength=len(tiles))
         vec = (np.tensordot(weights / weights.sum(), np.stack(pooled).astype(np.float64), axes=1)).astype(np.float32)
-    return out, out_grid, vec
+    return out, out_grid, vec, cells

@@ -211,8 +211,16 @@ def test_output_files_honour_the_umask_and_grammar(tmp_path):
     assert r.exit_code == 0, r.output
     assert (out.stat().st_mode & 0o777) == 0o644
     assert "wrote 1 embedding (" in r.output
-    with np.load(out) as z:  # grid npz keeps the georeferencing
+    with np.load(out) as z:  # grid npz keeps the georeferencing and the cell valid mask
         assert z["crs"][0].startswith("EPSG:326") and z["transform"].shape == (1, 6)
+        assert z["valid"].shape == (1, 4, 4) and z["valid"][0, 0, 0] == 60 / 64
+        assert (z["valid"][0].ravel()[1:] == 1).all()
+    r = CliRunner().invoke(main, ["embed", "tiny_test_model", "--point", "121.5,31.2,160", "--year", "2022",
+                                  "--backend", "world", "--output", "grid", "--out", str(tmp_path / "g.json"),
+                                  "--quiet"])
+    assert r.exit_code == 0, r.output
+    grid = json.loads((tmp_path / "g.json").read_text())[0]["grid"]
+    assert grid["valid"][0][:2] == [60 / 64, 1.0]
 
 
 def test_two_rois_get_raw_cosine_not_centred(tmp_path):

@@ -189,8 +189,28 @@ def test_grids_per_item_geotiff_and_combined_zarr(tmp_path):
         for g, e in zip(got.grids["mosaiks"], ref):
             assert g.crs == e.grid.crs and np.allclose(g.transform, e.grid.transform)
     xr = pytest.importorskip("xarray")
-    ds = xr.open_zarr(tmp_path / "zarr" / "mosaiks.zarr", consolidated=False)
+    import warnings
+
+    import zarr
+
+    with warnings.catch_warnings():  # consolidated metadata: no "falling back to non-consolidated" warning
+        warnings.simplefilter("error")
+        ds = xr.open_zarr(tmp_path / "zarr" / "mosaiks.zarr")
+        zarr.open_consolidated(str(tmp_path / "zarr" / "mosaiks.zarr"), mode="r")
     assert ds["embedding"].dims == ("item", "band", "y", "x") and ds["embedding"].shape[0] == 3
+    assert ds["valid"].dims == ("item", "y", "x")
+    h, w = ref[0].data.shape[1:]
+    assert list(ds["item"].values) == [0, 1, 2] and list(ds["band"].values) == list(range(ref[0].data.shape[0]))
+    assert list(ds["y"].values) == list(range(h)) and list(ds["x"].values) == list(range(w))
+    assert list(ds["name"].values) == ["item_000000", "item_000001", "item_000002"]
+    assert set(ds["embedding"].coords) == {"item", "band", "y", "x", "name", "status", "crs", "y_utm", "x_utm"}
+    for i, e in enumerate(ref):
+        assert ds["crs"].values[i] == e.grid.crs and ds["status"].values[i] == "ok"
+        np.testing.assert_allclose(ds["y_utm"].values[i], e.grid.y_coords())
+        np.testing.assert_allclose(ds["x_utm"].values[i], e.grid.x_coords())
+        item = ds["embedding"].attrs["items"][i]
+        assert item["crs"] == e.grid.crs and np.allclose(item["transform"], e.grid.transform)
+        np.testing.assert_array_equal(ds["valid"].values[i], e.valid)
 
 
 @pytest.mark.parametrize("layout", ["combined", "per_item"])
@@ -300,3 +320,39 @@ def test_sigkill_at_any_point_then_resume_gives_the_uninterrupted_output(tmp_pat
     lines = [json.loads(x) for x in (out / ".journal.jsonl").read_text().splitlines() if x.strip()]
     keys = [(r["item"], r["model"]) for r in lines if r["status"] == "ok"]
     assert len(keys) == len(set(keys)) == 2 * n  # nothing lost, nothing done twice
+
+
+def test_a_resume_with_another_request_names_only_what_differs(tmp_path):
+    spatials = rois(4)
+    export_batch(spatials, WINDOW, ["mosaiks", "spectral_stats"], tmp_path / "out", backend=FakeProvider())
+    other = [*spatials[:2], PointBuffer(spatials[2].lon, spatials[2].lat, 500), spatials[3]]
+    with pytest.raises(SpecError) as err:
+        export_batch(other, TemporalSpec.range("2022-06-01", "2022-10-01"),
+                     [ModelRequest("mosaiks", variant="k1024"), "spectral_stats"], tmp_path / "out",
+                     backend=FakeProvider(), resume=True)
+    lines = [ln.strip() for ln in str(err.value).splitlines()[1:-1]]
+    assert lines == ["spatials[2].buffer_m: 320.0 -> 500.0", 'temporal.end: "2022-09-01" -> "2022-10-01"',
+                     'models[0].variant: null -> "k1024"']
+
+
+def test_a_resume_with_many_differences_counts_the_rest(tmp_path):
+    export_batch(rois(12), WINDOW, ["mosaiks"], tmp_path / "out", backend=FakeProvider())
+    with pytest.raises(SpecError) as err:
+        export_batch(rois(12, buffer_m=400), WINDOW, ["mosaiks"], tmp_path / "out", backend=FakeProvider(),
+                     resume=True)
+    lines = str(err.value).splitlines()
+    assert "spatials[0].buffer_m: 320.0 -> 400.0" in lines[1] and lines[-2].strip() == "... and 4 more"
+
+
+def test_export_result_prints_one_line_and_a_variant_has_its_own_key(tmp_path):
+    res = export_batch(rois(3), WINDOW, [ModelRequest("mosaiks", variant="k1024"), "spectral_stats"],
+                       tmp_path / "out", backend=FakeProvider())
+    text = repr(res)
+    assert "\n" not in text and len(text) < 300 and str(res) == text
+    assert "ok=6, failed=0, skipped=0, complete=True" in text and "'mosaiks-k1024': 'mosaiks-k1024.parquet'" in text
+    assert "spatials" not in text  # no manifest dump
+    got = load_export(tmp_path / "out")
+    assert set(got.embeddings) == {"mosaiks-k1024", "spectral_stats"}
+    assert got.embeddings["mosaiks-k1024"].shape[1] == 2048
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "export.md").read_text()
+    assert 'data.embeddings["mosaiks-k1024"]' in doc and "output key" in doc  # the rule is documented

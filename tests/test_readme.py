@@ -58,6 +58,9 @@ def test_readme_snippet_runs(env, k):
         import numpy as np
 
         assert np.isfinite(ns["emb"].data).all()
+    if "grid" in ns:  # the tiled example lies inside the sample scene: every cell saw valid input only
+        assert ns["grid"].meta["tiling"]["tiles"] == 16
+        assert (ns["grid"].valid == 1.0).all() and ns["grid"].meta["valid_fraction"] == 1.0
     if "export_batch" in code:
         from rs_embed import load_export
 

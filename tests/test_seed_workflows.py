@@ -107,4 +107,7 @@ def test_large_roi_with_tiling(local):
     assert (emb.grid.x0, emb.grid.y0, emb.grid.res) == (roi.x0, roi.y0, 320.0)
     t = emb.meta["tiling"]
     assert (t["tile_size"], t["tiles"], t["input_size"]) == (224, 64, [1600, 1600])
-    assert np.isfinite(emb.data).all()
+    # the 16 km ROI reaches past the 12 km sample scene: the cells outside it say so (valid 0, NaN), no others
+    seen = emb.valid > 0
+    assert np.isfinite(emb.data[:, seen]).all() and np.isnan(emb.data[:, ~seen]).all()
+    assert emb.meta["valid_fraction"] == 0.5625 and 0.5 < seen.mean() < 0.6

@@ -47,7 +47,14 @@ def _cls(model: str | type) -> type:
 
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+    """The largest |a - b|; NaN at the same places in both counts as equal, NaN in one only as infinite."""
+    if not a.size:
+        return 0.0
+    nan_a, nan_b = np.isnan(a), np.isnan(b)
+    if (nan_a != nan_b).any():
+        return float("inf")
+    d = np.abs(np.where(nan_a, 0.0, a.astype(np.float64)) - np.where(nan_b, 0.0, b.astype(np.float64)))
+    return float(np.max(d))
 
 
 def default_spatials(card: ModelCard) -> list[PointBuffer]:
@@ -90,7 +97,8 @@ def check_embedder_contract(
     """Run `model` (a registered id, or its registered Embedder class) through the public API and check it.
 
     Checks: pooled shape (pooled_dim,), grid shape (grid_dim, h, w) with a GridSpec covering the
-    input footprint, float32, all finite, two identical calls give identical output, every batch
+    input footprint and a cell valid mask, float32, all finite (but grid cells that saw no valid input,
+    NaN by design), two identical calls give identical output, every batch
     item equals its single call (within rtol/atol of the output's scale), meta names the
     model, variant, preprocessing and precision, and (torch models) bf16 / fp16 autocast on the CPU
     stays within cosine 0.999 of fp32. Raises AssertionError saying which check failed.
@@ -124,7 +132,8 @@ def check_embedder_contract(
     def check_item(e: Any, what: str, i: int) -> None:
         _require(isinstance(e.data, np.ndarray), f"{who} {what}[{i}]: data is {type(e.data).__name__}, not ndarray")
         _require(e.data.dtype == np.float32, f"{who} {what}[{i}]: dtype {e.data.dtype}, expected float32")
-        bad = int(np.size(e.data) - np.count_nonzero(np.isfinite(e.data)))
+        seen = e.data if e.valid is None else e.data[:, e.valid > 0]  # cells that saw no valid input are NaN
+        bad = int(np.size(seen) - np.count_nonzero(np.isfinite(seen)))
         _require(bad == 0, f"{who} {what}[{i}]: {bad} non-finite values (NaN/inf)")
         meta = e.meta
         _require(meta.get("model") == card.id, f"{who} {what}[{i}]: meta['model'] is {meta.get('model')!r}")
@@ -135,7 +144,8 @@ def check_embedder_contract(
         _require(batch.data.shape == single.data.shape,
                  f"{who} {what}[{i}]: batch shape {batch.data.shape} != single shape {single.data.shape}")
         d = _max_diff(batch.data, single.data)
-        scale = float(np.max(np.abs(single.data))) if single.data.size else 0.0
+        finite = np.abs(single.data[np.isfinite(single.data)])
+        scale = float(finite.max()) if finite.size else 0.0
         _require(d <= atol + rtol * scale,
                  f"{who} {what}[{i}]: batch item differs from its single call by {d:.3g} "
                  f"(allowed {atol + rtol * scale:.3g}); batching must not change results")
@@ -172,6 +182,8 @@ def check_embedder_contract(
         _require(e.grid is not None, f"{who} grid[{i}]: no GridSpec, the token grid cannot be georeferenced")
         _require(e.grid.shape == e.data.shape[1:],
                  f"{who} grid[{i}]: GridSpec shape {e.grid.shape} != data {e.data.shape[1:]}")
+        _require(e.valid is not None and e.valid.shape == e.data.shape[1:],
+                 f"{who} grid[{i}]: no cell valid mask of shape {e.data.shape[1:]}")
         inp = grid_for(roi, card.input.gsd_m)
         _require(e.grid.crs == inp.crs, f"{who} grid[{i}]: crs {e.grid.crs} != input crs {inp.crs}")
         off = max(abs(a - b) for a, b in zip(e.grid.bounds, inp.bounds))

@@ -58,7 +58,8 @@ def test_grid_is_the_product_on_the_request_utm_grid(provider):
     assert emb.grid == grid and emb.grid.crs == "EPSG:32651" and emb.grid.res == 10.0
     assert emb.data.shape == (64, grid.height, grid.width)
     np.testing.assert_array_equal(emb.data[:, valid], data[:, valid])
-    assert (emb.data[:, ~valid] == 0).all()
+    assert np.isnan(emb.data[:, ~valid]).all()  # no valid product pixel under the cell: NaN, and its mask says so
+    np.testing.assert_array_equal(emb.valid, valid.astype(np.float32))
 
 
 def test_a_window_inside_a_year_selects_that_years_image(provider, fake):

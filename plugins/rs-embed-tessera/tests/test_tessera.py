@@ -65,7 +65,8 @@ def test_grid_stitches_tiles_of_two_utm_zones_on_the_request_grid(provider, cach
     grid = grid_for(roi, 10.0)
     assert emb.grid == grid and grid.crs == "EPSG:32651"
     want, ok = reference_grid(tiles, grid, 2024)
-    np.testing.assert_array_equal(emb.data, np.where(ok, want, 0))
+    np.testing.assert_array_equal(emb.data, np.where(ok, want, np.nan))  # no valid pixel: NaN
+    np.testing.assert_array_equal(emb.valid, ok)
     assert {t["crs"] for t in emb.meta["source"]["tiles"]} == {"EPSG:32650", "EPSG:32651"}
     assert 0 < emb.meta["valid_fraction"] < 1 and emb.meta["valid_fraction"] == pytest.approx(ok.mean())
 
@@ -83,7 +84,8 @@ def test_an_roi_across_the_antimeridian_reads_both_tiles(provider, cache):
     roi = BBox(179.99, 0.02, -179.99, 0.04)
     emb = get_embedding("tessera", roi, Y2024, output=OutputSpec.grid(), backend=provider)
     want, ok = reference_grid(tiles, emb.grid, 2024)
-    np.testing.assert_array_equal(emb.data, np.where(ok, want, 0))
+    np.testing.assert_array_equal(emb.data, np.where(ok, want, np.nan))  # no valid pixel: NaN
+    np.testing.assert_array_equal(emb.valid, ok)
     assert {(t["lon"], t["lat"]) for t in emb.meta["source"]["tiles"]} == {(179.95, 0.05), (-179.95, 0.05)}
 
 
@@ -160,7 +162,8 @@ def test_native_grid_is_the_tiles_own_utm_lattice(cache, plugin, offline, tmp_pa
     c0, r0 = int(c0), int(r0)
     want = (q[r0:r0 + g.height, c0:c0 + g.width].astype(np.float32) * s[r0:r0 + g.height, c0:c0 + g.width, None])
     ok = want.any(axis=2)
-    np.testing.assert_array_equal(emb.data, np.where(ok, want.transpose(2, 0, 1), 0))
+    np.testing.assert_array_equal(emb.data, np.where(ok, want.transpose(2, 0, 1), np.nan))
+    np.testing.assert_array_equal(emb.valid, ok)
     with pytest.raises(SpecError, match="a native grid is one UTM grid"):
         get_embedding("tessera", BBox(119.99, 30.03, 120.01, 30.05), Y2024, output=OutputSpec.grid(),
                       backend=provider)
