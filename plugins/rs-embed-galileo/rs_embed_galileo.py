@@ -86,8 +86,9 @@ MAX_FRAMES = 24  # the frame table's rows (max_sequence_length)
 # their GitHub repository (data/models/nano/encoder.pt, "Add nano model to git", 2025-02-13); its sha256
 # eab6acac... was computed here from that repository (and is the one a third-party reproduction recipe pins
 # for the GitHub file). The Hub copy is assumed to be the same file, not verified (no Hub access): a
-# mismatch fails on load with a sha256 error. tiny and base: no digest found, so no default weights
-# (the project's rule: a pin without a digest is a pin in name only); pass weights="<encoder.pt>".
+# mismatch fails on load with a sha256 error. tiny and base: no published sha256 found; the commit pins
+# them all the same: the digest is each file's Git LFS sha256 at REVISION, read from the Hub on the first
+# download, verified and recorded (WeightsSpec.from_revision).
 REPO_ID = "nasaharvest/galileo"
 REVISION = "f039dd5dde966a931baeda47eb680fa89b253e4e"
 WEIGHTS_LICENSE = "mit"
@@ -103,8 +104,9 @@ _CONFIGS = {  # config/models/{nano,tiny,base}.json "model.encoder" (drop_path: 
 def _variant(size: str) -> Variant:
     cfg = {**_CONFIGS[size], "mlp_ratio": 4.0, "max_sequence_length": MAX_FRAMES, "max_patch_size": PATCH_SIZE,
            "patch_size": PATCH_SIZE}
-    weights = (WeightsSpec(REPO_ID, REVISION, "models/nano/encoder.pt", NANO_SHA256, WEIGHTS_LICENSE)
-               if size == "nano" else None)
+    filename = f"models/{size}/encoder.pt"
+    weights = (WeightsSpec(REPO_ID, REVISION, filename, NANO_SHA256, WEIGHTS_LICENSE) if size == "nano"
+               else WeightsSpec.from_revision(REPO_ID, REVISION, filename, WEIGHTS_LICENSE))
     dim = int(cfg["embedding_size"])
     return Variant(size, pooled_dim=dim, grid_dim=dim, weights=weights, params=cfg)
 
@@ -216,8 +218,9 @@ plain state dict opened with weights_only=True, converted once to safetensors, l
 ignore list (the file holds the encoder only; a ".backbone" infix some of the authors' files carry is \
 removed first, as their loader does). nano: sha256 of the authors' nano encoder as committed to their \
 GitHub repository, assumed identical to the Hub copy (not verified; a mismatch fails on load). tiny, base: \
-no digest could be found, so no default weights; download models/<size>/encoder.pt and pass \
-weights="<path>" (pinned by its own sha256, loaded strictly). Licence: MIT."""
+no published sha256 could be found, so the digest is each file's Git LFS sha256 at the pinned commit, read \
+from the Hub's metadata on the first download, verified and recorded in the rs-embed cache for later \
+(offline) loads (not verified here: no Hub access). Licence: MIT."""
 
 
 class Galileo(Embedder):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from rs_embed_core.card import InputSpec, ModelCard, Step, Variant
+from rs_embed_core.card import InputSpec, ModelCard, Step, Variant, WeightsSpec
 from rs_embed_core.embedder import BatchContext, Embedder, EmbedOutput, check_single_frame, requested_bands
 from rs_embed_core.errors import SpecError, WeightsError
 from rs_embed_core.hookspecs import hookimpl
@@ -46,9 +46,12 @@ GSD_M = 1000.0
 
 HUB_REPO = "nasa-cisto-data-science-group/satvision-toa-giant-patch8-window8-128"
 HUB_FILE = "mp_rank_00_model_states.pt"
-# Commit "added model and config" (the file's only commit, seen on the file's history page); no public
-# record of the file's sha256 (its Git LFS oid) could be found, so no default weights are pinned.
+# Commit "added model and config" (the file's only commit, seen on the file's history page). No public
+# record of the file's sha256 could be found; the commit pins it all the same: the digest is the file's Git
+# LFS sha256 at that commit, read from the Hub on the first download, verified and recorded
+# (WeightsSpec.from_revision). Licence: Apache-2.0 (the model card).
 HUB_COMMIT = "85a86d788028f0cf23b737c4a042143585a385fc"
+WEIGHTS = WeightsSpec.from_revision(HUB_REPO, HUB_COMMIT, HUB_FILE, "apache-2.0")
 
 
 def _normalisation() -> tuple[list[float], list[float]]:
@@ -74,7 +77,7 @@ GIANT = {
     "img_size": IMG_SIZE, "patch_size": 4, "in_chans": len(BANDS), "embed_dim": 512, "depths": [2, 2, 42, 2],
     "heads": [16, 32, 64, 128], "window": 8, "mlp_ratio": 4.0, "norm_period": 6,
 }
-VARIANTS = (Variant("giant", pooled_dim=4096, grid_dim=4096, weights=None, params=GIANT),)
+VARIANTS = (Variant("giant", pooled_dim=4096, grid_dim=4096, weights=WEIGHTS, params=GIANT),)
 
 NOTES = f"""\
 Input: MODIS Terra L1B ({COLLECTION}) at 1 km, the 14 bands {", ".join(BANDS)} in this order (the \
@@ -95,9 +98,11 @@ Data: Earth Engine's catalogue holds no MODIS L1B top-of-atmosphere collection (
 are surface reflectance, temperature and other level-2/3 products), so this input comes from local \
 files: GeoTIFF mosaics of the bands named as above (see docs/models/satvision.md).
 Weights: {HUB_REPO}/{HUB_FILE} at commit {HUB_COMMIT} (5.3 GB, bfloat16, a DeepSpeed checkpoint whose \
-"module" entry is read with weights_only=True). No published sha256 of that file could be found, so \
-no default weights are pinned: download it and pass weights='<path>' (pinned by its own sha256, loaded \
-strictly). Licence: Apache-2.0 (the model card). The full model needs about 12 GB of memory in float32."""
+"module" entry is read with weights_only=True, memory-mapped), the default. No published sha256 of that \
+file could be found, so the digest is its Git LFS sha256 at that commit, read from the Hub's metadata on the \
+first download, verified and recorded in the rs-embed cache for later (offline) loads (not verified here: \
+no Hub access). weights='<path>' takes your own copy instead (pinned by its own sha256, loaded strictly). \
+Licence: Apache-2.0 (the model card). The full model needs about 12 GB of memory in float32."""
 
 
 class SatVision(Embedder):
@@ -135,7 +140,7 @@ class SatVision(Embedder):
         if any(s.frames != 1 for s in sensors if s.composite != "none"):
             raise SpecError("SatVision-TOA takes one composited frame per item (frames=1)")
         if variant.weights is None:
-            raise WeightsError(_no_weights_message())
+            raise WeightsError(_no_weights_message(variant))
 
     def __init__(self, variant: Variant, device: str = "cpu") -> None:
         super().__init__(variant, device)
@@ -143,7 +148,7 @@ class SatVision(Embedder):
 
     def load(self) -> None:
         if self.variant.weights is None:
-            raise WeightsError(_no_weights_message())
+            raise WeightsError(_no_weights_message(self.variant))
         from rs_embed_satvision_model import build
 
         self.net = build(self.variant, self.device)
@@ -157,10 +162,10 @@ class SatVision(Embedder):
         return EmbedOutput(pooled=pooled, grid=grid if ctx.want == "grid" else None)
 
 
-def _no_weights_message() -> str:
-    return (f"SatVision-TOA has no pinned default weights: no published sha256 of {HUB_REPO}/{HUB_FILE} is "
-            f"known. Download it (hf download {HUB_REPO} {HUB_FILE} --revision {HUB_COMMIT}) and pass "
-            "weights='<path to the file>' (pinned by its own sha256, loaded strictly).")
+def _no_weights_message(variant: Variant) -> str:
+    """For a variant built without weights (the card's own variant pins them)."""
+    return (f"SatVision-TOA variant {variant.name!r} has no weights: pass weights='<path to the file>' (pinned by "
+            f"its own sha256, loaded strictly), e.g. {HUB_REPO}/{HUB_FILE} at commit {HUB_COMMIT}.")
 
 
 @hookimpl

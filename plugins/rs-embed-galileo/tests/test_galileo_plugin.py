@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
+import shutil
 from pathlib import Path
 
 import attrs
@@ -24,6 +26,8 @@ from rs_embed_core.testing import (
     build_hf_cache,
     check_embedder_contract,
     check_strict_loading,
+    fake_hub_lfs,
+    file_sha256,
     offline_hub,
     random_state,
     random_weights,
@@ -78,7 +82,11 @@ def test_card_variants_weights_and_chain():
     assert (w.repo_id, w.revision, w.filename, w.license) == (
         "nasaharvest/galileo", "f039dd5dde966a931baeda47eb680fa89b253e4e", "models/nano/encoder.pt", "mit")
     assert len(w.sha256) == 64
-    assert card.variant("tiny").weights is None and card.variant("base").weights is None  # no digest found
+    for size in ("tiny", "base"):  # no published digest: pinned by the commit, digest read from it
+        t = card.variant(size).weights
+        assert (t.repo_id, t.revision, t.filename, t.license) == (w.repo_id, w.revision, f"models/{size}/encoder.pt", "mit")
+        assert re.fullmatch(r"[0-9a-f]{40}", t.revision) and t.digest_from_revision
+        assert card.describe()["variants"][card.variants.index(card.variant(size))]["weights"]["sha256"] is None
     assert card.input.collection == "COPERNICUS/S2_HARMONIZED" and card.input.frames == 12
     assert [s.name for s in card.preprocessing] == ["galileo_select", "galileo_normalize", "resize"]
 
@@ -168,12 +176,42 @@ def test_missing_weights_refused_before_fetch_and_named(tmp_path, monkeypatch):
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "rs"))
     provider = FakeProvider(bands=rg.S2_BANDS)
-    with pytest.raises(WeightsError, match="weights="):
+    with offline_hub(tmp_path / "hub"), pytest.raises(WeightsError, match="not recorded on this machine") as err:
         get_embedding("galileo", ROI, WHEN, backend=provider, variant="base", device="cpu")
+    assert rg.REPO_ID in str(err.value) and "models/base/encoder.pt" in str(err.value) and "weights=" in str(err.value)
     with offline_hub(tmp_path / "hub"), pytest.raises(WeightsError) as err:
         get_embedding("galileo", ROI, WHEN, backend=provider, device="cpu")
     assert rg.REPO_ID in str(err.value) and "models/nano/encoder.pt" in str(err.value)
     assert provider.calls == 0
+
+
+def test_tiny_default_weights_verified_against_the_commits_lfs_digest_then_offline(tmp_path, monkeypatch):
+    """tiny's default spec (pinned commit, digest from it) on a random file with the authors' layout: the first
+    load reads the LFS sha256 from the (faked) Hub metadata, later offline loads through the public API use the
+    recorded digest, and changed bytes at the same pin are refused."""
+    from rs_embed import get_embedding
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "rs"))
+    w = rg.Galileo.card.variant("tiny").weights
+    sd = _state(rg.Galileo.card.variant("tiny").params, seed=6)
+    path = tmp_path / "wd" / w.repo_id.replace("/", "__") / w.filename
+    path.parent.mkdir(parents=True)
+    torch.save(sd, path)
+    monkeypatch.setenv("RS_EMBED_WEIGHTS_DIR", str(tmp_path / "wd"))
+    with fake_hub_lfs({(w.repo_id, w.revision, w.filename): file_sha256(path)}) as calls:
+        rg.Galileo(rg.Galileo.card.variant("tiny"), "cpu").load()
+    assert calls == [(w.repo_id, w.revision, w.filename)]
+    build_hf_cache(tmp_path / "hub", w.repo_id, w.revision, {w.filename: path})
+    provider = FakeProvider(bands=rg.S2_BANDS)
+    with offline_hub(tmp_path / "hub"):  # no Hub, no weights folder: the Hub cache copy, the recorded digest
+        emb = get_embedding("galileo", ROI, WHEN, backend=provider, variant="tiny", device="cpu")
+    assert emb.data.shape == (192,) and np.isfinite(emb.data).all()
+    assert emb.meta["weights"]["revision"] == w.revision and emb.meta["weights"]["sha256"] == file_sha256(path)
+    shutil.rmtree(tmp_path / "rs" / "converted")  # else the verified conversion is used and the .pt not read
+    torch.save({**sd, "norm.weight": torch.ones(192)}, tmp_path / "changed.pt")
+    build_hf_cache(tmp_path / "hub2", w.repo_id, w.revision, {w.filename: tmp_path / "changed.pt"})
+    with offline_hub(tmp_path / "hub2"), pytest.raises(WeightsError, match="sha256 mismatch"):
+        rg.Galileo(rg.Galileo.card.variant("tiny"), "cpu").load()
 
 
 def test_nano_pinned_path_loads_a_pt_file_with_the_published_layout(tmp_path, monkeypatch):
@@ -196,7 +234,7 @@ def test_nano_pinned_path_loads_a_pt_file_with_the_published_layout(tmp_path, mo
 
 
 def test_full_size_base_loads_strictly_from_a_user_file_and_runs(tmp_path, monkeypatch):
-    """Full-size base (no default weights): a random file with every key of the layout, through weights=."""
+    """Full-size base: a random file with every key of the layout, through weights= (your own file)."""
     from rs_embed_core.weights import local_weights
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "rs"))

@@ -4,6 +4,7 @@ and the full-size architecture against the published checkpoint's layout (on the
 from __future__ import annotations
 
 import json
+import re
 
 import attrs
 import numpy as np
@@ -17,7 +18,19 @@ from rs_embed_core.grid import GridSpec
 from rs_embed_core.preprocess import apply_chain
 from rs_embed_core.raster import Raster
 from rs_embed_core.specs import OutputSpec, PointBuffer, SensorSpec, TemporalSpec
-from rs_embed_core.testing import FakeProvider, check_embedder_contract, check_strict_loading, random_weights, registered
+from rs_embed_core.testing import (
+    FakeProvider,
+    build_hf_cache,
+    check_embedder_contract,
+    check_strict_loading,
+    fake_hub_lfs,
+    file_sha256,
+    offline_hub,
+    random_state,
+    random_weights,
+    registered,
+)
+from rs_embed_core.weights import CACHE_ENV, pinned_digest
 
 import rs_embed_satvision as rs
 import rs_embed_satvision_model as rsm
@@ -40,15 +53,23 @@ def _raster(values: np.ndarray, h: int = 40, w: int = 40) -> Raster:
     return Raster(data, rs.BANDS, grid, (None,), np.ones((1, h, w), bool))
 
 
-def test_card_describes_the_authors_input_and_no_default_weights():
+def test_card_describes_the_authors_input_and_its_default_weights():
     card = rs.SatVision.card
     json.dumps(card.describe())
     assert card.id == "satvision" and card.aliases == ("satvision_toa",)
     assert card.input.collection == "MODIS/061/MOD021KM" and card.input.gsd_m == 1000.0
     assert card.input.bands == ("1", "2", "3", "6", "7", "21", "26", "27", "28", "29", "30", "31", "32", "33")
     assert card.input.image_size == 128 and card.input.frames == 1
-    assert card.variant().name == "giant" and card.variant().weights is None
+    assert card.variant().name == "giant"
     assert rs.HUB_COMMIT in card.notes and "sha256" in card.notes and "Apache-2.0" in card.license
+
+
+def test_default_weights_are_pinned_to_the_commit_with_the_digest_left_to_the_hub():
+    w = rs.SatVision.card.variant().weights
+    assert w is rs.WEIGHTS and (w.repo_id, w.filename, w.license) == (rs.HUB_REPO, rs.HUB_FILE, "apache-2.0")
+    assert re.fullmatch(r"[0-9a-f]{40}", w.revision) and w.revision == rs.HUB_COMMIT and w.digest_from_revision
+    d = rs.SatVision.card.describe()["variants"][0]["weights"]
+    assert d["sha256"] is None and w.revision in d["sha256_source"]
 
 
 def test_band_table_holds_every_band_with_wavelengths():
@@ -84,18 +105,49 @@ def test_requests_that_do_not_fit_are_refused_before_any_fetch():
         rs.SatVision.check_request(var, (reordered,), ())
     with pytest.raises(SpecError, match="frames=1"):
         rs.SatVision.check_request(var, (attrs.evolve(good, frames=3),), rs.SatVision.card.preprocessing)
-    with pytest.raises(WeightsError, match=rs.HUB_COMMIT):
-        rs.SatVision.check_request(rs.VARIANTS[0], (good,), rs.SatVision.card.preprocessing)
+    with pytest.raises(WeightsError, match="weights="):
+        rs.SatVision.check_request(attrs.evolve(var, weights=None), (good,), rs.SatVision.card.preprocessing)
 
 
-def test_no_weights_is_a_typed_error_through_the_api():
+def test_default_weights_offline_and_unrecorded_fail_before_any_fetch(tmp_path, monkeypatch):
     from rs_embed import get_embedding
 
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "rs"))
     provider = FakeProvider(bands=rs.BANDS)
-    with pytest.raises(WeightsError, match="weights="):
+    with offline_hub(tmp_path / "hub"), pytest.raises(WeightsError) as err:
         get_embedding("satvision_toa", spatial=PointBuffer(121.5, 31.2, 64000), backend=provider,
                       temporal=TemporalSpec.range("2022-07-01", "2022-07-02"), output=OutputSpec.pooled(), device="cpu")
+    assert rs.HUB_REPO in str(err.value) and rs.HUB_COMMIT in str(err.value) and "weights=" in str(err.value)
     assert provider.calls == 0
+
+
+def test_default_weights_verified_against_the_commits_lfs_digest_then_offline(tmp_path, monkeypatch):
+    """The published DeepSpeed layout ("module": encoder.* + mask token + decoder, beside DeepSpeed's own
+    entries) at the pinned commit, through the default spec on a small config: the first load reads the LFS
+    sha256 from the (faked) Hub metadata, a later offline load uses the recorded digest, changed bytes are refused."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "rs"))
+    small = attrs.evolve(TINY, weights=rs.WEIGHTS)
+    net = rsm.SatVisionSwinV2(TINY_PARAMS)
+    sd = {f"encoder.{k}": v for k, v in random_state({k: v.shape for k, v in net.state_dict().items()}, 3).items()}
+    sd |= {"encoder.mask_token": torch.zeros(1, 1, 8), "decoder.0.weight": torch.zeros(16 * 14, 64, 1, 1),
+           "encoder.layers.0.blocks.0.attn.relative_position_index": torch.zeros(64, 64, dtype=torch.long)}
+    w = rs.WEIGHTS
+    path = tmp_path / "wd" / w.repo_id.replace("/", "__") / w.filename
+    path.parent.mkdir(parents=True)
+    torch.save({"module": sd, "ds_version": "0.14.0", "global_steps": 1}, path)
+    monkeypatch.setenv("RS_EMBED_WEIGHTS_DIR", str(tmp_path / "wd"))
+    with fake_hub_lfs({(w.repo_id, w.revision, w.filename): file_sha256(path)}) as calls:
+        loaded = rsm.build(small, "cpu")
+    assert calls == [(w.repo_id, w.revision, w.filename)] and pinned_digest(w) == file_sha256(path)
+    build_hf_cache(tmp_path / "hub", w.repo_id, w.revision, {w.filename: path})
+    with offline_hub(tmp_path / "hub"):  # no Hub, no weights folder: the Hub cache copy, the recorded digest
+        again = rsm.build(small, "cpu")
+    for k, v in again.state_dict().items():
+        assert torch.equal(v, sd[f"encoder.{k}"]) and torch.equal(loaded.state_dict()[k], v)
+    torch.save({"module": {**sd, "encoder.norm.weight": torch.ones(64)}}, tmp_path / "changed.pt")
+    build_hf_cache(tmp_path / "hub2", w.repo_id, w.revision, {w.filename: tmp_path / "changed.pt"})
+    with offline_hub(tmp_path / "hub2"), pytest.raises(WeightsError, match="sha256 mismatch"):
+        rsm.build(small, "cpu")
 
 
 def test_strict_loading_refuses_files_that_do_not_fit(tmp_path):
