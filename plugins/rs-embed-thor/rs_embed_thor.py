@@ -187,8 +187,9 @@ group's grid and the groups averaged (merge_method 'mean'); 36 x 36 for the defa
 global feature (cls_token_type 'pooled'): LayerNorm of the mean over all tokens of the final-normed tokens.
 Weights: the authors publish FM4CS/THOR-1.0-tiny/-small/-base/-large ({HUB_FILE.format(size='<size>')}, \
 Apache-2.0). No sha256 of any of them could be found here (Hub pages and LFS pointers unreadable; for base \
-another project pins commit {BASE_COMMIT_SEEN} and 376,628,228 bytes, but no digest), and a pin without a \
-digest is a pin in name only: no variant ships default weights. Download the file and pass weights=<path> \
+another project pins commit {BASE_COMMIT_SEEN} and 376,628,228 bytes, but no digest), and no commit of the \
+other files is known, so none can be pinned by its commit either (WeightsSpec.from_revision; base could be, \
+on that commit: not done yet): no variant ships default weights. Download the file and pass weights=<path> \
 (pinned by its own sha256, opened with weights_only=True, loaded strictly after stripping the 'encoder.' \
 prefix and dropping the authors' ignore list decoder_* / decode_* / pos_embed* / ref_pos_embed*).
 Reference: none installs here (the authors' `thor` package is on GitHub only, PyPI's `thor` is another \
