@@ -84,8 +84,6 @@ class RayExecutor:
         _check_writable(out)
         import ray
 
-        if ray.is_initialized():
-            return
         address = self.address or os.environ.get("RAY_ADDRESS") or None
         hp = _host_port(address) if address else None
         if hp is not None:
@@ -94,6 +92,8 @@ class RayExecutor:
             except OSError as exc:
                 raise ExecutorError(f"cannot reach the Ray cluster at {address} ({exc}; waited at most "
                                     f"{self.connect_timeout_s:g} s); is it up, and is this the head's address?") from None
+        if ray.is_initialized():  # this process joined a Ray instance already: work there
+            return
         try:
             ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, logging_level="WARNING",
                      runtime_env=self.runtime_env)
