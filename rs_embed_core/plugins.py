@@ -190,7 +190,8 @@ def resolve_executor(executor: object, **options: object) -> object | None:
         factory = executor_factories().get(executor)
         if factory is None:
             dist = KNOWN_EXECUTORS.get(executor)
-            hint = f"pip install {dist}" if dist else "install the plugin that provides it"
+            hint = (f"install its plugin package {dist} (from the repository: pip install -c constraints.txt -e "
+                    f"plugins/{dist})" if dist else "install the plugin that provides it")
             failed = [f"{n} ({i['error']})" for n, i in load_failures.items() if i.get("distribution") == dist]
             raise UnknownExecutorError(
                 f"no export executor {executor!r} is installed; {hint}"

@@ -334,7 +334,7 @@ def test_executor_ray_without_the_plugin_names_the_package(tmp_path):
             "    print('REFUSED', e)\n")
     env = {**os.environ, "RS_EMBED_PLUGINS": "rs-embed-baseline"}  # rs-embed-ray installed but not allowed
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert "REFUSED" in r.stdout and "pip install rs-embed-ray" in r.stdout, r.stdout + r.stderr
+    assert "REFUSED" in r.stdout and "plugin package rs-embed-ray" in r.stdout, r.stdout + r.stderr
     assert not (tmp_path / "o").exists()
     assert issubclass(UnknownExecutorError, LookupError)
 
@@ -356,3 +356,12 @@ def test_cli_executor_flags(cluster, scene, tmp_path):
     r = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "d"), "--executor", "ray", "--quiet"])
     assert r.exit_code == 0 and "1 of 1 ok" in r.output, r.output
     assert load_export(tmp_path / "d").status["mosaiks"].tolist() == ["ok"]
+
+
+def test_the_core_and_the_plugin_load_without_importing_ray():
+    code = ("import sys, rs_embed\n"
+            "from rs_embed_core.plugins import executor_factories, load_plugins\n"
+            "load_plugins(); assert 'ray' in executor_factories()\n"
+            "print('ray' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "False", r.stdout + r.stderr
