@@ -97,17 +97,19 @@ class CountingProvider(FakeProvider):
         return super().fetch(request)
 
 
-class Unreachable(FakeProvider):
-    """Always a transient fault for the ROIs at x0 in `bad`: retried, then an item error after N attempts."""
+class Faulty(FakeProvider):
+    """A transient fault, always, for the ROIs at x0 in `bad` (retried, then a fetch-stage item error); NaN
+    pixels for those in `nan` (the models' output is NaN: a model-stage item error, found by batch isolation)."""
 
-    def __init__(self, bad: set[float], **kw) -> None:
+    def __init__(self, bad: set[float], nan: set[float], **kw) -> None:
         super().__init__(**kw)
-        self.bad = bad
+        self.bad, self.nan = bad, nan
 
     def fetch(self, request):
         if request.grid.x0 in self.bad:
             raise TransientProviderError("HTTP 503 from the fake server")
-        return super().fetch(request)
+        raster = super().fetch(request)
+        return raster.replace(data=np.full_like(raster.data, np.nan)) if request.grid.x0 in self.nan else raster
 
 
 # ---------------------------------------------------------------- one Ray instance for the module
@@ -168,21 +170,23 @@ def assert_same_export(a: Path, b: Path) -> None:
 
 def test_ray_export_equals_the_local_export_row_for_row(cluster, tiny, tmp_path):
     spatials = rois(10)
-    bad = {grid_for(spatials[4], 10.0).x0}
+    bad, nan = {grid_for(spatials[4], 10.0).x0}, {grid_for(spatials[7], 10.0).x0}
     models = ["mosaiks", "spectral_stats", tiny]
     kw = dict(batch_size=2, max_retries=1, device="cpu")
     t0 = time.perf_counter()
-    local = export_batch(spatials, WINDOW, models, tmp_path / "local", backend=Unreachable(bad), **kw)
+    local = export_batch(spatials, WINDOW, models, tmp_path / "local", backend=Faulty(bad, nan), **kw)
     t_local = time.perf_counter() - t0
     log = tmp_path / "fetches.log"
     t0 = time.perf_counter()
-    remote = export_batch(spatials, WINDOW, models, tmp_path / "ray", backend=Unreachable(bad), **kw,
+    remote = export_batch(spatials, WINDOW, models, tmp_path / "ray", backend=Faulty(bad, nan), **kw,
                           executor=RayExecutor(chunk_size=4))
     t_ray = time.perf_counter() - t0
-    assert (local.ok, local.failed) == (remote.ok, remote.failed) == (27, 3)
+    assert (local.ok, local.failed) == (remote.ok, remote.failed) == (26, 4)
     assert_same_export(tmp_path / "local", tmp_path / "ray")
-    err = next(r["error"] for r in _journal(tmp_path / "ray") if r["item"] == 4)
-    assert (err["stage"], err["error_type"], err["attempts"]) == ("fetch", "TransientProviderError", 2)
+    errors = [(r["item"], r["error"]) for r in _journal(tmp_path / "ray") if r["status"] != "ok"]
+    assert {(i, e["stage"], e["error_type"], e["attempts"]) for i, e in errors if i == 4} == {
+        (4, "fetch", "TransientProviderError", 2)}
+    assert [(i, e["stage"]) for i, e in errors if i != 4] == [(7, "model")]  # its batch's others still ok
     ok = next(m for p, m in _parts_meta(tmp_path / "ray").items() if "ray_test_torch" in p)
     assert ok["plugin"] == "ray-test" and ok["attempts"] == 1 and ok["weights"]["repo_id"] == "local"
     print(f"local {t_local:.2f} s, ray {t_ray:.2f} s")  # noqa: T201
