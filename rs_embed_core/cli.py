@@ -477,9 +477,16 @@ def inspect(points, bboxes, roi_file, buffer_m, start, end, year, backend, provi
 @click.option("--save-inputs", is_flag=True, help="Also write each distinct fetched input as GeoTIFF.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted export in the same folder.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--executor", default="local", show_default=True,
+              help="Where fetches and models run: local (this process), or an installed executor plugin's name "
+                   "(ray: pip install rs-embed-ray). This process writes the output either way.")
+@click.option("--ray-address", default=None,
+              help="With --executor ray: the cluster to join (host:port, ray://host:port or auto). "
+                   "[default: $RAY_ADDRESS, else a local Ray instance]")
 @_with(_run_options)
 def export(points, bboxes, roi_file, buffer_m, start, end, year, backend, provider_config, models, out_dir, layout,
-           fmt, mode, input_prep, device, batch_size, save_inputs, resume, quiet, workers, precision) -> None:
+           fmt, mode, input_prep, device, batch_size, save_inputs, resume, quiet, executor, ray_address, workers,
+           precision) -> None:
     """Export embeddings of many ROIs x several models to a resumable dataset folder."""
     from .export import export_batch
     from .specs import OutputSpec
@@ -493,11 +500,18 @@ def export(points, bboxes, roi_file, buffer_m, start, end, year, backend, provid
 
         raise SpecError(f"--out: the folder {parent} does not exist")
     output = OutputSpec.grid() if mode == "grid" else OutputSpec.pooled()
+    from .plugins import resolve_executor
+
+    if ray_address is not None and executor != "ray":
+        from .errors import SpecError
+
+        raise SpecError("--ray-address needs --executor ray")
+    runner_ = resolve_executor(executor, **({"address": ray_address} if ray_address is not None else {}))
     res = export_batch([r for _, r in rois], temporal, ids, out_dir, names=[n for n, _ in rois], layout=layout,
                        backend=_backend(backend, provider_config), save_inputs=save_inputs, resume=resume,
                        output=output, device=device,
                        input_prep=input_prep, format=fmt, batch_size=batch_size, workers=workers, precision=precision,
-                       progress=False if quiet else None)
+                       progress=False if quiet else None, executor=runner_ or "local")
     pairs = len(rois) * len(ids)
     click.echo(f"exported {len(rois)} ROI{'s' if len(rois) != 1 else ''} x {len(ids)} model{'s' if len(ids) != 1 else ''}"
                f" to {res.out}: {res.ok} of {pairs} ok, {res.failed} failed"

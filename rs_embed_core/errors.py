@@ -29,6 +29,14 @@ class UnknownProviderError(RsEmbedError, LookupError):
     """No registered provider has this name."""
 
 
+class UnknownExecutorError(RsEmbedError, LookupError):
+    """No installed plugin registers this export executor (the message names the package that would)."""
+
+
+class ExecutorError(RsEmbedError):
+    """An export executor cannot run here: its cluster is unreachable, or its workers cannot do the work."""
+
+
 class PluginError(RsEmbedError):
     """A plugin is malformed or conflicts with another (e.g. a duplicate model id)."""
 

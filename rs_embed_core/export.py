@@ -45,6 +45,7 @@ from .runner import (
     resolve_provider, run,
 )
 from .forward import check_precision
+from .plugins import resolve_executor
 from .workers import check_workers
 from .specs import BBox, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
 from .tiling import TileSpec
@@ -464,6 +465,7 @@ def export_batch(
     workers: int | None = None,
     precision: str = "fp32",
     wait: bool = False,
+    executor: Any = "local",
 ) -> ExportResult:
     """Embed every ROI with every model and write the results under `out` (see module docs).
 
@@ -475,7 +477,10 @@ def export_batch(
     records the request, versions, model cards and per-item status. `workers` and `precision` mean
     what they mean for get_embeddings_batch; a precision other than "fp32" is part of the request
     (a resume must ask for the same). One writer at a time holds `OUT/.lock`: another is refused
-    with ExportLockedError naming the holder, or waits for it with `wait=True`.
+    with ExportLockedError naming the holder, or waits for it with `wait=True`. `executor` runs the
+    fetches and models elsewhere ("ray", or an executor object from a plugin, e.g.
+    `rs_embed_ray.RayExecutor(address=...)`); this process still writes every file, so the output and
+    its resume are the same whichever executor ran it (docs/distributed.md).
     """
     t0 = time.perf_counter()
     spatials = _check_spatials(spatials)
@@ -494,6 +499,7 @@ def export_batch(
         raise SpecError(f"batch_size must be a positive integer, got {batch_size!r}")
     workers = check_workers(workers)
     precision = check_precision(precision)
+    ex = resolve_executor(executor)
     stems = check_names(names, len(spatials))
     shown = list(names) if names is not None else stems
     reqs = _requests(models)
@@ -518,6 +524,20 @@ def export_batch(
     if precision != "fp32":  # only then: manifests written before the option existed still resume
         request["precision"] = precision
     manifest_path = root / MANIFEST
+    if ex is not None:  # cluster reachable, out writable: checked before any fetch
+        ex.start(root)
+    try:
+        return _export_unlocked(root, manifest_path, request, resume, wait, spatials, stems, shown, temporal, reqs,
+                                jobs, provider, layout, fmt, save_inputs, save_embeddings, batch_size, progress,
+                                policy, min_valid_fraction, on_low_valid, workers, t0, ex)
+    finally:
+        if ex is not None:
+            ex.close()
+
+
+def _export_unlocked(root, manifest_path, request, resume, wait, spatials, stems, shown, temporal, reqs, jobs,
+                     provider, layout, fmt, save_inputs, save_embeddings, batch_size, progress, policy,
+                     min_valid_fraction, on_low_valid, workers, t0, ex) -> ExportResult:
     root.mkdir(parents=True, exist_ok=True)
     with FolderLock(root, wait=wait):
         if manifest_path.exists():
@@ -538,12 +558,12 @@ def export_batch(
                                                                           indent=1, default=str)))
         return _export_locked(root, request, spatials, stems, shown, temporal, reqs, jobs, provider, layout, fmt,
                               save_inputs, save_embeddings, batch_size, progress, policy, min_valid_fraction,
-                              on_low_valid, workers, t0)
+                              on_low_valid, workers, t0, ex)
 
 
 def _export_locked(root, request, spatials, stems, shown, temporal, reqs, jobs, provider, layout, fmt, save_inputs,
                    save_embeddings, batch_size, progress, policy, min_valid_fraction, on_low_valid, workers,
-                   t0) -> ExportResult:
+                   t0, ex=None) -> ExportResult:
     manifest_path = root / MANIFEST
     journal = Journal(root / JOURNAL)
     recorded = _belonging(journal.read(), len(spatials), [r.key for r in reqs], root)
@@ -567,7 +587,7 @@ def _export_locked(root, request, spatials, stems, shown, temporal, reqs, jobs, 
 
     for todo, items in pending.items():
         sub_jobs = [jobs[j] for j in todo]
-        stream = run(sub_jobs, [spatials[i] for i in items], temporal, provider,
+        stream = (run if ex is None else ex.run)(sub_jobs, [spatials[i] for i in items], temporal, provider,
                      names=[shown[i] for i in items], batch_size=batch_size, progress=progress, retry=policy,
                      min_valid_fraction=min_valid_fraction, on_low_valid=on_low_valid, workers=workers,
                      on_input=lambda q, r, its, _items=items: on_input(q, r, its, _items), input_pixels=save_inputs)

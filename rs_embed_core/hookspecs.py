@@ -1,4 +1,4 @@
-"""The three hooks a plugin can implement. Each receives a `register` callback."""
+"""The hooks a plugin can implement. Each receives a `register` callback."""
 
 from __future__ import annotations
 
@@ -23,3 +23,8 @@ def register_preprocessors(register: Callable[[str, Callable[..., Any]], None]) 
 @hookspec
 def register_embedders(register: Callable[[type], None]) -> None:
     """register(EmbedderSubclass): the class carries its ModelCard as `card`."""
+
+
+@hookspec
+def register_executors(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """register(name, factory): factory(**options) returns an export executor (see `plugins.resolve_executor`)."""

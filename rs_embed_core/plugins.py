@@ -153,3 +153,54 @@ def plugin_info() -> list[dict[str, object]]:
     for name, info in sorted(load_failures.items()):
         out.append({"name": name, "status": "failed", **{k: v for k, v in info.items() if k != "traceback"}})
     return out
+
+
+# ---------------------------------------------------------------- export executors
+
+# executor name -> the distribution that registers it, for the "not installed" message
+KNOWN_EXECUTORS = {"ray": "rs-embed-ray"}
+
+
+def executor_factories() -> dict[str, object]:
+    """Executor name -> factory(**options), from every plugin's `register_executors` (first one wins)."""
+    load_plugins()
+    found: dict[str, object] = {}
+
+    def register(name: str, factory: object) -> None:
+        found.setdefault(name, factory)
+
+    pm.hook.register_executors(register=register)
+    return found
+
+
+def resolve_executor(executor: object, **options: object) -> object | None:
+    """None for the in-process runner ("local"); else the executor a plugin registered under that name, built
+    with `options` (e.g. address=), or an executor object as given (it has `start`, `run` and `close`).
+
+    An executor runs export's stream: `run` takes and yields what `runner.run` does; `start(out)` checks,
+    before any fetch, that it can work (cluster reachable, `out` writable); `close()` releases what it took.
+    """
+    from .errors import SpecError, UnknownExecutorError
+
+    if executor is None or executor == "local":
+        if options:
+            raise SpecError(f"{sorted(options)} only apply to a distributed executor, not executor='local'")
+        return None
+    if isinstance(executor, str):
+        factory = executor_factories().get(executor)
+        if factory is None:
+            dist = KNOWN_EXECUTORS.get(executor)
+            hint = (f"install its plugin package {dist} (from the repository: pip install -c constraints.txt -e "
+                    f"plugins/{dist})" if dist else "install the plugin that provides it")
+            failed = [f"{n} ({i['error']})" for n, i in load_failures.items() if i.get("distribution") == dist]
+            raise UnknownExecutorError(
+                f"no export executor {executor!r} is installed; {hint}"
+                + (f" (it is installed but failed to load: {'; '.join(failed)})" if failed else "")
+                + f"; installed executors: {sorted(['local', *executor_factories()])}")
+        return factory(**options)  # type: ignore[operator]
+    if all(callable(getattr(executor, m, None)) for m in ("start", "run", "close")):
+        if options:
+            raise SpecError(f"{sorted(options)} go to the executor object itself, not to export_batch")
+        return executor
+    raise SpecError(f"executor must be 'local', an installed executor's name (e.g. 'ray') or an executor object, "
+                    f"got {executor!r}")

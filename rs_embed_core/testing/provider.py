@@ -12,7 +12,7 @@ import math
 import threading
 import time
 import zlib
-from typing import Callable, Collection as CollectionT, Iterable
+from typing import Any, Callable, Collection as CollectionT, Iterable
 
 import numpy as np
 
@@ -61,6 +61,16 @@ class FakeProvider:
         self.max_in_flight = 0  # the most fetches seen running at once
         self.requests: list[FetchRequest] = []
         self.keys: list[str] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (a distributed executor sends it to its workers); each copy counts its own calls."""
+        state = self.__dict__.copy()
+        state.pop("_lock")
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     @property
     def calls(self) -> int:
