@@ -8,12 +8,12 @@ the workers' busy share. On the H200 host (2026-12-04) remoteclip at 16 workers:
 each in the workers against 13 ms alone (16 concurrent tasks on 16 host CPUs), round trip 27.7 ms,
 workers 83 % busy: the data path is bound by the workers' compute, not by the main process.
 """
-import glob, json, os, sys, tempfile, threading, time
+import glob, os, sys, tempfile, threading, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_pipeline as bp
 from rs_embed import get_embeddings_batch
-from rs_embed_core import fetching, runner, workers
+from rs_embed_core import batching, fetching, workers
 from rs_embed_core.sample import make_sample_scene
 from rs_embed_core.testing import random_weights
 
@@ -62,7 +62,7 @@ def slot_init(self, owner):
 
 
 fetching._Slot.__init__ = slot_init
-real_forward = runner.forward
+real_forward = batching.forward
 
 
 def timed_forward(*a, **k):
@@ -72,7 +72,7 @@ def timed_forward(*a, **k):
     return out
 
 
-runner.forward = timed_forward
+batching.forward = timed_forward
 device = sys.argv[1] if len(sys.argv) > 1 else "cuda"
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 1024
 models = sys.argv[3].split(",") if len(sys.argv) > 3 else ["remoteclip"]

@@ -7,14 +7,15 @@ saw no valid input at all holds NaN in every band, so fill values can never pass
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence, Tuple, Union
 
 import numpy as np
 
 from .card import ModelCard
+from .convert import converter
 from .embedding import Embedding
-from .errors import SpecError
-from .raster import Raster
+from .errors import ItemError, SpecError
+from .raster import Raster, RasterHead
 from .specs import OutputSpec
 
 
@@ -87,3 +88,51 @@ def make_embedding(
         vec = grid.mean(axis=(1, 2)) if output.pooling == "mean" else grid.max(axis=(1, 2))
         meta["pooling"] = f"{output.pooling} of the token grid"
     return Embedding(np.ascontiguousarray(vec, dtype=np.float32), {**meta, "output_kind": "pooled"}, None)
+
+
+Outcome = Tuple[int, int, Union[Embedding, ItemError]]  # (item, job, result), what a run yields
+
+
+class Outcomes:
+    """How each (item, job) of one run ends: an Embedding with its full meta, or an ItemError naming the ROI.
+
+    `failed` holds the pairs that ended in an error (their other pieces are skipped), `attempts` the most
+    fetch attempts each item's inputs took, `bar` the run's progress (runner.RunProgress).
+    """
+
+    def __init__(self, jobs: Sequence[Any], spatials: Sequence[Any], names: Sequence[str] | None,
+                 metas: Sequence[dict[str, Any]], bar: Any) -> None:
+        self.jobs, self.spatials, self.names, self.metas, self.bar = jobs, spatials, names, metas, bar
+        self.failed: set[tuple[int, int]] = set()
+        self.attempts: dict[int, int] = {}
+
+    def error(self, i: int, j: int, stage: str, exc: BaseException, attempts: int = 1) -> ItemError:
+        self.failed.add((i, j))
+        return ItemError(
+            index=i, name=None if self.names is None else self.names[i], spatial=repr(self.spatials[i]),
+            model=self.jobs[j].card.id, stage=stage, error_type=type(exc).__name__,
+            message=str(exc).splitlines()[0] if str(exc) else type(exc).__name__, attempts=attempts, cause=exc,
+        )
+
+    def embedding(self, i: int, j: int, pooled: np.ndarray | None, grid: np.ndarray | None, prepped: Raster,
+                  fetched: Raster | RasterHead, tiling: dict[str, Any] | None = None, out_grid: Any = None,
+                  out_valid: np.ndarray | None = None) -> Embedding:
+        job = self.jobs[j]
+        meta = {
+            **self.metas[j],
+            "spatial": converter.unstructure(self.spatials[i]),
+            "input_grid": converter.unstructure(fetched.grid),
+            "input_shape": list(prepped.shape),
+            "valid_fraction": fetched.valid_fraction,
+            "attempts": self.attempts.get(i, 1),
+            "source": prepped.meta,
+        }
+        if self.names is not None:
+            meta["name"] = self.names[i]
+        if tiling is not None:
+            meta["tiling"] = tiling
+        return make_embedding(job.card, job.output, pooled, grid, prepped, meta, out_grid, out_valid)
+
+    def finish(self, i: int, j: int, result: Embedding | ItemError) -> Outcome:
+        self.bar.item_done(isinstance(result, ItemError))
+        return i, j, result

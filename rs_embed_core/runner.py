@@ -27,13 +27,14 @@ from attrs import frozen
 from . import __version__
 from .card import ModelCard, Step, Variant
 from .convert import converter
-from .embedder import BatchContext, Embedder
-from .assemble import cell_valid, make_embedding
+from .embedder import Embedder
+from .assemble import Outcome, Outcomes
+from .batching import Batches
 from .embedding import Embedding
-from .errors import BatchError, ItemError, LowValidDataError, RsEmbedError, SpecError
+from .errors import BatchError, ItemError, LowValidDataError, SpecError
 from .fetching import fetch_stream, raster_cache  # noqa: F401  (raster_cache: re-exported for tests)
 from .fetching import RasterCache  # noqa: F401
-from .forward import DEFAULT_PRECISION, check_device_precision, check_precision, forward
+from .forward import DEFAULT_PRECISION, check_device_precision, check_precision
 from .grid import grid_for
 from .plan import plan_fetches, users_of
 from .prepare import PrepSpec, Prepared, prepare
@@ -46,7 +47,7 @@ from .raster import Raster, RasterHead
 from .registry import embedder_class, embedder_plugin, provider_factory
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .specs import BBox, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
-from .tiling import TilePlan, check_input_prep, check_tile_size, stitch
+from .tiling import check_input_prep, check_tile_size
 
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_MIN_VALID_FRACTION = 0.2
@@ -307,28 +308,46 @@ def job_meta(job: Job, provider: Provider, temporal: TemporalSpec, valid_policy:
 # ---------------------------------------------------------------- the stream
 
 
-@frozen(eq=False)
-class _Piece:
-    """One model input: a whole ROI, or tile `tile` of it."""
+class _InputChecks:
+    """The run's input policy: too little valid data (warned, refused or allowed) and preprocessing that
+    clipped most of an input, both reported once at the end of the run."""
 
-    item: int
-    tile: int
-    prepped: Raster
+    def __init__(self, n_items: int, min_valid_fraction: float, on_low_valid: str) -> None:
+        self.n, self.min_valid, self.on_low_valid = n_items, min_valid_fraction, on_low_valid
+        self.low_valid: list[int] = []
+        self.saturated: dict[str, list[int]] = {}
 
+    def check(self, i: int, job: Job, ready: Prepared) -> BaseException | None:
+        """The error that refuses item i's input for `job`, or None (noting what to warn about)."""
+        if ready.fetched.valid_fraction < self.min_valid and self.on_low_valid != "allow":
+            if self.on_low_valid == "error":
+                return LowValidDataError(
+                    f"only {ready.fetched.valid_fraction:.1%} of the input is valid (min_valid_fraction="
+                    f"{self.min_valid}); the embedding would describe fill values")
+            self.low_valid.append(i)
+        for step, frac in ready.prepped[0].meta.get("saturated", {}).items():
+            if frac > SATURATION_WARN:
+                self.saturated.setdefault(f"{job.card.id}:{step}", []).append(i)
+        return None
 
-@attrs.define(eq=False)
-class _Partial:
-    """A tiled (item, job) waiting for its tiles."""
-
-    plan: TilePlan
-    fetched: Raster
-    grids: dict[int, np.ndarray] = attrs.field(factory=dict)
-    pooled: dict[int, np.ndarray] = attrs.field(factory=dict)
-    valid: dict[int, np.ndarray] = attrs.field(factory=dict)  # tile -> its token cells' valid fractions
-
-
-def _describe(spatial: Any) -> str:
-    return repr(spatial)
+    def warn(self) -> None:
+        for where, items in self.saturated.items():
+            model, step = where.split(":", 1)
+            warnings.warn(
+                f"{len(set(items))} of {self.n} ROI(s): step {step!r} of {model}'s chain clipped more than "
+                f"{SATURATION_WARN:.0%} of the input (items {sorted(set(items))[:10]}): the data's value range does "
+                "not fit what the model expects (e.g. Landsat or 8-bit RGB fed through a Sentinel-2 chain). Pass the "
+                "right sensor= (its band table gives the DN scale) or override preprocessing=.",
+                SaturatedInputWarning, stacklevel=4,
+            )
+        if self.low_valid:
+            k = len(set(self.low_valid))
+            warnings.warn(
+                f"{k} of {self.n} ROI(s) had less than {self.min_valid:.0%} valid input (items "
+                f"{sorted(set(self.low_valid))[:10]}{' ...' if k > 10 else ''}): their embeddings mostly describe "
+                "fill values. Check the time window / data coverage, or pass on_low_valid='allow' or 'error'.",
+                LowValidDataWarning, stacklevel=4,
+            )
 
 
 def run(
@@ -346,11 +365,13 @@ def run(
     on_input: Any = None,
     input_pixels: bool = False,
     workers: int | None = None,
-) -> Iterator[tuple[int, int, Embedding | ItemError]]:
+) -> Iterator[Outcome]:
     """Yield (item index, job index, Embedding or ItemError) for every ROI x job, as batches finish.
 
-    Models are loaded before the first fetch (weights errors come first). Memory stays flat in
-    the number of ROIs: fetches run a bounded window ahead, and each job holds at most one batch.
+    The composition of the stages: plan (plan.py) -> fetch + prepare in workers (fetching.py,
+    workers.py, prepare.py) -> batch + forward (batching.py) -> assemble (assemble.py). Models are
+    loaded before the first fetch (weights errors come first). Memory stays flat in the number of
+    ROIs: fetches run a bounded window ahead, and each job holds at most one batch.
     `on_input(request, raster, items)` is called once per distinct fetch that succeeded (export
     saves inputs through it); `items` are the ROI indices that use it. The raster holds its pixels
     when `input_pixels`; otherwise it may be a RasterHead (the pixels stayed in a worker process).
@@ -363,142 +384,13 @@ def run(
     users = users_of(needs)  # request -> (item, job) that wait for it
     same_key = Counter(r.key for r in requests)
     refuse = min_valid_fraction if on_low_valid == "error" else None
-
     bar = RunProgress(len(spatials) * len(jobs), "embed " + ",".join(j.card.id for j in jobs), progress, len(requests))
-    got: dict[int, Raster | BaseException] = {}  # fetched, until every user took it
+    out = Outcomes(jobs, spatials, names, metas, bar)
+    batches = Batches(jobs, embedders, out, spatials, temporal, batch_size)
+    checks = _InputChecks(len(spatials), min_valid_fraction, on_low_valid)
+    got: dict[int, Raster | RasterHead | BaseException] = {}  # fetched, until every user took it
     attempts_of: dict[int, int] = {}  # request -> attempts its fetch took
-    item_attempts: dict[int, int] = {}  # item -> the most attempts of its fetches
     taken: dict[int, int] = {}
-    pending: list[list[_Piece]] = [[] for _ in jobs]
-    partial: dict[tuple[int, int], _Partial] = {}
-    fetched_of: dict[tuple[int, int], Raster] = {}
-    failed: set[tuple[int, int]] = set()
-    low_valid: list[int] = []
-    saturated: dict[str, list[int]] = {}
-
-    def item_error(i: int, j: int, stage: str, exc: BaseException, attempts: int = 1) -> ItemError:
-        failed.add((i, j))
-        return ItemError(
-            index=i, name=None if names is None else names[i], spatial=_describe(spatials[i]),
-            model=jobs[j].card.id, stage=stage, error_type=type(exc).__name__,
-            message=str(exc).splitlines()[0] if str(exc) else type(exc).__name__, attempts=attempts, cause=exc,
-        )
-
-    def finish(i: int, j: int, result: Embedding | ItemError) -> tuple[int, int, Embedding | ItemError]:
-        partial.pop((i, j), None)
-        fetched_of.pop((i, j), None)
-        bar.item_done(isinstance(result, ItemError))
-        return i, j, result
-
-    def embedding(i: int, j: int, pooled: np.ndarray | None, grid: np.ndarray | None, prepped: Raster,
-                  fetched: Raster, tiling: dict[str, Any] | None, out_grid=None, out_valid=None) -> Embedding:
-        job = jobs[j]
-        meta = {
-            **metas[j],
-            "spatial": converter.unstructure(spatials[i]),
-            "input_grid": converter.unstructure(fetched.grid),
-            "input_shape": list(prepped.shape),
-            "valid_fraction": fetched.valid_fraction,
-            "attempts": item_attempts.get(i, 1),
-            "source": prepped.meta,
-        }
-        if names is not None:
-            meta["name"] = names[i]
-        if tiling is not None:
-            meta["tiling"] = tiling
-        return make_embedding(job.card, job.output, pooled, grid, prepped, meta, out_grid, out_valid)
-
-    def flush(j: int) -> Iterator[tuple[int, int, Embedding | ItemError]]:
-        pieces = pending[j]
-        pending[j] = []
-        groups: dict[tuple[int, ...], list[_Piece]] = {}
-        for p in pieces:
-            if (p.item, j) not in failed:
-                groups.setdefault(p.prepped.shape, []).append(p)
-        for group in groups.values():
-            yield from forward_group(j, group, isolate=len(group) > 1)
-
-    def forward_group(j: int, group: list[_Piece], isolate: bool) -> Iterator[tuple[int, int, Embedding | ItemError]]:
-        job = jobs[j]
-        ctx = BatchContext(
-            grids=tuple(p.prepped.grid for p in group),
-            centers_lonlat=tuple(spatials[p.item].center for p in group),
-            times=tuple(p.prepped.times for p in group),
-            temporal=temporal,
-            sensor=job.sensors[0] if len(job.sensors) == 1 else job.sensors,  # type: ignore[arg-type]
-            want=job.want,
-            band_names=group[0].prepped.bands,
-            valid=np.stack([p.prepped.valid for p in group]),
-        )
-        try:
-            pooled, grid, extras = forward(embedders[j], [p.prepped.data for p in group], ctx, job.precision)
-            for arr in (pooled, grid):
-                if arr is not None and not np.isfinite(arr).all():
-                    bad = [k for k in range(len(group)) if not np.isfinite(arr[k]).all()]
-                    if len(bad) == len(group) and not isolate:
-                        raise RsEmbedError(
-                            "the model produced non-finite values (NaN/inf); the input holds NaN or inf "
-                            "(e.g. fill_value=nan) or the weights are broken"
-                        )
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as exc:
-            if isolate:  # find the item(s) that break the batch; the others still get their result
-                for p in group:
-                    yield from forward_group(j, [p], isolate=False)
-                return
-            for p in group:
-                if (p.item, j) not in failed:
-                    yield finish(p.item, j, item_error(p.item, j, "model", exc))
-            return
-        if isolate and any(arr is not None and not np.isfinite(arr).all() for arr in (pooled, grid)):
-            for p in group:
-                yield from forward_group(j, [p], isolate=False)
-            return
-        for b, p in enumerate(group):
-            key = (p.item, j)
-            if key in failed:
-                continue
-            if key not in partial:  # a whole ROI
-                try:
-                    emb = embedding(p.item, j, None if pooled is None else pooled[b], None if grid is None else grid[b],
-                                    p.prepped, fetched_of[key], None)
-                    if extras and extras[b]:
-                        emb.meta["model_extra"] = extras[b]
-                except RsEmbedError as exc:
-                    yield finish(p.item, j, item_error(p.item, j, "model", exc))
-                    continue
-                yield finish(p.item, j, emb)
-                continue
-            part = partial[key]
-            if grid is None:
-                yield finish(p.item, j, item_error(p.item, j, "model", SpecError(
-                    f"model {job.card.id!r} returns no token grid, so its tiles cannot be stitched; use input_prep='resize'")))
-                continue
-            part.grids[p.tile] = grid[b]
-            part.valid[p.tile] = cell_valid(p.prepped, grid.shape[3], grid.shape[2])
-            bar.tile_done()
-            if pooled is not None:
-                part.pooled[p.tile] = pooled[b]
-            if len(part.grids) == len(part.plan.offsets):
-                yield finish(p.item, j, stitched(p.item, j, part, p.prepped))
-
-    def stitched(i: int, j: int, part: _Partial, last: Raster) -> Embedding | ItemError:
-        job = jobs[j]
-        order = range(len(part.plan.offsets))
-        try:
-            pooled_list = [part.pooled[k] for k in order] if len(part.pooled) == len(part.plan.offsets) else None
-            g, g_spec, vec, cells = stitch(part.plan, part.fetched.grid, [part.grids[k] for k in order], pooled_list,
-                                           [part.valid[k] for k in order])
-        except RsEmbedError as exc:
-            return item_error(i, j, "model", exc)
-        tiling = {**part.plan.to_meta(), "pooled": "area-weighted mean of the tiles' pooled vectors"
-                  if job.output.pooling == "model" else f"{job.output.pooling} of the stitched grid"}
-        prepped_meta = last.replace(grid=part.fetched.grid)
-        try:
-            return embedding(i, j, vec, g, prepped_meta, part.fetched, tiling, out_grid=g_spec, out_valid=cells)
-        except RsEmbedError as exc:
-            return item_error(i, j, "model", exc)
 
     def specs(r: int) -> tuple[list[tuple[tuple[int, int], PrepSpec]], bool]:
         """What the worker that fetches request r prepares (every (item, job) that needs only it), and
@@ -508,40 +400,25 @@ def run(
         alone = same_key[requests[r].key] == 1  # an identical request later reuses this fetch's raster
         return pairs, alone and not input_pixels and len(pairs) == len(users.get(r, []))
 
-    def consume(i: int, j: int, ready: Prepared | None) -> Iterator[tuple[int, int, Embedding | ItemError]]:
-        """Every input of (item i, job j) has arrived: check, queue its pieces for the model."""
-        job = jobs[j]
-        if ready is None:
+    def consume(i: int, j: int, ready: Prepared | None) -> Iterator[Outcome]:
+        """Every input of (item i, job j) has arrived: prepare it here if no worker did, check it, batch it."""
+        if ready is None:  # several fetches make this input (e.g. two sensors): merged and prepared here
             rasters = []
             for need in needs[i][j]:
                 r = got[need.request]
                 if isinstance(r, BaseException):
-                    yield finish(i, j, item_error(i, j, "fetch", r, attempts_of.get(need.request, 1)))
+                    yield out.finish(i, j, out.error(i, j, "fetch", r, attempts_of.get(need.request, 1)))
                     return
                 rasters.append(r)
             ready = prepare(jobs[j].prep_spec([n.bands for n in needs[i][j]], refuse), rasters)
         if ready.error is not None:
-            yield finish(i, j, item_error(i, j, *ready.error))
+            yield out.finish(i, j, out.error(i, j, *ready.error))
             return
-        fetched = ready.fetched
-        if fetched.valid_fraction < min_valid_fraction and on_low_valid != "allow":
-            if on_low_valid == "error":
-                yield finish(i, j, item_error(i, j, "fetch", LowValidDataError(
-                    f"only {fetched.valid_fraction:.1%} of the input is valid (min_valid_fraction="
-                    f"{min_valid_fraction}); the embedding would describe fill values")))
-                return
-            low_valid.append(i)
-        fetched_of[(i, j)] = fetched
-        if ready.plan is not None:
-            partial[(i, j)] = _Partial(ready.plan, fetched)
-            bar.tiles_planned(len(ready.plan.offsets))
-        for step, frac in ready.prepped[0].meta.get("saturated", {}).items():
-            if frac > SATURATION_WARN:
-                saturated.setdefault(f"{job.card.id}:{step}", []).append(i)
-        for k, prepped in enumerate(ready.prepped):
-            pending[j].append(_Piece(i, k, prepped))
-            if len(pending[j]) >= batch_size:
-                yield from flush(j)
+        refused = checks.check(i, jobs[j], ready)
+        if refused is not None:
+            yield out.finish(i, j, out.error(i, j, "fetch", refused))
+            return
+        yield from batches.add(i, j, ready)
 
     try:
         for r, result, attempts, pre in fetch_stream(provider, requests, policy=retry, specs=specs,
@@ -554,34 +431,16 @@ def run(
             for i, j in users.get(r, []):
                 if all(n.request in got for n in needs[i][j]):
                     for n in needs[i][j]:
-                        item_attempts[i] = max(item_attempts.get(i, 1), attempts_of[n.request])
+                        out.attempts[i] = max(out.attempts.get(i, 1), attempts_of[n.request])
                     yield from consume(i, j, None if pre is None else pre.get((i, j)))
                     for n in needs[i][j]:
                         taken[n.request] = taken.get(n.request, 0) + 1
                         if taken[n.request] == len(users[n.request]):
                             got.pop(n.request, None)
-        for j in range(len(jobs)):
-            if pending[j]:
-                yield from flush(j)
+        yield from batches.flush_all()
     finally:
         bar.close()
-    for where, items in saturated.items():
-        model, step = where.split(":", 1)
-        warnings.warn(
-            f"{len(set(items))} of {len(spatials)} ROI(s): step {step!r} of {model}'s chain clipped more than "
-            f"{SATURATION_WARN:.0%} of the input (items {sorted(set(items))[:10]}): the data's value range does not fit "
-            "what the model expects (e.g. Landsat or 8-bit RGB fed through a Sentinel-2 chain). Pass the right "
-            "sensor= (its band table gives the DN scale) or override preprocessing=.",
-            SaturatedInputWarning, stacklevel=3,
-        )
-    if low_valid:
-        k = len(set(low_valid))
-        warnings.warn(
-            f"{k} of {len(spatials)} ROI(s) had less than {min_valid_fraction:.0%} valid input (items "
-            f"{sorted(set(low_valid))[:10]}{' ...' if k > 10 else ''}): their embeddings mostly describe fill "
-            "values. Check the time window / data coverage, or pass on_low_valid='allow' or 'error'.",
-            LowValidDataWarning, stacklevel=3,
-        )
+    checks.warn()
 
 
 # ---------------------------------------------------------------- one model, collected
