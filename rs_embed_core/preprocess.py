@@ -137,11 +137,15 @@ def to_8bit(raster: Raster, low: Any, high: Any, round: bool = True) -> Raster: 
     hi = _per_channel(high, raster, "to_8bit high")
     if np.any(hi <= lo):
         raise SpecError(f"to_8bit: high must be > low, got low={low!r}, high={high!r}")
-    z = (raster.data.astype(np.float64) - lo) / (hi - lo)
-    y = np.clip(z, 0.0, 1.0) * 255.0
+    z = raster.data.astype(np.float64)  # the same float64 operations as (x - low) / (high - low), in place
+    z -= lo
+    z /= hi - lo
+    meta = _saturation(raster, (z < 0) | (z > 1), "to_8bit")
+    np.clip(z, 0.0, 1.0, out=z)
+    z *= 255.0
     if round_:
-        y = np.rint(y)
-    return raster.replace(data=y.astype(np.float32), meta=_saturation(raster, (z < 0) | (z > 1), "to_8bit"))
+        np.rint(z, out=z)
+    return raster.replace(data=z.astype(np.float32), meta=meta)
 
 
 def normalize(raster: Raster, mean: Any, std: Any) -> Raster:
