@@ -229,6 +229,24 @@ def fetch_task(provider: Provider, req: FetchRequest, policy: RetryPolicy, timeo
 # holder's whole interval each time leaves its worker idle. On a 16-core GPU host this took the data path
 # from 266 to 401 ROIs/s with 16 workers and from 32 to 46 with one (bench/bench_pipeline.py (a)).
 _SWITCH_S = 0.00025
+_switch_lock = threading.Lock()
+_switch_users = 0  # streams running now (several threads may each run one)
+_switch_saved = 0.005
+
+
+def _short_switch(on: bool) -> None:
+    """Enter (on) or leave a stream: the first in saves the interval and shortens it, the last out restores it."""
+    global _switch_users, _switch_saved
+    with _switch_lock:
+        if on:
+            if _switch_users == 0:
+                _switch_saved = sys.getswitchinterval()
+                sys.setswitchinterval(min(_switch_saved, _SWITCH_S))
+            _switch_users += 1
+        else:
+            _switch_users -= 1
+            if _switch_users == 0:
+                sys.setswitchinterval(_switch_saved)
 
 
 class _Slot:
@@ -308,8 +326,7 @@ def fetch_stream(
 
     runners = procs or [lambda *a: fetch_task(provider, *a)] * count
     threads = [threading.Thread(target=work, args=(r,), name="rs-embed-fetch", daemon=True) for r in runners]
-    switch = sys.getswitchinterval()
-    sys.setswitchinterval(min(switch, _SWITCH_S))
+    _short_switch(True)
     for t in threads:
         t.start()
     slots: dict[str, _Slot] = {}
@@ -335,7 +352,7 @@ def fetch_stream(
             yield i, (slot.error if slot.error is not None else slot.raster), slot.attempts, pre  # type: ignore[misc]
         finished = True
     finally:
-        sys.setswitchinterval(switch)
+        _short_switch(False)
         cancelled.set()  # queued work is skipped; running calls finish (or hang) on daemon threads
         for _ in threads:
             tasks.put(None)

@@ -290,3 +290,26 @@ def test_arrays_fall_back_to_the_pipe_without_shared_memory(monkeypatch):
     sender.join()
     np.testing.assert_array_equal(got, sent)
     assert got.flags.writeable
+
+
+def test_switch_interval_is_short_while_streams_run_and_restored_after_overlapping_ones():
+    import sys as _sys
+
+    from rs_embed_core import fetching
+
+    before = _sys.getswitchinterval()
+    fetching._short_switch(True)  # stream A
+    fetching._short_switch(True)  # stream B, in another thread
+    assert _sys.getswitchinterval() == min(before, fetching._SWITCH_S)
+    fetching._short_switch(False)  # A ends first: B still runs
+    assert _sys.getswitchinterval() == min(before, fetching._SWITCH_S)
+    fetching._short_switch(False)
+    assert _sys.getswitchinterval() == before
+
+
+def test_a_batch_call_leaves_the_switch_interval_as_it_found_it(scene):
+    import sys as _sys
+
+    before = _sys.getswitchinterval()
+    get_embeddings_batch("spectral_stats", ROIS, T, backend=LocalProvider(scene), workers=2, progress=False)
+    assert _sys.getswitchinterval() == before
