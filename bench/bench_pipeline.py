@@ -137,7 +137,8 @@ def data_path(scene: Path, rois: Sequence[Any], batch_size: int) -> dict[str, An
                                  device="cpu", batch_size=batch_size, progress=False, **extra)
             return time.perf_counter() - t
 
-        call(rois, counts[0])  # warm: headers, the OS file cache, imports
+        for w in counts:  # warm: headers, the OS file cache, imports, and each count's worker processes
+            call(rois[:2 * (w or 1)], w)  # (they start once per process and serve every later call)
         for w in counts:
             res["rois_per_s"]["default" if w is None else str(w)] = len(rois) / call(rois, w)
     rate = res["rois_per_s"]
