@@ -120,18 +120,24 @@ def test_a_rewritten_file_is_read_again(tmp_path):
     assert (reading.read_warped(path, grid, [1])[0] == 9).all()
 
 
+@pytest.mark.parametrize("invalid", ["none", "few pixels", "35%"])  # the three paths of `median`
 @pytest.mark.parametrize("n_scenes", [1, 2, 3, 4, 5, 8, 9, 13])
-def test_median_network_and_sort_agree_with_numpy(n_scenes):
+def test_median_network_and_sort_agree_with_numpy(n_scenes, invalid):
     rng = np.random.default_rng(n_scenes)
     stack = rng.integers(0, 40, size=(n_scenes, 4, 16, 16)).astype(np.float32)  # many ties
-    valid = rng.random((n_scenes, 16, 16)) > 0.35
-    valid[:, 0, 0] = False
-    valid[:, 0, 1] = True
+    valid = np.ones((n_scenes, 16, 16), bool)
+    if invalid == "35%":
+        valid = rng.random((n_scenes, 16, 16)) > 0.35
+        valid[:, 0, 1] = True
+    if invalid != "none":  # one pixel without any observation, and some with a few
+        valid[:, 0, 0] = False
+        for r, c in ((3, 4), (7, 7), (15, 2)):
+            valid[:, r, c] = rng.random(n_scenes) > 0.5
     med, ok = median(stack, valid)
-    ref = np.nanmedian(np.where(valid[:, None], stack, np.nan), axis=0) if n_scenes else None
+    ref = np.nanmedian(np.where(valid[:, None], stack, np.nan), axis=0)
     np.testing.assert_array_equal(ok[0], valid.any(axis=0))
     np.testing.assert_array_equal(med[0][:, ok[0]], ref[:, ok[0]].astype(np.float32))
-    assert np.isnan(med[0][:, ~ok[0]]).all()
+    assert np.isnan(med[0][:, ~ok[0]]).all() and (invalid == "none") == ok.all()
     stack_before = stack.copy()
     median(stack, valid)
     np.testing.assert_array_equal(stack, stack_before)  # the input is not touched

@@ -22,36 +22,80 @@ from ..specs import SensorSpec, TemporalSpec
 _NETWORK_MAX = 8  # up to this many scenes, a compare-exchange network beats a full sort along axis 0
 
 
+def _sorted(rows: list[np.ndarray]) -> list[np.ndarray]:
+    """The scenes' values sorted per pixel (rank k in the k-th array, all new arrays): an odd-even
+    transposition network of elementwise min/max for a few scenes (no copies: each exchange makes two
+    new arrays), numpy's sort for many."""
+    n = len(rows)
+    if n > _NETWORK_MAX:
+        x = np.stack(rows)
+        x.sort(axis=0)
+        return list(x)
+    rows = list(rows)
+    for r in range(n):
+        for k in range(r % 2, n - 1, 2):
+            rows[k], rows[k + 1] = np.minimum(rows[k], rows[k + 1]), np.maximum(rows[k], rows[k + 1])
+    return rows
+
+
+def _middle(rows: list[np.ndarray]) -> np.ndarray:
+    """Per-pixel median of the scenes as if every observation were valid, as a new array (three
+    scenes: the median-of-three formula, four min/max passes)."""
+    n = len(rows)
+    if n == 1:
+        return rows[0].copy()
+    if n == 3:
+        a, b, c = rows
+        med = np.minimum(np.maximum(a, b), c)
+        return np.maximum(med, np.minimum(a, b), out=med)
+    rows = _sorted(rows)
+    lo, hi = (n - 1) // 2, n // 2
+    return rows[lo].copy() if lo == hi else np.float32(0.5) * (rows[lo] + rows[hi])
+
+
 def median(stack: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel median over valid observations (mean of the two middle ones when even).
 
-    Invalid observations become +inf and sort last, so the first n (valid) values of each pixel's
-    sorted column are its observations. A few scenes are sorted by an odd-even transposition network
-    of elementwise min/max, many by numpy's sort; the middle ranks are read for all pixels at once
-    where every scene is valid, and pixel by pixel only where some are not. Pixels without any
-    observation are NaN.
+    Invalid observations become +inf and sort last, so the first n values of a pixel's sorted
+    column are its n observations. Where every scene is valid, the median of all scenes is read for
+    all pixels at once (`_middle`); the pixels where some are not get their ranks pixel by pixel,
+    from their own gathered columns when they are few, else from the whole sorted stack. The result
+    is always an observation or the mean of two (only min, max, sort and that mean), whatever the
+    path. Pixels without any observation are NaN.
     """
     n_scenes = stack.shape[0]
-    n = valid.sum(axis=0)  # (H, W)
-    x = np.array(stack, dtype=np.float32)
-    partial = n < n_scenes
-    if partial.any():
-        np.copyto(x, np.float32(np.inf), where=~valid[:, None])  # 7x faster than boolean-index assignment
-    if n_scenes <= _NETWORK_MAX:
-        for r in range(n_scenes):
-            for k in range(r % 2, n_scenes - 1, 2):
-                lo = np.minimum(x[k], x[k + 1])
-                np.maximum(x[k], x[k + 1], out=x[k + 1])
-                x[k] = lo
-    else:
-        x.sort(axis=0)
-    med = np.float32(0.5) * (x[(n_scenes - 1) // 2] + x[n_scenes // 2])
-    if partial.any():
-        rows, cols = np.nonzero(partial)
-        m = n[rows, cols]
-        lo_r, hi_r = np.maximum((m - 1) // 2, 0), np.maximum(m // 2, 0)
-        med[:, rows, cols] = np.float32(0.5) * (x[lo_r, :, rows, cols] + x[hi_r, :, rows, cols]).T
-        med[:, n == 0] = np.nan
+    rows = [np.asarray(stack[k], np.float32) for k in range(n_scenes)]
+    if valid.all():
+        return _middle(rows)[None], np.ones((1, *valid.shape[1:]), bool)
+    n = valid.sum(axis=0, dtype=np.uint8 if n_scenes < 256 else np.int64)  # (H, W); the small type is 10x faster
+    pr, pc = np.nonzero(n < n_scenes)
+    m = n[pr, pc].astype(np.int64)  # each partial pixel's observations: its ranks lo_r and hi_r are the middle
+    lo_r, hi_r = np.maximum((m - 1) // 2, 0), np.maximum(m // 2, 0)
+    if len(pr) * 16 < n.size:  # few partial pixels: the all-valid median, then just their columns
+        med = _middle(rows)
+        ok = valid[:, pr, pc]
+        cols = [r[:, pr, pc] for r in rows]  # per scene (C, P)
+        for k in range(n_scenes):
+            np.copyto(cols[k], np.float32(np.inf), where=~ok[k][None])
+        x, take = np.stack(_sorted(cols)), np.arange(len(pr))  # (scenes, C, P): their sorted columns
+        part = np.float32(0.5) * (x[lo_r, :, take] + x[hi_r, :, take])
+    else:  # many: sort every pixel's column in one stacked array, invalid values marked
+        x = np.array(stack, dtype=np.float32)
+        np.copyto(x, np.float32(np.inf), where=~valid[:, None])  # 7x faster than boolean indexing
+        if n_scenes > _NETWORK_MAX:
+            x.sort(axis=0)
+        else:  # the transposition network, in place
+            for r in range(n_scenes):
+                for k in range(r % 2, n_scenes - 1, 2):
+                    lo = np.minimum(x[k], x[k + 1])
+                    np.maximum(x[k], x[k + 1], out=x[k + 1])
+                    x[k] = lo
+        med = np.float32(0.5) * (x[(n_scenes - 1) // 2] + x[n_scenes // 2])
+        part = np.float32(0.5) * (x[lo_r, :, pr, pc] + x[hi_r, :, pr, pc])
+    med[:, pr, pc] = part.T
+    empty = m == 0
+    if empty.any():
+        med[:, pr[empty], pc[empty]] = np.nan
     return med[None], (n > 0)[None]
 
 
