@@ -38,64 +38,59 @@ def _sorted(rows: list[np.ndarray]) -> list[np.ndarray]:
     return rows
 
 
+def _pick(ranked: list[np.ndarray], count: int) -> np.ndarray:
+    """The median of `count` observations from per-pixel sorted values (the middle one, or the mean
+    of the middle two)."""
+    lo, hi = (count - 1) // 2, count // 2
+    return ranked[lo] if lo == hi else np.float32(0.5) * (ranked[lo] + ranked[hi])
+
+
 def _middle(rows: list[np.ndarray]) -> np.ndarray:
     """Per-pixel median of the scenes as if every observation were valid, as a new array (three
     scenes: the median-of-three formula, four min/max passes)."""
-    n = len(rows)
-    if n == 1:
-        return rows[0].copy()
-    if n == 3:
+    if len(rows) == 3:
         a, b, c = rows
         med = np.minimum(np.maximum(a, b), c)
         return np.maximum(med, np.minimum(a, b), out=med)
-    rows = _sorted(rows)
-    lo, hi = (n - 1) // 2, n // 2
-    return rows[lo].copy() if lo == hi else np.float32(0.5) * (rows[lo] + rows[hi])
+    return np.array(_pick(_sorted(rows), len(rows)))
 
 
 def median(stack: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel median over valid observations (mean of the two middle ones when even).
 
-    Invalid observations become +inf and sort last, so the first n values of a pixel's sorted
-    column are its n observations. Where every scene is valid, the median of all scenes is read for
-    all pixels at once (`_middle`); the pixels where some are not get their ranks pixel by pixel,
-    from their own gathered columns when they are few, else from the whole sorted stack. The result
-    is always an observation or the mean of two (only min, max, sort and that mean), whatever the
-    path. Pixels without any observation are NaN.
+    Invalid observations become +inf and sort last, so a pixel with n observations finds them in
+    the first n ranks of its sorted column. Where every scene is valid, the median of all scenes is
+    computed at once (`_middle`). Otherwise, for a few scenes, the ranks are whole arrays and each
+    observation count takes its median with one masked copy (no per-pixel gathers); for many, the
+    stack is sorted and the pixels with missing scenes read their own ranks. The result is always an
+    observation or the mean of two (only min, max, sort and that mean), whatever the path. Pixels
+    without any observation are NaN.
     """
     n_scenes = stack.shape[0]
     rows = [np.asarray(stack[k], np.float32) for k in range(n_scenes)]
     if valid.all():
         return _middle(rows)[None], np.ones((1, *valid.shape[1:]), bool)
     n = valid.sum(axis=0, dtype=np.uint8 if n_scenes < 256 else np.int64)  # (H, W); the small type is 10x faster
-    pr, pc = np.nonzero(n < n_scenes)
-    m = n[pr, pc].astype(np.int64)  # each partial pixel's observations: its ranks lo_r and hi_r are the middle
-    lo_r, hi_r = np.maximum((m - 1) // 2, 0), np.maximum(m // 2, 0)
-    if len(pr) * 16 < n.size:  # few partial pixels: the all-valid median, then just their columns
-        med = _middle(rows)
-        ok = valid[:, pr, pc]
-        cols = [r[:, pr, pc] for r in rows]  # per scene (C, P)
+    if n_scenes <= _NETWORK_MAX:
+        marked = [np.array(r) for r in rows]
         for k in range(n_scenes):
-            np.copyto(cols[k], np.float32(np.inf), where=~ok[k][None])
-        x, take = np.stack(_sorted(cols)), np.arange(len(pr))  # (scenes, C, P): their sorted columns
-        part = np.float32(0.5) * (x[lo_r, :, take] + x[hi_r, :, take])
-    else:  # many: sort every pixel's column in one stacked array, invalid values marked
-        x = np.array(stack, dtype=np.float32)
-        np.copyto(x, np.float32(np.inf), where=~valid[:, None])  # 7x faster than boolean indexing
-        if n_scenes > _NETWORK_MAX:
-            x.sort(axis=0)
-        else:  # the transposition network, in place
-            for r in range(n_scenes):
-                for k in range(r % 2, n_scenes - 1, 2):
-                    lo = np.minimum(x[k], x[k + 1])
-                    np.maximum(x[k], x[k + 1], out=x[k + 1])
-                    x[k] = lo
-        med = np.float32(0.5) * (x[(n_scenes - 1) // 2] + x[n_scenes // 2])
-        part = np.float32(0.5) * (x[lo_r, :, pr, pc] + x[hi_r, :, pr, pc])
-    med[:, pr, pc] = part.T
-    empty = m == 0
-    if empty.any():
-        med[:, pr[empty], pc[empty]] = np.nan
+            np.copyto(marked[k], np.float32(np.inf), where=~valid[k][None])  # 7x faster than boolean indexing
+        ranked = _sorted(marked)
+        med = np.array(_pick(ranked, n_scenes))
+        for count in range(n_scenes - 1, -1, -1):  # before any copy lands in it, med is read by no later pick
+            where = n == count
+            if where.any():
+                np.copyto(med, _pick(ranked, count) if count else np.float32(np.nan), where=where[None])
+        return med[None], (n > 0)[None]
+    x = np.array(stack, dtype=np.float32)
+    np.copyto(x, np.float32(np.inf), where=~valid[:, None])  # 7x faster than boolean indexing
+    x.sort(axis=0)
+    med = _pick(list(x), n_scenes)
+    pr, pc = np.nonzero(n < n_scenes)
+    m = n[pr, pc].astype(np.int64)
+    lo, hi = np.maximum((m - 1) // 2, 0), np.maximum(m // 2, 0)
+    med[:, pr, pc] = (np.float32(0.5) * (x[lo, :, pr, pc] + x[hi, :, pr, pc])).T
+    med[:, n == 0] = np.nan
     return med[None], (n > 0)[None]
 
 
