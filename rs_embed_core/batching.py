@@ -19,7 +19,8 @@ from attrs import frozen
 from .assemble import Outcome, Outcomes, cell_valid
 from .embedder import BatchContext, Embedder
 from .errors import RsEmbedError, SpecError
-from .forward import forward
+from .fetching import Throttle
+from .forward import cpus_left, forward
 from .prepare import Prepared
 from .raster import Raster, RasterHead
 from .specs import BBox, PointBuffer, TemporalSpec
@@ -51,8 +52,11 @@ class Batches:
     """The pieces of every job of one run, batched per job, through the model, out as outcomes."""
 
     def __init__(self, jobs: Sequence[Any], embedders: Sequence[Embedder], outcomes: Outcomes,
-                 spatials: Sequence[PointBuffer | BBox], temporal: TemporalSpec, batch_size: int) -> None:
+                 spatials: Sequence[PointBuffer | BBox], temporal: TemporalSpec, batch_size: int,
+                 throttle: Throttle | None = None) -> None:
         self.jobs, self.embedders, self.outcomes = jobs, embedders, outcomes
+        self.throttle = throttle or Throttle()  # held back during CPU forwards (see fetching.Throttle)
+        self.cpus_left = [cpus_left(e) for e in embedders]
         self.spatials, self.temporal, self.batch_size = spatials, temporal, batch_size
         self.pending: list[list[Piece]] = [[] for _ in jobs]
         self.partial: dict[tuple[int, int], Partial] = {}
@@ -100,8 +104,9 @@ class Batches:
     def _forward(self, j: int, group: list[Piece], isolate: bool) -> Iterator[Outcome]:
         job, out = self.jobs[j], self.outcomes
         try:
-            pooled, grid, extras = forward(self.embedders[j], [p.prepped.data for p in group], self._context(j, group),
-                                           job.precision)
+            with self.throttle.limited(self.cpus_left[j]):
+                pooled, grid, extras = forward(self.embedders[j], [p.prepped.data for p in group],
+                                               self._context(j, group), job.precision)
             for arr in (pooled, grid):
                 if arr is not None and not isolate and not np.isfinite(arr).all():
                     raise RsEmbedError(

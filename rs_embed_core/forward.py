@@ -137,6 +137,19 @@ def item_extras(extra: dict[str, Any], n: int) -> list[dict[str, Any]]:
     return out
 
 
+def cpus_left(embedder: Embedder) -> int | None:
+    """CPUs the data workers may keep busy while `embedder`'s forward runs: None (no limit) when the
+    model computes elsewhere (an accelerator) or without torch, else the CPUs beyond torch's intra-op
+    threads (`fetching.Throttle` says why)."""
+    if not embedder.uses_torch or str(embedder.device).split(":")[0] != "cpu":
+        return None
+    import torch
+
+    from .workers import available_cpus
+
+    return max(0, available_cpus() - torch.get_num_threads())
+
+
 def forward(embedder: Embedder, arrays: Sequence[np.ndarray], ctx: BatchContext, precision: str = "fp32"
             ) -> tuple[np.ndarray | None, np.ndarray | None, list[dict[str, Any]] | None]:
     """(pooled, grid, per-item extras) of one batch, as float32 numpy arrays."""

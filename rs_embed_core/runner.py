@@ -32,7 +32,7 @@ from .assemble import Outcome, Outcomes
 from .batching import Batches
 from .embedding import Embedding
 from .errors import BatchError, ItemError, LowValidDataError, SpecError
-from .fetching import fetch_stream, raster_cache  # noqa: F401  (raster_cache: re-exported for tests)
+from .fetching import Throttle, fetch_stream, raster_cache  # noqa: F401  (raster_cache: re-exported for tests)
 from .fetching import RasterCache  # noqa: F401
 from .forward import DEFAULT_PRECISION, check_device_precision, check_precision
 from .grid import grid_for
@@ -386,7 +386,8 @@ def run(
     refuse = min_valid_fraction if on_low_valid == "error" else None
     bar = RunProgress(len(spatials) * len(jobs), "embed " + ",".join(j.card.id for j in jobs), progress, len(requests))
     out = Outcomes(jobs, spatials, names, metas, bar)
-    batches = Batches(jobs, embedders, out, spatials, temporal, batch_size)
+    throttle = Throttle()  # the fetch workers hold back while a forward computes on their CPUs
+    batches = Batches(jobs, embedders, out, spatials, temporal, batch_size, throttle)
     checks = _InputChecks(len(spatials), min_valid_fraction, on_low_valid)
     got: dict[int, Raster | RasterHead | BaseException] = {}  # fetched, until every user took it
     attempts_of: dict[int, int] = {}  # request -> attempts its fetch took
@@ -422,7 +423,7 @@ def run(
 
     try:
         for r, result, attempts, pre in fetch_stream(provider, requests, policy=retry, specs=specs,
-                                                     workers=workers, held=batch_size):
+                                                     workers=workers, held=batch_size, throttle=throttle):
             got[r] = result
             attempts_of[r] = attempts
             bar.fetch_done()

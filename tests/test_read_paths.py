@@ -154,8 +154,8 @@ def test_sample_scene_read_uses_the_window_path(tmp_path):
 
 
 def test_open_files_are_reused_across_short_lived_threads(tmp_path, monkeypatch):
-    """The runner reads on a new thread per call (its timeout); the file must not be reopened each time,
-    and two threads never hold one dataset at once."""
+    """The runner reads on helper threads (its timeout), not always the same one; the file must not be
+    reopened each time, and two threads never hold one dataset at once."""
     import threading
 
     t = Affine(10, 0, 300000, 0, -10, 3460000)

@@ -313,3 +313,116 @@ def test_a_batch_call_leaves_the_switch_interval_as_it_found_it(scene):
     before = _sys.getswitchinterval()
     get_embeddings_batch("spectral_stats", ROIS, T, backend=LocalProvider(scene), workers=2, progress=False)
     assert _sys.getswitchinterval() == before
+
+
+def test_provider_calls_reuse_idle_threads_and_abandon_a_hung_one():
+    """A fetch with a timeout runs on a helper thread; helpers are reused by any thread (a fresh one per
+    fetch cost ~4 ms), and one left inside a call that timed out is never handed out again."""
+    import threading
+
+    from rs_embed_core import fetching
+    from rs_embed_core.errors import FetchTimeoutError
+
+    def here():
+        return threading.get_ident()
+
+    first = fetching._call_with_timeout(here, 5, "x")
+    assert first != threading.get_ident()  # it ran on a helper
+    assert fetching._call_with_timeout(here, 5, "x") == first
+    seen = []
+    other = threading.Thread(target=lambda: seen.append(fetching._call_with_timeout(here, 5, "x")))
+    other.start()
+    other.join()
+    assert seen == [first]  # another thread's call took the same idle helper
+
+    release, hung_on = threading.Event(), []
+    with pytest.raises(FetchTimeoutError, match="did not finish within 0.1 s"):
+        fetching._call_with_timeout(lambda: hung_on.append(threading.get_ident()) or release.wait(10), 0.1, "hung")
+    assert hung_on == [first]
+    after = fetching._call_with_timeout(here, 5, "x")
+    assert after != first  # the hung helper was abandoned
+    release.set()
+    assert fetching._call_with_timeout(lambda: 7, 5, "x") == 7 and fetching._call_with_timeout(here, None, "x") == \
+        threading.get_ident()  # no timeout: called right here
+
+
+def test_throttle_holds_new_tasks_back_inside_its_block():
+    import threading
+
+    from rs_embed_core.fetching import Throttle
+
+    th, started = Throttle(), []
+
+    def task():
+        th.enter()
+        started.append(time.monotonic())
+        th.leave()
+
+    with th.limited(0):
+        t = threading.Thread(target=task)
+        t.start()
+        time.sleep(0.2)
+        assert started == []  # held
+        left = time.monotonic()
+    t.join(5)
+    assert len(started) == 1 and started[0] >= left
+    with th.limited(None):  # no limit
+        task()
+    assert len(started) == 2
+
+
+def test_cpus_left_beside_a_cpu_forward():
+    import torch
+
+    from rs_embed_core.forward import cpus_left
+    from rs_embed_core.workers import available_cpus
+
+    class E:
+        uses_torch, device = True, "cpu"
+
+    assert cpus_left(E()) == max(0, available_cpus() - torch.get_num_threads())
+    E.device = "cuda:0"
+    assert cpus_left(E()) is None  # the model computes elsewhere
+    E.device, E.uses_torch = "cpu", False
+    assert cpus_left(E()) is None
+
+
+@pytest.mark.parametrize("held_back", [True, False])
+def test_no_fetch_starts_while_a_cpu_forward_runs(scene, monkeypatch, held_back):
+    """With no CPU left beside the forward, new fetch tasks wait for it to end (a task begun just before it
+    may still run); without the throttle (the control case) the worker keeps fetching through it."""
+    from rs_embed_core import batching
+    from rs_embed_core.card import InputSpec, ModelCard, Variant
+    from rs_embed_core.embedder import EmbedOutput, Embedder
+    from rs_embed_core.sample import BANDS, COLLECTION
+    from rs_embed_core.testing import registered
+
+    fetches, forwards = [], []
+
+    class TimedProvider(LocalProvider):
+        def fetch(self, request):
+            fetches.append(time.monotonic())
+            return super().fetch(request)
+
+    class SlowTorchModel(Embedder):
+        card = ModelCard(id="test-slow-torch", description="fixture: a slow forward on the CPU",
+                         input=InputSpec(COLLECTION, BANDS[:2], 10.0, image_size=None, frames=1, composite="median"),
+                         variants=(Variant("v", pooled_dim=2, grid_dim=2),), preprocessing=())
+        uses_torch = True
+
+        def forward(self, x, ctx):
+            t0 = time.monotonic()
+            time.sleep(0.3)
+            forwards.append((t0, time.monotonic()))
+            return EmbedOutput(pooled=x[:, 0, :, 0, 0])
+
+    monkeypatch.setattr(batching, "cpus_left", lambda e: 0 if held_back else None)
+    with registered(SlowTorchModel):
+        embs = get_embeddings_batch("test-slow-torch", ROIS, T, backend=TimedProvider(scene), device="cpu",
+                                    batch_size=2, workers=1, progress=False)
+    assert len(embs) == len(ROIS) and len(forwards) == 4 and len(fetches) == len(ROIS)
+    most = max(sum(a < f < b for f in fetches) for a, b in forwards)  # fetches begun during one forward
+    if held_back:
+        assert most <= 1  # at most the task one worker had begun before the forward did
+    else:
+        assert most >= 2

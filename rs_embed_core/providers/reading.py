@@ -132,8 +132,8 @@ class _DatasetPool:
     """Idle open datasets of local files, lent to one thread at a time.
 
     GDAL datasets are not thread-safe but may move between threads, so a read borrows one (or opens
-    one), uses it alone, and gives it back; a fetch thread that lives for one call (the runner's
-    timeout threads) still finds the file open and its decompressed blocks cached. A file that
+    one), uses it alone, and gives it back; whichever thread runs the next read (the runner's
+    timeout helpers, the pool threads of each call) still finds the file open and its decompressed blocks cached. A file that
     changed (inode, size or mtime) is opened again.
     """
 
