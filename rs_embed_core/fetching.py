@@ -21,7 +21,7 @@ import queue
 import sys
 import threading
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any, Callable, Iterator, Sequence
 
 import attrs
@@ -337,6 +337,60 @@ class Throttle:
                 self._cond.notify_all()
 
 
+# Worker processes each keep their own GDAL block cache: a block two processes both need is
+# decompressed twice. So requests whose ROIs lie in one cell of LOCALITY_PX request pixels go to the same
+# worker process (its "home", the least busy one when the cell is first seen); a worker with nothing of
+# its own takes the oldest request of the busiest other one, so none idles while work waits.
+LOCALITY_PX = 512
+
+
+def locality(req: FetchRequest) -> tuple[str, int, int]:
+    """The cell of LOCALITY_PX x LOCALITY_PX request pixels that holds the ROI's centre."""
+    g = req.grid
+    cell = LOCALITY_PX * g.res
+    left, bottom, right, top = g.bounds
+    return g.crs, int((left + right) // (2 * cell)), int((bottom + top) // (2 * cell))
+
+
+class _Dispatch:
+    """The task queues of one stream: one per worker, filled by locality (None: one shared queue)."""
+
+    def __init__(self, workers: int, by_locality: bool) -> None:
+        self._cond = threading.Condition()
+        self._queues: list[deque[Any]] = [deque() for _ in range(workers if by_locality else 1)]
+        self._home: dict[Any, int] = {}
+        self._closed = False
+
+    def put(self, item: Any, req: FetchRequest) -> None:
+        with self._cond:
+            w = 0
+            if len(self._queues) > 1:
+                key = locality(req)
+                w = self._home.get(key, -1)
+                if w < 0:
+                    w = self._home[key] = min(range(len(self._queues)), key=lambda k: len(self._queues[k]))
+            self._queues[w].append(item)
+            self._cond.notify_all()
+
+    def get(self, worker: int) -> Any:
+        """The next item for `worker` (its own, else stolen), or None once closed."""
+        with self._cond:
+            while not self._closed:
+                own = self._queues[worker % len(self._queues)]
+                if own:
+                    return own.popleft()
+                busiest = max(self._queues, key=len)
+                if busiest:
+                    return busiest.popleft()
+                self._cond.wait()
+            return None
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
 class _Slot:
     __slots__ = ("done", "raster", "error", "attempts", "owner", "then")
 
@@ -386,7 +440,7 @@ def fetch_stream(
     remaining: dict[str, int] = {}
     for r in requests:
         remaining[r.key] = remaining.get(r.key, 0) + 1
-    tasks: queue.SimpleQueue[tuple[FetchRequest, _Slot] | None] = queue.SimpleQueue()
+    tasks = _Dispatch(count, by_locality=kind == "processes")
     cancelled = threading.Event()
     procs: list[Any] = []
     pool = shared_pool(fetch_task) if kind == "processes" else None
@@ -396,9 +450,9 @@ def fetch_stream(
             pool = None
             procs = process_workers(count, provider, fetch_task)
 
-    def work(run: Callable[..., tuple[Any, int, Any]]) -> None:
+    def work(run: Callable[..., tuple[Any, int, Any]], me: int) -> None:
         while True:
-            item = tasks.get()
+            item = tasks.get(me)
             if item is None:
                 return
             req, slot = item
@@ -419,7 +473,8 @@ def fetch_stream(
             slot.done.set()
 
     runners = procs or [lambda *a: fetch_task(provider, *a)] * count
-    threads = [threading.Thread(target=work, args=(r,), name="rs-embed-fetch", daemon=True) for r in runners]
+    threads = [threading.Thread(target=work, args=(r, k), name="rs-embed-fetch", daemon=True)
+               for k, r in enumerate(runners)]
     _short_switch(True)
     for t in threads:
         t.start()
@@ -432,11 +487,11 @@ def fetch_stream(
                 nxt = requests[ahead]
                 if nxt.key not in slots:
                     slots[nxt.key] = _Slot(ahead)
-                    tasks.put((nxt, slots[nxt.key]))
+                    tasks.put((nxt, slots[nxt.key]), nxt)
                 ahead += 1
             if req.key not in slots:  # its last use was consumed already: fetch again (cache hit)
                 slots[req.key] = _Slot(i)
-                tasks.put((req, slots[req.key]))
+                tasks.put((req, slots[req.key]), req)
             slot = slots[req.key]
             slot.done.wait()  # interruptible: Ctrl-C lands here
             remaining[req.key] -= 1
@@ -448,8 +503,7 @@ def fetch_stream(
     finally:
         _short_switch(False)
         cancelled.set()  # queued work is skipped; running calls finish (or hang) on daemon threads
-        for _ in threads:
-            tasks.put(None)
+        tasks.close()
         if pool is not None and finished:  # every task answered: the processes serve the next call
             for t in threads:
                 t.join()

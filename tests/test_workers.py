@@ -426,3 +426,38 @@ def test_no_fetch_starts_while_a_cpu_forward_runs(scene, monkeypatch, held_back)
         assert most <= 1  # at most the task one worker had begun before the forward did
     else:
         assert most >= 2
+
+
+def test_requests_of_one_cell_go_to_one_worker_and_idle_workers_take_the_rest():
+    """Worker processes keep their own decompressed blocks: ROIs that share a cell of LOCALITY_PX pixels
+    go to the same worker (least busy when the cell is first seen); a worker without work of its own
+    takes the oldest request of the busiest other one."""
+    from rs_embed_core.fetching import LOCALITY_PX, _Dispatch, locality
+    from rs_embed_core.grid import GridSpec
+    from rs_embed_core.providers import FetchRequest
+    from rs_embed_core.specs import SensorSpec
+
+    sensor = SensorSpec("C", ("B1",), 10.0)
+    cell = LOCALITY_PX * 10.0
+
+    def req(x, y):
+        return FetchRequest(GridSpec("EPSG:32651", x, y, 10.0, 64, 64), T, sensor)
+
+    a1, a2 = req(5 * cell + 100, 9 * cell + 900), req(5 * cell + 2000, 9 * cell + 3000)  # same cell
+    b1 = req(7 * cell + 100, 9 * cell + 900)
+    assert locality(a1) == locality(a2) != locality(b1)
+    d = _Dispatch(2, by_locality=True)
+    for r in (a1, b1, a2):
+        d.put(r, r)
+    assert d.get(0) is a1 and d.get(0) is a2  # worker 0's home cell
+    assert d.get(1) is b1
+    c1, c2 = req(20 * cell, 20 * cell), req(20 * cell + 10, 20 * cell)
+    d.put(c1, c1)  # a new cell: both idle, worker 0 (first least busy) is its home
+    d.put(c2, c2)
+    assert d.get(1) is c1 and d.get(0) is c2  # worker 1 has nothing of its own: takes the oldest of worker 0's
+    shared = _Dispatch(2, by_locality=False)  # threads share one process: one queue, first in first out
+    for r in (a1, b1, a2):
+        shared.put(r, r)
+    assert [shared.get(1), shared.get(0), shared.get(1)] == [a1, b1, a2]
+    d.close()
+    assert d.get(0) is None and d.get(1) is None
