@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from rs_embed_core.card import InputSpec, ModelCard, Step, Variant
+from rs_embed_core.card import InputSpec, ModelCard, Step, Variant, WeightsSpec
 from rs_embed_core.collections import delivering_sensor
 from rs_embed_core.embedder import BatchContext, Embedder, EmbedOutput, check_single_frame
 from rs_embed_core.errors import SpecError, WeightsError
@@ -95,9 +95,12 @@ SIZES: dict[str, tuple[int, int, int, int]] = {
 }
 HUB_REPO = "FM4CS/THOR-1.0-{size}"
 HUB_FILE = "thor_v1_vit_{size}.pt"
-# The commit of FM4CS/THOR-1.0-base another project pins, with the file's size (376,628,228 bytes); no
-# sha256 of any THOR file could be found, so no default weights are pinned (see NOTES).
-BASE_COMMIT_SEEN = "823c265cbb941a3e1b9054910a65dbe190c11f11"
+# The commit of FM4CS/THOR-1.0-base another project pins (with the file's size, 376,628,228 bytes). A Hub
+# commit pins each file's Git LFS sha256, so base's default weights are this commit; the digest is read
+# from the Hub at first download, checked against the bytes and recorded (WeightsSpec.from_revision). No
+# commit of the tiny, small and large repositories is known: they ship no default weights.
+BASE_COMMIT = "823c265cbb941a3e1b9054910a65dbe190c11f11"
+WEIGHTS_LICENSE = "apache-2.0"
 
 
 def _params(size: str, patch: int) -> dict[str, Any]:
@@ -109,8 +112,10 @@ def _params(size: str, patch: int) -> dict[str, Any]:
 def _variants() -> tuple[Variant, ...]:
     out = []
     for size, (dim, *_rest) in SIZES.items():
-        out.append(Variant(size, pooled_dim=dim, grid_dim=dim, weights=None, params=_params(size, DEFAULT_PATCH)))
-        out.append(Variant(f"{size}-p16", pooled_dim=dim, grid_dim=dim, weights=None, params=_params(size, 16)))
+        weights = WeightsSpec.from_revision(HUB_REPO.format(size=size), BASE_COMMIT, HUB_FILE.format(size=size),
+                                            WEIGHTS_LICENSE) if size == "base" else None
+        out.append(Variant(size, pooled_dim=dim, grid_dim=dim, weights=weights, params=_params(size, DEFAULT_PATCH)))
+        out.append(Variant(f"{size}-p16", pooled_dim=dim, grid_dim=dim, weights=weights, params=_params(size, 16)))
     return tuple(out)
 
 
@@ -186,12 +191,14 @@ out_indices [-1]), each group reshaped to its token grid, coarser groups upsampl
 group's grid and the groups averaged (merge_method 'mean'); 36 x 36 for the default. pooled = the pre-training \
 global feature (cls_token_type 'pooled'): LayerNorm of the mean over all tokens of the final-normed tokens.
 Weights: the authors publish FM4CS/THOR-1.0-tiny/-small/-base/-large ({HUB_FILE.format(size='<size>')}, \
-Apache-2.0). No sha256 of any of them could be found here (Hub pages and LFS pointers unreadable; for base \
-another project pins commit {BASE_COMMIT_SEEN} and 376,628,228 bytes, but no digest), and no commit of the \
-other files is known, so none can be pinned by its commit either (WeightsSpec.from_revision; base could be, \
-on that commit: not done yet): no variant ships default weights. Download the file and pass weights=<path> \
-(pinned by its own sha256, opened with weights_only=True, loaded strictly after stripping the 'encoder.' \
-prefix and dropping the authors' ignore list decoder_* / decode_* / pos_embed* / ref_pos_embed*).
+Apache-2.0). base and base-p16 (one file) default to FM4CS/THOR-1.0-base at commit {BASE_COMMIT} (the commit \
+another project pins, with 376,628,228 bytes): no page readable here publishes the file's sha256, so it is \
+taken from that commit's Git LFS record on the Hub at first download, checked against the bytes and recorded \
+(not checked against the real file here: the Hub is unreachable from where this was written). No commit of \
+tiny, small or large is known: those variants ship no default weights; download the file and pass \
+weights=<path> (pinned by its own sha256). Every file is opened with weights_only=True and loaded strictly \
+after stripping the 'encoder.' prefix and dropping the authors' ignore list decoder_* / decode_* / \
+pos_embed* / ref_pos_embed*.
 Reference: none installs here (the authors' `thor` package is on GitHub only, PyPI's `thor` is another \
 project, terratorch 1.2.13 and rshf do not carry THOR). tests/test_thor_equality.py compares with the authors' \
 ThorViTEncoder on shared random weights wherever their package is importable (skipped here); run by hand \

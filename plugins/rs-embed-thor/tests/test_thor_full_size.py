@@ -1,9 +1,12 @@
-"""THOR-base at full size, once: a checkpoint in the published layout through the real `weights=` path.
+"""THOR-base at full size, once: a checkpoint in the published layout through the real `weights=` path,
+then as the default weights.
 
 The file is what the authors' loader reads (thor/core/model_registry.py: `torch.load`, then the
 `state_dict` entry, keys `encoder.<module key>`, the ignore list decoder_* / decode_* / pos_embed* /
 ref_pos_embed* dropped), filled with random values. It goes through `get_embedding(..., weights=path)`:
-sha256 pin, `weights_only=True` unpickling, conversion to safetensors, strict load, one forward.
+sha256 pin, `weights_only=True` unpickling, conversion to safetensors, strict load, one forward. Then the
+same file is base's default (pinned commit, digest from the commit's LFS record, faked here): verified
+against that digest and loaded strictly, and the same bytes under another digest are refused.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ import gc
 
 import attrs
 import numpy as np
+import pytest
 import torch
 
 from rs_embed_core.specs import OutputSpec, PointBuffer, TemporalSpec
-from rs_embed_core.testing import FakeProvider, random_state, registered
-from rs_embed_core.weights import CACHE_ENV, local_weights
+from rs_embed_core.errors import WeightsError
+from rs_embed_core.testing import FakeProvider, fake_hub_lfs, file_sha256, random_state, registered
+from rs_embed_core.weights import CACHE_ENV, WEIGHTS_DIR_ENV, local_weights
 
 import rs_embed_thor as rt
 import rs_embed_thor_model as rtm
@@ -51,11 +56,30 @@ def test_base_file_in_the_published_layout_loads_strictly_and_embeds(tmp_path, m
             emb = get_embedding("thor", roi, when, OutputSpec.grid(), backend=provider, device="cpu", weights=path)
             var = rt.THOR.card.variant("base")
             net = load_embedder(rt.THOR, attrs.evolve(var, weights=local_weights(path)), "cpu").model
-        path.unlink()
         assert emb.data.shape == (768, 36, 36) and np.isfinite(emb.data).all()
         assert emb.meta["weights"]["sha256"] and emb.meta["variant"] == "base"
         loaded = net.state_dict()
         assert set(loaded) == set(sd)
         assert all(torch.equal(loaded[k], sd[k]) for k in sd)
+        del net, loaded
+        clear_model_cache()
+
+        default = var.weights  # the pinned commit: the file's digest comes from its LFS record
+        where = tmp_path / "wd" / default.repo_id.replace("/", "__") / default.filename
+        where.parent.mkdir(parents=True)
+        path.rename(where)
+        monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path / "wd"))
+        monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache2"))
+        with fake_hub_lfs({(default.repo_id, default.revision, default.filename): "0" * 64}), \
+                pytest.raises(WeightsError, match="sha256"):
+            rt.THOR(var, "cpu").load()  # bytes that are not the commit's file: refused
+        digest = file_sha256(where)
+        monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache3"))  # that digest stays recorded in cache2
+        with fake_hub_lfs({(default.repo_id, default.revision, default.filename): digest}) as calls:
+            model = rt.THOR(var, "cpu")
+            model.load()
+        assert calls == [(default.repo_id, rt.BASE_COMMIT, "thor_v1_vit_base.pt")]
+        got = model.model.state_dict()
+        assert all(torch.equal(got[k], sd[k]) for k in sd)
     finally:
         clear_model_cache()

@@ -72,7 +72,7 @@ def _net(params=TINY_PARAMS, seed=0) -> rtm.ThorEncoder:
 # ----------------------------------------------------------------------------- card and channel table
 
 
-def test_card_variants_default_and_no_pinned_weights():
+def test_card_variants_default_and_base_pinned_by_commit():
     card = rt.THOR.card
     json.dumps(card.describe())
     assert card.default_variant == "base" and card.variant().params["patch_size"] == 8
@@ -80,7 +80,11 @@ def test_card_variants_default_and_no_pinned_weights():
     assert names == ["tiny", "tiny-p16", "small", "small-p16", "base", "base-p16", "large", "large-p16"]
     dims = {v.name: (v.pooled_dim, v.grid_dim, v.params["depth"], v.params["heads"]) for v in card.variants}
     assert dims["tiny"] == (192, 192, 12, 3) and dims["large-p16"] == (1024, 1024, 24, 16)
-    assert all(v.weights is None for v in card.variants)  # no verifiable sha256: weights= yours
+    pinned = {v.name: v.weights for v in card.variants if v.weights is not None}
+    assert set(pinned) == {"base", "base-p16"}  # tiny, small, large: no known commit, weights= yours
+    w = pinned["base"]
+    assert w == pinned["base-p16"] and w.digest_from_revision and w.revision == rt.BASE_COMMIT
+    assert (w.repo_id, w.filename, w.license) == ("FM4CS/THOR-1.0-base", "thor_v1_vit_base.pt", "apache-2.0")
     assert card.input.collection == "COPERNICUS/S2_SR_HARMONIZED" and card.input.image_size == 288
     assert [s.name for s in card.preprocessing] == ["scale", "normalize", "fill_invalid", "resize"]
     assert "Forgaard" in card.citation and "weights=" in card.notes
