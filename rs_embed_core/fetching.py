@@ -342,6 +342,7 @@ class Throttle:
 # worker process (its "home", the least busy one when the cell is first seen); a worker with nothing of
 # its own takes the oldest request of the busiest other one, so none idles while work waits.
 LOCALITY_PX = 512
+_HOMES = 4096  # cells remembered (a forgotten one is placed again, on the least busy worker)
 
 
 def locality(req: FetchRequest) -> tuple[str, int, int]:
@@ -358,7 +359,7 @@ class _Dispatch:
     def __init__(self, workers: int, by_locality: bool) -> None:
         self._cond = threading.Condition()
         self._queues: list[deque[Any]] = [deque() for _ in range(workers if by_locality else 1)]
-        self._home: dict[Any, int] = {}
+        self._home: OrderedDict[Any, int] = OrderedDict()  # cell -> worker, the most recent _HOMES cells
         self._closed = False
 
     def put(self, item: Any, req: FetchRequest) -> None:
@@ -369,6 +370,9 @@ class _Dispatch:
                 w = self._home.get(key, -1)
                 if w < 0:
                     w = self._home[key] = min(range(len(self._queues)), key=lambda k: len(self._queues[k]))
+                    if len(self._home) > _HOMES:  # a long export over many places: forget the oldest cell
+                        self._home.popitem(last=False)
+                self._home.move_to_end(key)
             self._queues[w].append(item)
             self._cond.notify_all()
 

@@ -461,3 +461,14 @@ def test_requests_of_one_cell_go_to_one_worker_and_idle_workers_take_the_rest():
     assert [shared.get(1), shared.get(0), shared.get(1)] == [a1, b1, a2]
     d.close()
     assert d.get(0) is None and d.get(1) is None
+
+    import rs_embed_core.fetching as fetching
+
+    saved, fetching._HOMES = fetching._HOMES, 2  # the cells remembered are bounded (a long export)
+    try:
+        small = _Dispatch(2, by_locality=True)
+        for r in (a1, b1, c1, a2):
+            small.put(r, r)
+        assert len(small._home) == 2 and locality(b1) not in small._home
+    finally:
+        fetching._HOMES = saved
