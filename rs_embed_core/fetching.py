@@ -429,7 +429,7 @@ def fetch_stream(
     pixels may stay there (a RasterHead comes back instead of the raster); the Prepared results come
     with the raster as a dict (None when nothing was prepared for that index). The workers are threads
     or processes (`rs_embed_core.workers.plan_workers`); a `throttle` lets the consumer hold them back
-    while it computes on the same CPUs.
+    while it computes on the same CPUs, where the provider's work is compute (`parallel = "processes"`).
     """
     from .workers import close_all, plan_workers, process_workers, shared_pool
 
@@ -440,6 +440,8 @@ def fetch_stream(
         yield 0, raster, attempts, pre
         return
     count, kind = plan_workers(provider, workers, n)
+    if getattr(provider, "parallel", "threads") != "processes":
+        throttle = None  # a network provider's fetches mostly wait on I/O: they keep overlapping the forward
     window = window or 2 * count + held
     remaining: dict[str, int] = {}
     for r in requests:

@@ -387,10 +387,11 @@ def test_cpus_left_beside_a_cpu_forward():
     assert cpus_left(E()) is None
 
 
-@pytest.mark.parametrize("held_back", [True, False])
-def test_no_fetch_starts_while_a_cpu_forward_runs(scene, monkeypatch, held_back):
+@pytest.mark.parametrize("case", ["no CPU left", "no limit", "network provider"])
+def test_no_fetch_starts_while_a_cpu_forward_runs(scene, monkeypatch, case):
     """With no CPU left beside the forward, new fetch tasks wait for it to end (a task begun just before it
-    may still run); without the throttle (the control case) the worker keeps fetching through it."""
+    may still run); without a limit (the control case) the worker keeps fetching through it, and so does a
+    provider whose fetches wait on the network (parallel = "threads")."""
     from rs_embed_core import batching
     from rs_embed_core.card import InputSpec, ModelCard, Variant
     from rs_embed_core.embedder import EmbedOutput, Embedder
@@ -400,6 +401,8 @@ def test_no_fetch_starts_while_a_cpu_forward_runs(scene, monkeypatch, held_back)
     fetches, forwards = [], []
 
     class TimedProvider(LocalProvider):
+        parallel = "threads" if case == "network provider" else "processes"
+
         def fetch(self, request):
             fetches.append(time.monotonic())
             return super().fetch(request)
@@ -416,13 +419,13 @@ def test_no_fetch_starts_while_a_cpu_forward_runs(scene, monkeypatch, held_back)
             forwards.append((t0, time.monotonic()))
             return EmbedOutput(pooled=x[:, 0, :, 0, 0])
 
-    monkeypatch.setattr(batching, "cpus_left", lambda e: 0 if held_back else None)
+    monkeypatch.setattr(batching, "cpus_left", lambda e: None if case == "no limit" else 0)
     with registered(SlowTorchModel):
         embs = get_embeddings_batch("test-slow-torch", ROIS, T, backend=TimedProvider(scene), device="cpu",
                                     batch_size=2, workers=1, progress=False)
     assert len(embs) == len(ROIS) and len(forwards) == 4 and len(fetches) == len(ROIS)
     most = max(sum(a < f < b for f in fetches) for a, b in forwards)  # fetches begun during one forward
-    if held_back:
+    if case == "no CPU left":
         assert most <= 1  # at most the task one worker had begun before the forward did
     else:
         assert most >= 2
