@@ -8,7 +8,9 @@ deterministically over both sites, random weights:
 (b) the whole `get_embeddings_batch` call (after a warm-up call) against the model's bare forward,
     replayed on the first batch of inputs the pipeline itself handed to `forward` (captured on the way,
     so the bare figure is the same model on the same tensors), synchronised on CUDA; also the share of
-    the pipeline's wall time spent inside `forward` (CUDA events on the GPU, wall clock on the CPU);
+    the pipeline's wall time spent inside `forward` (CUDA events on the GPU, wall clock on the CPU); on
+    the CPU also the data path's own CPU cost per ROI (a call with a free forward, all processes) and the
+    best pipeline / bare the shared cores allow, forward / (forward + data CPU / CPUs);
 (c) the same under precision="bf16", with the cosine of each ROI's bf16 embedding to its fp32 one;
 (d) ms per ROI of `LocalProvider.fetch` (12 bands x 3 files, median) against the few lines a user would
     write: rasterio window reads from datasets kept open, float32, np.nanmedian over the dates with nodata
@@ -164,6 +166,7 @@ class ForwardProbe:
         self.original: Callable[..., Any] = cls.forward
         self.own = "forward" in cls.__dict__
         self.first: tuple[Any, Any, Any] | None = None
+        self.first_out: Any = None  # the first EmbedOutput: its shapes, for the free forward of `data_cpu`
         self.spans: list[Any] = []
 
     @contextlib.contextmanager
@@ -185,6 +188,8 @@ class ForwardProbe:
             t = time.perf_counter()
             out = original(emb, x, ctx)
             probe.spans.append(time.perf_counter() - t)
+            if probe.first_out is None:
+                probe.first_out = out
             return out
 
         self.cls.forward = forward
@@ -245,6 +250,56 @@ def bare_forward(probe: ForwardProbe, precision: str | None, device: str, repeat
     return statistics.median(times)
 
 
+def _process_cpu_s() -> float | None:
+    """CPU seconds of this process (all threads) and of its child processes that are alive (the worker
+    pool's), read from /proc; None where there is no /proc."""
+    import resource
+
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    total = me.ru_utime + me.ru_stime
+    try:
+        kids = []
+        for t in os.listdir(f"/proc/{os.getpid()}/task"):
+            with open(f"/proc/{os.getpid()}/task/{t}/children") as f:
+                kids += f.read().split()
+        for pid in kids:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return None
+    return total
+
+
+def data_cpu(probe: ForwardProbe, call: Callable[[], Any]) -> float | None:
+    """CPU seconds per ROI of a pipeline call whose forward is free (zeros of the model's output shapes):
+    fetch, prepare, transport and assembly in every process, without the model."""
+    import torch
+
+    from rs_embed_core.embedder import EmbedOutput
+
+    first = probe.first_out
+
+    def free(emb: Any, x: Any, ctx: Any) -> Any:
+        def like(a: Any) -> Any:
+            return None if a is None else torch.zeros((x.shape[0], *a.shape[1:]))
+        return EmbedOutput(pooled=like(first.pooled), grid=like(first.grid))
+
+    probe.cls.forward = free
+    try:
+        call()  # warm: the same ROIs, as for the timed pipeline call
+        clear_raster_cache()
+        c0 = _process_cpu_s()
+        n = len(call())
+        c1 = _process_cpu_s()
+    finally:
+        if probe.own:
+            probe.cls.forward = probe.original
+        else:
+            del probe.cls.forward
+    return None if c0 is None or c1 is None else (c1 - c0) / n
+
+
 def pipeline_vs_bare(model: str, scene: Path, rois: Sequence[Any], device: str, batch_size: int,
                      precision: str | None, repeats: int) -> dict[str, Any]:
     """One model at one precision: warm-up call, timed call, bare replay. Call inside random_weights."""
@@ -278,6 +333,22 @@ def pipeline_vs_bare(model: str, scene: Path, rois: Sequence[Any], device: str, 
     }
     res["ratio"] = res["pipeline_rois_per_s"] / res["bare_rois_per_s"]
     res["_vectors"] = np.stack([e.data.reshape(-1) for e in embs])
+    if not device.startswith("cuda") and probe.first_out is not None:
+        # On the CPU the forward and the data path share the cores: with the forward using all of them
+        # (torch threads = CPUs), the pipeline can at best reach forward / (forward + data CPU / CPUs).
+        import torch
+
+        from rs_embed_core.workers import available_cpus
+
+        per_roi = data_cpu(probe, lambda: get_embeddings_batch(
+            model, rois, _temporal(), backend=f"local:{scene}", device=device, batch_size=batch_size,
+            progress=False, **extra))
+        if per_roi is not None:
+            fwd = 1.0 / res["bare_rois_per_s"]
+            cpus = available_cpus()
+            res["data_cpu_ms_per_roi"] = 1e3 * per_roi
+            if torch.get_num_threads() >= cpus:
+                res["ceiling"] = fwd / (fwd + per_roi / cpus)
     return res
 
 
@@ -316,9 +387,14 @@ def model_figures(model: str, scene: Path, rois: Sequence[Any], device: str, bat
 
 def _print_model(tag: str, model: str, precision: str, r: dict[str, Any]) -> None:
     cos = f", min cosine to fp32 {r['min_cosine_to_fp32']:.5f}" if "min_cosine_to_fp32" in r else ""
+    data = ""
+    if "data_cpu_ms_per_roi" in r:
+        data = f"; the data path alone costs {r['data_cpu_ms_per_roi']:.1f} CPU-ms per ROI (all processes)"
+        if "ceiling" in r:
+            data += f", so on these CPUs, shared with the forward, pipeline / bare can reach at most {r['ceiling']:.3f}"
     print(f"{tag} {model} {precision}, {r['rois']} ROIs at batch {r['batch']}: pipeline {r['pipeline_rois_per_s']:.1f} "
           f"ROI/s, bare forward {r['bare_rois_per_s']:.1f} ROI/s, pipeline / bare {r['ratio']:.3f}, "
-          f"{r['forward_share']:.0%} of the pipeline's time inside forward{cos}")
+          f"{r['forward_share']:.0%} of the pipeline's time inside forward{cos}{data}")
 
 
 # ---------------------------------------------------------------- (d) local read vs a user's few lines
