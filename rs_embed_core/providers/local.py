@@ -29,7 +29,7 @@ from attrs import frozen
 from ..errors import DataNotFoundError, ProviderError, SpecError, UnknownBandError
 from ..grid import GridSpec
 from ..hookspecs import hookimpl
-from ..raster import Raster
+from ..raster import Raster, true_fraction
 from ..specs import SensorSpec
 from . import FetchRequest
 from .composite import composite_scenes
@@ -564,7 +564,7 @@ class LocalProvider:
 
         scenes = [
             {"path": i.path, "date": _fmt_date(i.date), "date_source": i.date_source, "undated": i.date is None,
-             "valid_fraction": float(valid[k].mean())}
+             "valid_fraction": true_fraction(valid[k])}
             for k, i in enumerate(chosen)
         ]
         data, ok, times, comp = composite_scenes(stack, valid, [i.date for i in chosen], sensor, window)
@@ -574,7 +574,7 @@ class LocalProvider:
             "resampling": self.resampling,
             "scenes": scenes,
             "undated": [i.path for i in chosen if i.date is None],
-            "valid_fraction": float(ok.mean()) if ok.size else 0.0,
+            "valid_fraction": true_fraction(ok),
         }
         return Raster(data, tuple(sensor.bands), grid, times, ok, meta)
 
