@@ -100,6 +100,20 @@ def _travel(result: tuple[Any, int, Any]) -> tuple[Any, int, Any]:
 
 _MAX_PROVIDERS = 8  # providers a worker keeps installed (least recently installed dropped)
 _CHILD_RASTER_CACHE = 32 * 2**20  # a worker's own raster cache: small, there are many workers
+# A worker's GDAL block cache. GDAL's default is 5 % of the machine's RAM in *each* process: 16 workers could
+# hold 80 % of it in decompressed blocks over a long export. Requests reach workers by locality (fetching.
+# locality), so one worker's working set is a few cells' blocks. A GDAL_CACHEMAX you set wins.
+WORKER_GDAL_CACHE = 256 * 2**20
+
+
+def _cap_gdal_cache() -> None:
+    if "GDAL_CACHEMAX" in os.environ:
+        return
+    os.environ["GDAL_CACHEMAX"] = str(WORKER_GDAL_CACHE)  # read by GDAL at its first block read here
+    if "rasterio" in sys.modules:  # forked from a process whose GDAL may have sized its cache already
+        from rasterio.env import set_gdal_config
+
+        set_gdal_config("GDAL_CACHEMAX", WORKER_GDAL_CACHE)
 
 
 def _child_main(conn: Any, provider: Any, task: Callable[..., tuple[Any, int, Any]]) -> None:
@@ -110,6 +124,7 @@ def _child_main(conn: Any, provider: Any, task: Callable[..., tuple[Any, int, An
     from .providers import reading
 
     reading.forget_datasets()  # handles inherited through fork share file offsets with the parent
+    _cap_gdal_cache()
     fetching.raster_cache = fetching.RasterCache(_CHILD_RASTER_CACHE)
     if "torch" in sys.modules:  # a forked copy of a process that ran torch: no intra-op thread pool here
         sys.modules["torch"].set_num_threads(1)

@@ -475,3 +475,28 @@ def test_requests_of_one_cell_go_to_one_worker_and_idle_workers_take_the_rest():
         assert len(small._home) == 2 and locality(b1) not in small._home
     finally:
         fetching._HOMES = saved
+
+
+class GdalCacheProvider(LocalProvider):
+    """The local provider, noting in each raster's meta the GDAL block cache size of the process that read it."""
+
+    def fetch(self, request):
+        from rasterio.env import get_gdal_config
+
+        r = super().fetch(request)
+        return r.replace(meta={**r.meta, "pid": os.getpid(), "cachemax": get_gdal_config("GDAL_CACHEMAX")})
+
+
+@pytest.mark.skipif("GDAL_CACHEMAX" in os.environ, reason="your GDAL_CACHEMAX wins over the workers' cap")
+def test_worker_processes_cap_their_gdal_block_cache(scene):
+    """GDAL's default cache is 5 % of RAM per process: each worker is held to WORKER_GDAL_CACHE instead."""
+    from rasterio.env import get_gdal_config
+
+    from rs_embed_core.workers import WORKER_GDAL_CACHE
+
+    embs = get_embeddings_batch("spectral_stats", ROIS, T, backend=GdalCacheProvider(scene), workers=2,
+                                progress=False, output=OutputSpec.pooled())
+    seen = {(e.meta["source"]["pid"], e.meta["source"]["cachemax"]) for e in embs}
+    assert {pid for pid, _ in seen} - {os.getpid()}  # read in worker processes
+    assert {int(c) for _, c in seen} == {WORKER_GDAL_CACHE}
+    assert get_gdal_config("GDAL_CACHEMAX") in (None, "") or int(get_gdal_config("GDAL_CACHEMAX")) != WORKER_GDAL_CACHE
