@@ -19,7 +19,9 @@ import contextlib
 import os
 import threading
 import warnings
+import weakref
 from collections import OrderedDict
+from functools import lru_cache
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -233,10 +235,33 @@ def forget_datasets() -> None:
 # ---------------------------------------------------------------- the two read paths
 
 
+_static_info: weakref.WeakKeyDictionary[Any, tuple[int | None, list[Any], tuple[Any, ...]]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _static(src: Any) -> tuple[int | None, list[Any], tuple[Any, ...]]:
+    """(1-based alpha band or None, per-band mask flags, nodata values) of an open dataset. rasterio builds
+    these enum lists anew on every access (~0.07 ms a read); an open dataset's never change."""
+    info = _static_info.get(src)
+    if info is None:
+        from rasterio.enums import ColorInterp
+
+        interp = list(src.colorinterp)
+        alpha = interp.index(ColorInterp.alpha) + 1 if ColorInterp.alpha in interp else None
+        info = _static_info[src] = (alpha, src.mask_flag_enums, tuple(src.nodatavals))
+    return info
+
+
+@lru_cache(maxsize=64)
+def _crs(text: str) -> Any:
+    from rasterio.crs import CRS
+
+    return CRS.from_user_input(text)
+
+
 def _aligned_window(src: Any, grid: GridSpec, tol: float = 1e-6) -> Any:
     """The file window that *is* `grid` (possibly partly outside the file), when the grid lies on
     the file's own pixel lattice; else None."""
-    from rasterio.crs import CRS
     from rasterio.windows import Window
 
     t = src.transform
@@ -247,7 +272,7 @@ def _aligned_window(src: Any, grid: GridSpec, tol: float = 1e-6) -> Any:
     if abs(col - round(col)) > tol or abs(row - round(row)) > tol:
         return None
     try:
-        if CRS.from_user_input(grid.crs) != src.crs:
+        if _crs(grid.crs) != src.crs:
             return None
     except Exception:
         return None
@@ -257,7 +282,7 @@ def _aligned_window(src: Any, grid: GridSpec, tol: float = 1e-6) -> Any:
 def _read_window(src: Any, win: Any, grid: GridSpec, idx: list[int], overrides: list[float | None]
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Plain read of the part of `win` inside the file; the rest is invalid."""
-    from rasterio.enums import ColorInterp, MaskFlags
+    from rasterio.enums import MaskFlags
     from rasterio.windows import Window
 
     h, w = grid.height, grid.width
@@ -276,10 +301,8 @@ def _read_window(src: Any, win: Any, grid: GridSpec, idx: list[int], overrides: 
         data = np.zeros((len(idx), h, w), np.float32)
         data[:, ys, xs] = raw
     # an alpha band (by colour interpretation) limits every band without a nodata override, as in the warp
-    alpha = None
-    if ColorInterp.alpha in src.colorinterp:
-        alpha = src.read(list(src.colorinterp).index(ColorInterp.alpha) + 1, window=inner) > 0
-    all_flags = src.mask_flag_enums  # computed by rasterio on each access: once per read
+    alpha_band, all_flags, nodatavals = _static(src)
+    alpha = None if alpha_band is None else src.read(alpha_band, window=inner) > 0
     for k, band in enumerate(idx):  # an override replaces the file's own masks for its band
         o = overrides[k]
         flags = all_flags[band - 1]
@@ -289,7 +312,7 @@ def _read_window(src: Any, win: Any, grid: GridSpec, idx: list[int], overrides: 
         if flags == [MaskFlags.all_valid]:
             ok = np.ones(raw[k].shape, bool)
         elif flags == [MaskFlags.nodata]:  # the mask GDAL would derive, without a second read
-            ok = raw[k] != src.nodatavals[band - 1]
+            ok = raw[k] != nodatavals[band - 1]
         else:  # internal mask, alpha band
             ok = src.read_masks(band, window=inner) > 0
         valid[k, ys, xs] = ok if alpha is None else ok & alpha
