@@ -443,9 +443,10 @@ def fetch_stream(
     if getattr(provider, "parallel", "threads") != "processes":
         throttle = None  # a network provider's fetches mostly wait on I/O: they keep overlapping the forward
     window = window or 2 * count + held
+    keys = [r.key for r in requests]  # each .key hashes the whole request: once per request, not ten times
     remaining: dict[str, int] = {}
-    for r in requests:
-        remaining[r.key] = remaining.get(r.key, 0) + 1
+    for k in keys:
+        remaining[k] = remaining.get(k, 0) + 1
     tasks = _Dispatch(count, by_locality=kind == "processes")
     cancelled = threading.Event()
     procs: list[Any] = []
@@ -490,19 +491,20 @@ def fetch_stream(
     try:
         for i, req in enumerate(requests):
             while ahead < n and len(slots) < window:
-                nxt = requests[ahead]
-                if nxt.key not in slots:
-                    slots[nxt.key] = _Slot(ahead)
-                    tasks.put((nxt, slots[nxt.key]), nxt)
+                nxt, nkey = requests[ahead], keys[ahead]
+                if nkey not in slots:
+                    slots[nkey] = _Slot(ahead)
+                    tasks.put((nxt, slots[nkey]), nxt)
                 ahead += 1
-            if req.key not in slots:  # its last use was consumed already: fetch again (cache hit)
-                slots[req.key] = _Slot(i)
-                tasks.put((req, slots[req.key]), req)
-            slot = slots[req.key]
+            key = keys[i]
+            if key not in slots:  # its last use was consumed already: fetch again (cache hit)
+                slots[key] = _Slot(i)
+                tasks.put((req, slots[key]), req)
+            slot = slots[key]
             slot.done.wait()  # interruptible: Ctrl-C lands here
-            remaining[req.key] -= 1
-            if remaining[req.key] == 0:
-                del slots[req.key]
+            remaining[key] -= 1
+            if remaining[key] == 0:
+                del slots[key]
             pre = slot.then if slot.owner == i else None
             yield i, (slot.error if slot.error is not None else slot.raster), slot.attempts, pre  # type: ignore[misc]
         finished = True

@@ -382,7 +382,8 @@ def run(
     metas = [job_meta(job, provider, temporal, valid_policy) for job in jobs]
     requests, needs = plan_fetches(jobs, spatials, temporal)
     users = users_of(needs)  # request -> (item, job) that wait for it
-    same_key = Counter(r.key for r in requests)
+    keys = [r.key for r in requests]
+    same_key = Counter(keys)
     refuse = min_valid_fraction if on_low_valid == "error" else None
     bar = RunProgress(len(spatials) * len(jobs), "embed " + ",".join(j.card.id for j in jobs), progress, len(requests))
     out = Outcomes(jobs, spatials, names, metas, bar)
@@ -398,7 +399,7 @@ def run(
         whether its pixels may stay in the worker (nobody here needs more than the prepared inputs)."""
         pairs = [((i, j), jobs[j].prep_spec([needs[i][j][0].bands], refuse))
                  for i, j in users.get(r, []) if len(needs[i][j]) == 1]
-        alone = same_key[requests[r].key] == 1  # an identical request later reuses this fetch's raster
+        alone = same_key[keys[r]] == 1  # an identical request later reuses this fetch's raster
         return pairs, alone and not input_pixels and len(pairs) == len(users.get(r, []))
 
     def consume(i: int, j: int, ready: Prepared | None) -> Iterator[Outcome]:
