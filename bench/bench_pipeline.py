@@ -196,10 +196,14 @@ class ForwardProbe:
         try:
             yield self
         finally:
-            if self.own:
-                self.cls.forward = original
-            else:
-                del self.cls.forward
+            self.restore()
+
+    def restore(self) -> None:
+        """The class's own forward back (or none of its own, as before)."""
+        if self.own:
+            self.cls.forward = self.original
+        elif "forward" in self.cls.__dict__:
+            del self.cls.forward
 
     def seconds_inside(self) -> float:
         if self.cuda:
@@ -293,10 +297,7 @@ def data_cpu(probe: ForwardProbe, call: Callable[[], Any]) -> float | None:
         n = len(call())
         c1 = _process_cpu_s()
     finally:
-        if probe.own:
-            probe.cls.forward = probe.original
-        else:
-            del probe.cls.forward
+        probe.restore()
     return None if c0 is None or c1 is None else (c1 - c0) / n
 
 

@@ -431,7 +431,7 @@ def fetch_stream(
     or processes (`rs_embed_core.workers.plan_workers`); a `throttle` lets the consumer hold them back
     while it computes on the same CPUs, where the provider's work is compute (`parallel = "processes"`).
     """
-    from .workers import close_all, plan_workers, process_workers, shared_pool
+    from .workers import close_all, compute_bound, plan_workers, process_workers, shared_pool
 
     n = len(requests)
     timeout_s = fetch_timeout(provider)
@@ -440,7 +440,7 @@ def fetch_stream(
         yield 0, raster, attempts, pre
         return
     count, kind = plan_workers(provider, workers, n)
-    if getattr(provider, "parallel", "threads") != "processes":
+    if not compute_bound(provider):
         throttle = None  # a network provider's fetches mostly wait on I/O: they keep overlapping the forward
     window = window or 2 * count + held
     keys = [r.key for r in requests]  # each .key hashes the whole request: once per request, not ten times

@@ -57,9 +57,14 @@ def check_workers(workers: Any) -> int | None:
     return workers
 
 
+def compute_bound(provider: Any) -> bool:
+    """The provider's fetches are CPU work (decoding, compositing: `parallel = "processes"`), not I/O waits."""
+    return getattr(provider, "parallel", "threads") == "processes"
+
+
 def plan_workers(provider: Any, workers: int | None, tasks: int) -> tuple[int, str]:
     """(how many, "processes" | "threads") for `tasks` fetches from `provider`."""
-    processes = getattr(provider, "parallel", "threads") == "processes"
+    processes = compute_bound(provider)
     if workers is None:
         workers = available_cpus() if processes else int(getattr(provider, "max_concurrency", 4))
     n = max(1, min(workers, tasks))

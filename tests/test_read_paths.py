@@ -178,3 +178,14 @@ def test_open_files_are_reused_across_short_lived_threads(tmp_path, monkeypatch)
         in_use += [a, b]
         assert a is not b
     reading.close_datasets()
+
+
+def test_true_fraction_is_the_mean_of_a_mask():
+    from rs_embed_core.raster import true_fraction
+
+    rng = np.random.default_rng(5)
+    for shape in [(3, 64, 64), (1, 7, 9), (0,), (5,)]:
+        for p in (0.0, 0.37, 1.0):
+            m = rng.random(shape) < p
+            got = true_fraction(m)
+            assert type(got) is float and got == (float(m.mean()) if m.size else 0.0)

@@ -135,8 +135,8 @@ class _DatasetPool:
 
     GDAL datasets are not thread-safe but may move between threads, so a read borrows one (or opens
     one), uses it alone, and gives it back; whichever thread runs the next read (the runner's
-    timeout helpers, the pool threads of each call) still finds the file open and its decompressed blocks cached. A file that
-    changed (inode, size or mtime) is opened again.
+    timeout helpers, the pool threads of each call) still finds the file open and its decompressed
+    blocks cached. A file that changed (inode, size or mtime) is opened again.
     """
 
     def __init__(self) -> None:
