@@ -118,9 +118,9 @@ def clip(raster: Raster, min: float | None = None, max: float | None = None) -> 
 
 def _saturation(raster: Raster, clipped: np.ndarray, step: str) -> dict[str, Any]:
     """meta recording the share of valid input values a step clipped (the runner warns when it is large)."""
-    valid = np.broadcast_to(raster.valid[:, None], clipped.shape)
-    n = int(valid.sum())
-    frac = float((clipped & valid).sum()) / n if n else 0.0
+    valid = raster.valid[:, None]  # broadcast over the bands
+    n = np.count_nonzero(valid) * clipped.shape[1]  # count_nonzero: bool .sum() converts every element first
+    frac = float(np.count_nonzero(clipped & valid)) / n if n else 0.0
     prev = raster.meta.get("saturated", {})
     return {"saturated": {**prev, step: max(frac, prev.get(step, 0.0))}}
 
@@ -137,15 +137,16 @@ def to_8bit(raster: Raster, low: Any, high: Any, round: bool = True) -> Raster: 
     hi = _per_channel(high, raster, "to_8bit high")
     if np.any(hi <= lo):
         raise SpecError(f"to_8bit: high must be > low, got low={low!r}, high={high!r}")
-    z = raster.data.astype(np.float64)  # the same float64 operations as (x - low) / (high - low), in place
-    z -= lo
+    z = np.subtract(raster.data, lo, dtype=np.float64)  # (x - low) / (high - low) in float64, in place
     z /= hi - lo
     meta = _saturation(raster, (z < 0) | (z > 1), "to_8bit")
     np.clip(z, 0.0, 1.0, out=z)
     z *= 255.0
-    if round_:
-        np.rint(z, out=z)
-    return raster.replace(data=z.astype(np.float32), meta=meta)
+    if not round_:
+        return raster.replace(data=z.astype(np.float32), meta=meta)
+    out = np.empty(z.shape, np.float32)
+    np.rint(z, out=out, casting="same_kind")  # rounded in float64, then stored as float32: one pass
+    return raster.replace(data=out, meta=meta)
 
 
 def normalize(raster: Raster, mean: Any, std: Any) -> Raster:
@@ -272,10 +273,57 @@ def _taps(n_in: int, n_out: int, method: str, antialias: bool) -> tuple[np.ndarr
     return idx, w
 
 
+# A resampled axis is a product with a banded matrix: computed block by block (a few dozen outputs and the
+# inputs they span), each block a small dense matrix product. That does several times the multiply-adds the
+# taps need, but in BLAS: 2.7x faster than a numpy pass per tap for 3 x 256^2 -> 224^2, 5-6x for 12 bands
+# 410^2 -> 224^2. Each product is kept at M*N*K <= _BLAS_SERIAL: OpenBLAS hands larger ones to its own
+# thread pool, which would oversubscribe the CPUs the data workers already fill.
+_BLOCK = 16
+_BLAS_SERIAL = 1 << 18  # OpenBLAS's threshold for threading a gemm (SMP_THRESHOLD_MIN 65536 x 4)
+
+
+@lru_cache(maxsize=64)
+def _blocks(n_in: int, n_out: int, method: str, antialias: bool
+            ) -> tuple[tuple[int, int, int, int, np.ndarray, np.ndarray], ...]:
+    """(first output, end, first input, end, dense (outputs x inputs) weights, their transpose) per block."""
+    idx, w = _taps(n_in, n_out, method, antialias)
+    out = []
+    for o0 in range(0, n_out, _BLOCK):
+        o1 = min(o0 + _BLOCK, n_out)
+        lo, hi = int(idx[o0:o1].min()), int(idx[o0:o1].max()) + 1
+        dense = np.zeros((o1 - o0, hi - lo), np.float32)
+        rows = np.broadcast_to(np.arange(o1 - o0)[:, None], idx[o0:o1].shape)
+        np.add.at(dense, (rows, idx[o0:o1] - lo), w[o0:o1])  # a tap repeated at an edge: weights summed
+        dense_t = np.ascontiguousarray(dense.T)  # numpy's matmul takes BLAS only for C-ordered operands
+        dense.flags.writeable = dense_t.flags.writeable = False
+        out.append((o0, o1, lo, hi, dense, dense_t))
+    return tuple(out)
+
+
+def _resample_blocks(x: np.ndarray, axis: int, n_out: int, method: str, antialias: bool) -> np.ndarray:
+    """The last (axis=-1) or second-last axis resampled by blocked matrix products."""
+    last = axis == x.ndim - 1
+    shape = list(x.shape)
+    shape[axis] = n_out
+    out = np.empty(shape, np.float32)
+    free = x.shape[-2] if last else x.shape[-1]  # the other image axis, cut so each product stays serial
+    for o0, o1, lo, hi, dense, dense_t in _blocks(x.shape[axis], n_out, method, antialias):
+        step = max(1, _BLAS_SERIAL // dense.size)
+        for f0 in range(0, free, step):
+            f = slice(f0, f0 + step)
+            if last:
+                np.matmul(x[..., f, lo:hi], dense_t, out=out[..., f, o0:o1])
+            else:
+                np.matmul(dense, x[..., lo:hi, f], out=out[..., o0:o1, f])
+    return out
+
+
 def _resample_axis(x: np.ndarray, axis: int, n_out: int, method: str, antialias: bool) -> np.ndarray:
     n_in = x.shape[axis]
     if n_in == n_out:  # every method is the identity at scale 1
         return x
+    if method != "nearest" and np.isfinite(x).all():  # a NaN would spread over its block: taps keep it local
+        return _resample_blocks(x, axis, n_out, method, antialias)
     idx, w = _taps(n_in, n_out, method, antialias)
     shape = [1] * x.ndim
     shape[axis] = n_out

@@ -195,6 +195,24 @@ def test_resize_model_input_size_matches_torch(method, antialias):
     np.testing.assert_allclose(out, ref, rtol=0, atol=5e-6 * 10000)
 
 
+@pytest.mark.parametrize(("src", "dst", "first"), [((300, 1000), (100, 900), (300, 100, 1000)),
+                                                   ((1200, 300), (1100, 100), (300, 100, 1200))])
+def test_resample_in_serial_blocks_matches_torch(src, dst, first):
+    """Wide inputs: each block's matrix product is cut along the other axis (kept under OpenBLAS's threading
+    threshold); the pieces must join exactly where torch puts them. `first`: the first pass's (in, out, free)."""
+    torch = pytest.importorskip("torch")
+    from rs_embed_core import preprocess
+
+    x = np.random.default_rng(5).random((1, 2, *src), dtype=np.float32)
+    n_in, n_out, free = first
+    assert max(d.size for *_, d, _ in preprocess._blocks(n_in, n_out, "bicubic", True)) * free > \
+        preprocess._BLAS_SERIAL  # really cut
+    for antialias in (True, False):
+        ref = torch.nn.functional.interpolate(torch.from_numpy(x), size=dst, mode="bicubic", align_corners=False,
+                                              antialias=antialias).numpy()
+        np.testing.assert_allclose(resample(x, *dst, method="bicubic", antialias=antialias), ref, rtol=0, atol=5e-6)
+
+
 @pytest.mark.parametrize(("src", "dst"), [((410, 410), (224, 224)), ((97, 61), (32, 20))])
 def test_resample_bicubic_antialias_matches_pil(src, dst):
     Image = pytest.importorskip("PIL.Image")
