@@ -271,15 +271,16 @@ def test_large_arrays_travel_through_shared_memory_and_free_it():
     assert _mappings() == 0  # freed with the last array on it
 
 
-def test_arrays_fall_back_to_the_pipe_without_shared_memory(monkeypatch):
+@pytest.mark.parametrize("refusal", ["memfd_create", "pwrite"])  # no shared memory; a full tmpfs
+def test_arrays_fall_back_to_the_pipe_without_shared_memory(monkeypatch, refusal):
     import multiprocessing as mp
 
     from rs_embed_core import workers
 
     def refused(*_a):
-        raise OSError(12, "Cannot allocate memory")
+        raise OSError(12 if refusal == "memfd_create" else 28, "refused")
 
-    monkeypatch.setattr(workers.os, "memfd_create", refused, raising=False)
+    monkeypatch.setattr(workers.os, refusal, refused, raising=False)
     import threading
 
     here, there = mp.Pipe()
