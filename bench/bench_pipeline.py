@@ -11,7 +11,10 @@ deterministically over both sites, random weights:
     the pipeline's wall time spent inside `forward` (CUDA events on the GPU, wall clock on the CPU); on
     the CPU also the data path's own CPU cost per ROI (a call with a free forward, all processes) and the
     best pipeline / bare the shared cores allow, forward / (forward + data CPU / CPUs);
-(c) the same under precision="bf16", with the cosine of each ROI's bf16 embedding to its fp32 one;
+    (b) runs twice: reading the GeoTIFFs (local provider), and with the pixels already in memory (a provider
+    that hands back rasters it read before the timed call: "arrays in", so only prepare, batching,
+    forward and assembly remain, the setting the issue compares with another tool's arrays-in batch);
+(c) the same under precision="bf16" (GeoTIFFs), with the cosine of each ROI's bf16 embedding to its fp32 one;
 (d) ms per ROI of `LocalProvider.fetch` (12 bands x 3 files, median) against the few lines a user would
     write: rasterio window reads from datasets kept open, float32, np.nanmedian over the dates with nodata
     masked (the same composite: its largest difference to the provider's is printed), and the same with a
@@ -262,16 +265,19 @@ def _process_cpu_s() -> float | None:
     me = resource.getrusage(resource.RUSAGE_SELF)
     total = me.ru_utime + me.ru_stime
     try:
-        kids = []
-        for t in os.listdir(f"/proc/{os.getpid()}/task"):
+        threads = os.listdir(f"/proc/{os.getpid()}/task")
+    except OSError:
+        return None
+    kids = []
+    for t in threads:
+        with contextlib.suppress(OSError):  # a helper thread that has ended since the listing
             with open(f"/proc/{os.getpid()}/task/{t}/children") as f:
                 kids += f.read().split()
-        for pid in kids:
+    for pid in kids:
+        with contextlib.suppress(OSError):  # a process that has ended
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except OSError:
-        return None
     return total
 
 
@@ -301,18 +307,40 @@ def data_cpu(probe: ForwardProbe, call: Callable[[], Any]) -> float | None:
     return None if c0 is None or c1 is None else (c1 - c0) / n
 
 
+class InMemory:
+    """Arrays in: the rasters of a provider, read once and then handed back from memory."""
+
+    name = "memory"
+    max_concurrency = 4
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.rasters = inner, {}
+
+    def check(self, sensor: Any) -> None:
+        self.inner.check(sensor)
+
+    def fetch(self, request: Any) -> Any:
+        key = request.key
+        if key not in self.rasters:
+            self.rasters[key] = self.inner.fetch(request)
+        return self.rasters[key]
+
+
 def pipeline_vs_bare(model: str, scene: Path, rois: Sequence[Any], device: str, batch_size: int,
-                     precision: str | None, repeats: int) -> dict[str, Any]:
-    """One model at one precision: warm-up call, timed call, bare replay. Call inside random_weights."""
+                     precision: str | None, repeats: int, in_memory: bool = False) -> dict[str, Any]:
+    """One model at one precision: warm-up call, timed call, bare replay. Call inside random_weights.
+    `in_memory`: the pixels are read during the warm-up (which then covers every ROI) and served from memory."""
     from rs_embed import get_embeddings_batch
+    from rs_embed_core.providers.local import LocalProvider
     from rs_embed_core.registry import embedder_class
 
     extra = {} if precision is None else {"precision": precision}
+    backend: Any = InMemory(LocalProvider(scene)) if in_memory else f"local:{scene}"
     probe = ForwardProbe(embedder_class(model), device)
     with probe.installed():
         clear_raster_cache()
-        get_embeddings_batch(model, rois[:batch_size], _temporal(), backend=f"local:{scene}", device=device,
-                             batch_size=batch_size, progress=False, **extra)  # warm: load, first kernels
+        get_embeddings_batch(model, rois if in_memory else rois[:batch_size], _temporal(), backend=backend,
+                             device=device, batch_size=batch_size, progress=False, **extra)  # warm: load, kernels
         if probe.first is None:
             raise RuntimeError(f"{model}: the pipeline never called {probe.cls.__name__}.forward")
         probe.spans.clear()
@@ -322,7 +350,7 @@ def pipeline_vs_bare(model: str, scene: Path, rois: Sequence[Any], device: str, 
 
             torch.cuda.synchronize()
         t = time.perf_counter()
-        embs = get_embeddings_batch(model, rois, _temporal(), backend=f"local:{scene}", device=device,
+        embs = get_embeddings_batch(model, rois, _temporal(), backend=backend, device=device,
                                     batch_size=batch_size, progress=False, **extra)
         wall = time.perf_counter() - t
         inside = probe.seconds_inside()
@@ -342,7 +370,7 @@ def pipeline_vs_bare(model: str, scene: Path, rois: Sequence[Any], device: str, 
         from rs_embed_core.workers import available_cpus
 
         per_roi = data_cpu(probe, lambda: get_embeddings_batch(
-            model, rois, _temporal(), backend=f"local:{scene}", device=device, batch_size=batch_size,
+            model, rois, _temporal(), backend=backend, device=device, batch_size=batch_size,
             progress=False, **extra))
         if per_roi is not None:
             fwd = 1.0 / res["bare_rois_per_s"]
@@ -366,6 +394,12 @@ def model_figures(model: str, scene: Path, rois: Sequence[Any], device: str, bat
         fp32 = pipeline_vs_bare(model, scene, rois, device, batch_size, "fp32" if has_precision else None, repeats)
         out["fp32"] = fp32
         _print_model("(b)", model, "fp32" if has_precision else "fp32 (torch defaults: no precision= here)", fp32)
+        mem = pipeline_vs_bare(model, scene, rois, device, batch_size, "fp32" if has_precision else None, repeats,
+                               in_memory=True)
+        if not np.allclose(mem["_vectors"], fp32["_vectors"], rtol=1e-5, atol=1e-5):
+            raise RuntimeError(f"{model}: the in-memory run's embeddings differ from the GeoTIFF run's")
+        out["fp32_in_memory"] = mem
+        _print_model("(b)", model, "fp32, pixels in memory", mem)
         if not has_precision:
             out["bf16"] = {"skipped": "this core's get_embeddings_batch has no precision="}
             print(f"(c) {model}: bf16 skipped: this core's get_embeddings_batch has no precision=")
