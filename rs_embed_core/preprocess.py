@@ -184,8 +184,9 @@ def fill_invalid(raster: Raster, value: float = 0.0) -> Raster:
 # resampling (own implementation of torch's interpolate numerics, align_corners=False)
 #
 # Each axis is resampled separately with a tap table: output i = sum_k w[i, k] * x[idx[i, k]].
-# A tap table touches only the pixels in each output's support, so a NaN stays local and a
-# large downscale costs O(out * taps), not O(out * in) like a dense weight matrix.
+# Finite input is summed as blocks of that (banded) weight matrix, each block a small dense product
+# (`_resample_blocks`): O(out * block span), not O(out * in) like one dense matrix. Input with NaN/inf
+# is summed tap by tap, which touches only each output's support, so a bad pixel stays local.
 
 
 _F = np.float32  # torch computes taps for float input in float32; so do we, to match it closely
