@@ -72,7 +72,7 @@ class Tables:
         return tuple(dict.fromkeys(self.refused.values()))
 
 
-_cache: tuple[tuple[int, ...], Tables] | None = None
+_cache: tuple[frozenset[Any], Tables] | None = None
 
 
 def _collect(hook_name: str, kind: str, keys: Callable[[tuple], list[str]]
@@ -120,7 +120,9 @@ _lock = threading.Lock()
 
 def tables() -> Tables:
     load_plugins()
-    state = tuple(id(p) for p in pm.get_plugins())
+    # The plugin objects themselves, not their ids: a plugin unregistered and freed can leave its id to a new
+    # one, and a cache keyed by ids then served the old plugin's tables (a test saw exactly that).
+    state = frozenset(pm.get_plugins())
     hit = _cache
     if hit is not None and hit[0] == state:
         return hit[1]
@@ -128,7 +130,7 @@ def tables() -> Tables:
         return _build(state)
 
 
-def _build(state: tuple[int, ...]) -> Tables:
+def _build(state: frozenset[Any]) -> Tables:
     global _cache
     if _cache is not None and _cache[0] == state:
         return _cache[1]
