@@ -1,11 +1,12 @@
 """Stages 4-5, batch and forward: prepared inputs -> one model's batches -> outputs per item.
 
 `Batches` holds, per job, the pieces waiting for a batch (a whole ROI, or one tile of it). A full
-batch (or the rest, at the end) is split by input shape and run through `forward.forward`. When a
-batch fails (an exception, or non-finite outputs for some items) its items are run one by one, so
-only the item that breaks it fails. Tiles wait until their ROI's last one has come through, then
-are stitched (`tiling.stitch`). Each finished (item, job) leaves as an Embedding or ItemError made
-by the run's `Outcomes` (assemble.py).
+batch (or the rest, at the end) is split by input shape and issued with `forward.launch`. On a GPU
+its outputs are collected after the next batch has been issued (one batch in flight), so the device
+computes while this process stacks and assembles. When a batch fails (an exception, or non-finite
+outputs for some items) its items are run one by one, so only the item that breaks it fails. Tiles
+wait until their ROI's last one has come through, then are stitched (`tiling.stitch`). Each finished
+(item, job) leaves as an Embedding or ItemError made by the run's `Outcomes` (assemble.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .assemble import Outcome, Outcomes, cell_valid
 from .embedder import BatchContext, Embedder
 from .errors import RsEmbedError, SpecError
 from .fetching import Throttle
-from .forward import cpus_left, forward
+from .forward import Launched, cpus_left, launch, overlaps
 from .prepare import Prepared
 from .raster import Raster, RasterHead
 from .specs import BBox, PointBuffer, TemporalSpec
@@ -59,6 +60,8 @@ class Batches:
         self.cpus_left = [cpus_left(e) for e in embedders]
         self.spatials, self.temporal, self.batch_size = spatials, temporal, batch_size
         self.pending: list[list[Piece]] = [[] for _ in jobs]
+        self.overlap = [overlaps(e) for e in embedders]
+        self.inflight: tuple[int, list[Piece], Launched] | None = None  # issued, not yet collected
         self.partial: dict[tuple[int, int], Partial] = {}
 
     def add(self, i: int, j: int, ready: Prepared) -> Iterator[Outcome]:
@@ -74,6 +77,7 @@ class Batches:
     def flush_all(self) -> Iterator[Outcome]:
         for j in range(len(self.jobs)):
             yield from self.flush(j)
+        yield from self._land()
 
     def flush(self, j: int) -> Iterator[Outcome]:
         pieces, self.pending[j] = self.pending[j], []
@@ -102,11 +106,43 @@ class Batches:
         )
 
     def _forward(self, j: int, group: list[Piece], isolate: bool) -> Iterator[Outcome]:
-        job, out = self.jobs[j], self.outcomes
+        """Issue one group; a whole batch on a GPU is collected after the next one is issued, a single
+        item (isolating a failure) at once."""
         try:
             with self.throttle.limited(self.cpus_left[j]):
-                pooled, grid, extras = forward(self.embedders[j], [p.prepped.data for p in group],
-                                               self._context(j, group), job.precision)
+                launched = launch(self.embedders[j], [p.prepped.data for p in group], self._context(j, group),
+                                  self.jobs[j].precision)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            yield from self._failed(j, group, isolate, exc)
+            return
+        if isolate and self.overlap[j]:
+            yield from self._land()
+            self.inflight = (j, group, launched)
+            return
+        yield from self._collect(j, group, launched, isolate)
+
+    def _land(self) -> Iterator[Outcome]:
+        """The batch in flight, collected."""
+        if self.inflight is not None:
+            (j, group, launched), self.inflight = self.inflight, None
+            yield from self._collect(j, group, launched, isolate=True)
+
+    def _failed(self, j: int, group: list[Piece], isolate: bool, exc: Exception) -> Iterator[Outcome]:
+        out = self.outcomes
+        if isolate:  # find the item(s) that break the batch; the others still get their result
+            for p in group:
+                yield from self._forward(j, [p], isolate=False)
+            return
+        for p in group:
+            if (p.item, j) not in out.failed:
+                yield self._finish(p.item, j, out.error(p.item, j, "model", exc))
+
+    def _collect(self, j: int, group: list[Piece], launched: Launched, isolate: bool) -> Iterator[Outcome]:
+        job, out = self.jobs[j], self.outcomes
+        try:
+            pooled, grid, extras = launched.collect()
             for arr in (pooled, grid):
                 if arr is not None and not isolate and not np.isfinite(arr).all():
                     raise RsEmbedError(
@@ -116,13 +152,7 @@ class Batches:
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:
-            if isolate:  # find the item(s) that break the batch; the others still get their result
-                for p in group:
-                    yield from self._forward(j, [p], isolate=False)
-                return
-            for p in group:
-                if (p.item, j) not in out.failed:
-                    yield self._finish(p.item, j, out.error(p.item, j, "model", exc))
+            yield from self._failed(j, group, isolate, exc)
             return
         if isolate and any(arr is not None and not np.isfinite(arr).all() for arr in (pooled, grid)):
             for p in group:

@@ -1,7 +1,9 @@
 """Stage 5, forward: one batch of prepared inputs through a model, at the asked numeric precision.
 
-On CUDA the batch is stacked straight into pinned host memory and copied without blocking; the model's
-outputs come back once per batch. `precision` chooses how the forward computes:
+On CUDA the batch is stacked straight into pinned host memory and copied without blocking, and the
+model's outputs come back once per batch by copies queued behind its kernels (`launch` returns at once;
+`Launched.collect` waits), so the runner can stack and issue the next batch while this one computes
+(`overlaps`). `precision` chooses how the forward computes:
 
 - "fp32": full float32, TF32 tensor cores off (cuBLAS *and* cuDNN: PyTorch leaves cuDNN convolutions on
   TF32 by default, which moved some models by ~1e-4 relative against the CPU). The reference-equal mode.
@@ -20,6 +22,7 @@ from functools import lru_cache
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+from attrs import frozen
 
 from .embedder import BatchContext, Embedder, EmbedOutput, check_output
 from .errors import SpecError
@@ -150,9 +153,55 @@ def cpus_left(embedder: Embedder) -> int | None:
     return max(0, available_cpus() - torch.get_num_threads())
 
 
-def forward(embedder: Embedder, arrays: Sequence[np.ndarray], ctx: BatchContext, precision: str = "fp32"
-            ) -> tuple[np.ndarray | None, np.ndarray | None, list[dict[str, Any]] | None]:
-    """(pooled, grid, per-item extras) of one batch, as float32 numpy arrays."""
+def overlaps(embedder: Embedder) -> bool:
+    """Whether `embedder`'s batches may be collected one batch late: its forward only queues work on a
+    CUDA device, so the host is free to stack and issue the next batch meanwhile. Elsewhere (CPU, or a
+    device whose copies to the host are not queued) the forward has finished when it returns."""
+    return embedder.uses_torch and str(embedder.device).split(":")[0] == "cuda"
+
+
+@frozen(eq=False)
+class Launched:
+    """One batch whose forward has been issued: its outputs, and on CUDA the event recorded after their
+    queued copies to (pinned) host memory. Nothing reads them before `collect` has waited for it."""
+
+    pooled: Any
+    grid: Any
+    extra: dict[str, Any]
+    n: int
+    ready: Any = None  # torch.cuda.Event, or None when the outputs are already on the host
+
+    def collect(self) -> tuple[np.ndarray | None, np.ndarray | None, list[dict[str, Any]] | None]:
+        """(pooled, grid, per-item extras) as float32 numpy arrays, once the device has produced them (an
+        error the device hit while computing them is raised here)."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        extras = item_extras(self.extra, self.n) if self.extra else None
+        return to_numpy(self.pooled), to_numpy(self.grid), extras
+
+
+def _queued_to_host(out: EmbedOutput, n: int, device: str) -> Launched:
+    """The outputs' copies to host memory queued on the device's stream, behind the forward's kernels."""
+    import torch
+
+    def to_host(a: Any) -> Any:
+        if not isinstance(a, torch.Tensor) or a.device.type != "cuda":
+            return a
+        a = a.detach()
+        if a.dtype in (torch.bfloat16, torch.float16):
+            a = a.float()
+        return a.to("cpu", non_blocking=True)  # lands in pinned memory; valid once `ready` has passed
+
+    pooled, grid = to_host(out.pooled), to_host(out.grid)
+    extra = {k: to_host(v) for k, v in out.extra.items()} if out.extra else {}
+    ready = torch.cuda.Event()
+    ready.record(torch.cuda.current_stream(torch.device(device)))
+    return Launched(pooled, grid, extra, n, ready)
+
+
+def launch(embedder: Embedder, arrays: Sequence[np.ndarray], ctx: BatchContext, precision: str = "fp32") -> Launched:
+    """Issue one batch's forward. Errors the model raises while it is called (and shape errors) come
+    from here; on CUDA the outputs may still be computing when it returns (see `overlaps`)."""
     if embedder.uses_torch:
         import torch
 
@@ -164,5 +213,7 @@ def forward(embedder: Embedder, arrays: Sequence[np.ndarray], ctx: BatchContext,
     if not isinstance(out, EmbedOutput):
         raise TypeError(f"{type(embedder).__name__}.forward must return EmbedOutput, got {type(out).__name__}")
     check_output(out, embedder, ctx, len(arrays))  # shapes only: a plugin bug is caught at its first batch
-    extras = item_extras(out.extra, len(arrays)) if out.extra else None
-    return to_numpy(out.pooled), to_numpy(out.grid), extras
+    if overlaps(embedder):
+        return _queued_to_host(out, len(arrays), str(embedder.device))
+    return Launched(out.pooled, out.grid, dict(out.extra or {}), len(arrays))
+

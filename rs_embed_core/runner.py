@@ -371,7 +371,8 @@ def run(
     The composition of the stages: plan (plan.py) -> fetch + prepare in workers (fetching.py,
     workers.py, prepare.py) -> batch + forward (batching.py) -> assemble (assemble.py). Models are
     loaded before the first fetch (weights errors come first). Memory stays flat in the number of
-    ROIs: fetches run a bounded window ahead, and each job holds at most one batch.
+    ROIs: fetches run a bounded window ahead, each job holds at most one batch (and on a GPU one more
+    in flight).
     `on_input(request, raster, items)` is called once per distinct fetch that succeeded (export
     saves inputs through it); `items` are the ROI indices that use it. The raster holds its pixels
     when `input_pixels`; otherwise it may be a RasterHead (the pixels stayed in a worker process).
