@@ -143,20 +143,15 @@ class Batches:
         job, out = self.jobs[j], self.outcomes
         try:
             pooled, grid, extras = launched.collect()
-            for arr in (pooled, grid):
-                if arr is not None and not isolate and not np.isfinite(arr).all():
-                    raise RsEmbedError(
-                        "the model produced non-finite values (NaN/inf); the input holds NaN or inf "
-                        "(e.g. fill_value=nan) or the weights are broken"
-                    )
+            if any(arr is not None and not np.isfinite(arr).all() for arr in (pooled, grid)):
+                raise RsEmbedError(
+                    "the model produced non-finite values (NaN/inf); the input holds NaN or inf "
+                    "(e.g. fill_value=nan) or the weights are broken"
+                )
         except (KeyboardInterrupt, SystemExit):
             raise
-        except Exception as exc:
+        except Exception as exc:  # a whole batch is rerun item by item, so only the breaking item fails
             yield from self._failed(j, group, isolate, exc)
-            return
-        if isolate and any(arr is not None and not np.isfinite(arr).all() for arr in (pooled, grid)):
-            for p in group:
-                yield from self._forward(j, [p], isolate=False)
             return
         for b, p in enumerate(group):
             key = (p.item, j)

@@ -187,10 +187,7 @@ def _queued_to_host(out: EmbedOutput, n: int, device: str) -> Launched:
     def to_host(a: Any) -> Any:
         if not isinstance(a, torch.Tensor) or a.device.type != "cuda":
             return a
-        a = a.detach()
-        if a.dtype in (torch.bfloat16, torch.float16):
-            a = a.float()
-        return a.to("cpu", non_blocking=True)  # lands in pinned memory; valid once `ready` has passed
+        return a.detach().to("cpu", non_blocking=True)  # lands in pinned memory; valid once `ready` has passed
 
     pooled, grid = to_host(out.pooled), to_host(out.grid)
     extra = {k: to_host(v) for k, v in out.extra.items()} if out.extra else {}

@@ -15,3 +15,21 @@ def sample_scene(tmp_path_factory):
     root = tmp_path_factory.mktemp("sample_scene") / "sample"
     make_sample_scene(root)
     return root
+
+
+@pytest.fixture
+def world():
+    """The in-process test plugin (world provider, tiny numpy model) registered, with empty raster and model
+    caches; unregistered after. Test modules that need it for every test set
+    `pytestmark = pytest.mark.usefixtures("world")`."""
+    from world_plugin import _Plugin
+
+    from rs_embed_core.plugins import pm
+    from rs_embed_core.runner import clear_model_cache, raster_cache
+
+    p = _Plugin()
+    pm.register(p, name="test-world-plugin")
+    raster_cache.clear()
+    clear_model_cache()
+    yield
+    pm.unregister(p)

@@ -14,18 +14,10 @@ from rs_embed_core.card import Step
 from rs_embed_core.errors import ProviderError
 from rs_embed_core.hookspecs import hookimpl
 from rs_embed_core.plugins import pm
-from rs_embed_core.runner import clear_model_cache, raster_cache
 
-from world_plugin import BANDS, WINDOW, TinyModel, WorldProvider, _Plugin
+from world_plugin import BANDS, WINDOW, TinyModel, WorldProvider
 
-@pytest.fixture(autouse=True)
-def plugin():
-    p = _Plugin()
-    pm.register(p, name="test-api-plugin")
-    raster_cache.clear()
-    clear_model_cache()
-    yield
-    pm.unregister(p)
+pytestmark = pytest.mark.usefixtures("world")
 
 
 def test_single_equals_batch_item_and_order():
@@ -43,7 +35,7 @@ def test_meta_records_what_ran():
     e = get_embedding("TINYALIAS", PointBuffer(121.5, 31.2, 160), WINDOW, backend="world")
     m = e.meta
     assert m["model"] == "tiny_test_model" and m["variant"] == "base" and m["weights"] is None
-    assert m["provider"] == "world" and m["plugin"] == "test-api-plugin"
+    assert m["provider"] == "world" and m["plugin"] == "test-world-plugin"
     assert [s["name"] for s in m["preprocessing"]] == ["select_bands", "scale", "resize"]
     assert m["sensor"]["bands"] == list(BANDS) and m["temporal"] == {"start": "2022-06-01", "end": "2022-09-01"}
     assert m["input_shape"] == [1, 4, 32, 32]
@@ -162,7 +154,7 @@ def test_bbox_roi_works():
 def test_list_and_describe():
     assert "tiny_test_model" in rs_embed.list_models()
     d = rs_embed.describe_model("tinyalias")
-    assert d["id"] == "tiny_test_model" and d["plugin"] == "test-api-plugin"
+    assert d["id"] == "tiny_test_model" and d["plugin"] == "test-world-plugin"
     assert [s["name"] for s in d["preprocessing"]] == ["select_bands", "scale", "resize"]
     assert [v["name"] for v in d["variants"]] == ["base", "big"] and d["variants"][0]["default"]
 

@@ -9,22 +9,13 @@ import pytest
 
 from rs_embed import ItemError, PointBuffer, get_embeddings_batch
 from rs_embed_core import assemble, batching
-from rs_embed_core.plugins import pm
-from rs_embed_core.runner import clear_model_cache, raster_cache
-from world_plugin import WINDOW, TinyModel, WorldProvider, _Plugin
+from world_plugin import WINDOW, TinyModel, WorldProvider
 
 ROIS = [PointBuffer(121.5 + 0.01 * i, 31.2, 160) for i in range(8)]
 FORWARD, FINISH = TinyModel.forward, assemble.Outcomes.finish
 
 
-@pytest.fixture(autouse=True)
-def plugin():
-    p = _Plugin()
-    pm.register(p, name="test-batching-plugin")
-    raster_cache.clear()
-    clear_model_cache()
-    yield
-    pm.unregister(p)
+pytestmark = pytest.mark.usefixtures("world")
 
 
 def _run(monkeypatch, overlap: bool, log: list | None = None, **kw):

@@ -11,24 +11,15 @@ import pytest
 from rs_embed import OutputSpec, TileSpec, get_embedding, get_embeddings_batch
 from rs_embed_core.assemble import cell_valid
 from rs_embed_core.grid import GridSpec
-from rs_embed_core.plugins import pm
 from rs_embed_core.raster import Raster
-from rs_embed_core.runner import clear_model_cache, raster_cache
 
 from test_tiling import Blocks, aligned_point
-from world_plugin import WINDOW, _Plugin
+from world_plugin import WINDOW
 
 X_CUT = 350_100.0  # aligned_point's grids start at x = 350 000 m: pixels left of this line (10 px) are nodata
 
 
-@pytest.fixture(autouse=True)
-def plugin():
-    p = _Plugin()
-    pm.register(p, name="test-grid-valid-plugin")
-    raster_cache.clear()
-    clear_model_cache()
-    yield
-    pm.unregister(p)
+pytestmark = pytest.mark.usefixtures("world")
 
 
 class Holed(Blocks):

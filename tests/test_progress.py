@@ -10,21 +10,12 @@ import pytest
 
 from rs_embed import OutputSpec, get_embedding, get_embeddings_batch
 from rs_embed_core import progress as progress_mod
-from rs_embed_core.plugins import pm
-from rs_embed_core.runner import clear_model_cache, raster_cache
 
 from test_tiling import Blocks, aligned_point
-from world_plugin import WINDOW, _Plugin
+from world_plugin import WINDOW
 
 
-@pytest.fixture(autouse=True)
-def plugin():
-    p = _Plugin()
-    pm.register(p, name="test-progress-plugin")
-    raster_cache.clear()
-    clear_model_cache()
-    yield
-    pm.unregister(p)
+pytestmark = pytest.mark.usefixtures("world")
 
 
 class Terminal(io.StringIO):

@@ -9,22 +9,13 @@ from rs_embed import (
     OutputSpec, PointBuffer, SpecError, TileSpec, get_embedding, get_embeddings_batch,
 )
 from rs_embed_core.grid import grid_for
-from rs_embed_core.plugins import pm
 from rs_embed_core.raster import Raster
-from rs_embed_core.runner import clear_model_cache, raster_cache
 from rs_embed_core.tiling import AUTO_TILE_FACTOR, plan_tiles
 
-from world_plugin import BANDS, WINDOW, WorldProvider, _Plugin
+from world_plugin import BANDS, WINDOW, WorldProvider
 
 
-@pytest.fixture(autouse=True)
-def plugin():
-    p = _Plugin()
-    pm.register(p, name="test-tiling-plugin")
-    raster_cache.clear()
-    clear_model_cache()
-    yield
-    pm.unregister(p)
+pytestmark = pytest.mark.usefixtures("world")
 
 
 class Blocks(WorldProvider):
